@@ -1,0 +1,29 @@
+# asyncwebrl — every command sets up what it needs (scripts/bootstrap.sh) first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTO_OUT := libs/common/src
+
+.PHONY: setup test demo protos bench bench-envfleet clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) scripts/demo_envfleet.py
+
+protos: setup
+	$(PY) -m grpc_tools.protoc -I protos --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
+		--grpc_python_out=$(PROTO_OUT) $$(find protos -name '*.proto' | sort)
+
+bench: bench-envfleet
+
+bench-envfleet: setup
+	@bash bench/peers/setup.sh
+	$(PY) bench/envfleet.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""envfleet: a pool of Chromium contexts behind the gRPC EnvService."""

@@ -1,0 +1,84 @@
+"""envfleet's configuration: flags and ASYNCWEBRL_* variables, checked at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from asyncwebrl.common.config import option, require
+from asyncwebrl.common.service_config import ServiceConfig
+
+# Flags the project runs Chromium with everywhere (no sandbox: we run as root in
+# a container whose NetworkPolicy is the outer wall; no background traffic).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+# setTimeout's largest delay; anything bigger fires at once.
+TIMER_OFF_MS = 2**31 - 1
+
+
+@dataclasses.dataclass(kw_only=True)
+class EnvfleetConfig(ServiceConfig):
+    """Browser-environment fleet: Chromium contexts behind the gRPC EnvService."""
+
+    grpc_port: int = option(50061, "gRPC port; 0 picks a free one (logged at start).")
+    http_port: int = option(9461, "HTTP port for /metrics, /healthz and /readyz; 0 picks a free one.")
+    browsers: int = option(1, "Chromium processes in this replica.")
+    contexts_per_browser: int = option(4, "Concurrent episodes (browser contexts) per Chromium process.")
+    chromium_path: str = option("/usr/bin/chromium", "Chromium executable.")
+    chromium_extra_flags: tuple[str, ...] = option((), "Extra Chromium flags, comma-separated.")
+    lease_timeout_s: float = option(300.0, "An idle session (no Step) is reclaimed after this many seconds.")
+    screenshot_format: str = option("jpeg", "Default screenshot format: jpeg or png.")
+    screenshot_quality: int = option(80, "Default JPEG quality (1-100).")
+    blob_ttl_s: int = option(3600, "Seconds a screenshot blob lives in Redis unless written again.")
+    action_timeout_ms: int = option(5000, "Timeout of one browser operation (click, type, screenshot).")
+    navigation_timeout_ms: int = option(15000, "Timeout of a page load (Allocate, navigate, go_back).")
+    max_type_chars: int = option(2000, "Longest text a type action may enter.")
+    max_wait_ms: int = option(10000, "Longest wait action.")
+    max_elements: int = option(200, "Most elements returned when a client asks for them.")
+    max_viewport: int = option(4096, "Largest viewport width or height a client may ask for.")
+    miniwob_episode_ms: int = option(
+        0, "MiniWoB's in-page episode timer in ms; 0 switches it off (a time-scaled reward is not what RL wants)."
+    )
+    task_sources: tuple[str, ...] = option(("miniwob",), "Task sources to serve: miniwob, static.")
+    static_task_dirs: tuple[str, ...] = option(
+        (), "Directories of HTML pages served as tasks 'static/<dir name>/<page>' (the static source)."
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(1 <= self.browsers <= 64, "browsers", "must be in [1, 64]")
+        require(1 <= self.contexts_per_browser <= 64, "contexts_per_browser", "must be in [1, 64]")
+        require(os.access(self.chromium_path, os.X_OK), "chromium_path", f"{self.chromium_path} is not executable")
+        require(self.lease_timeout_s >= 1, "lease_timeout_s", "must be at least 1")
+        require(self.screenshot_format in ("jpeg", "png"), "screenshot_format", "must be jpeg or png")
+        require(1 <= self.screenshot_quality <= 100, "screenshot_quality", "must be in [1, 100]")
+        require(self.blob_ttl_s >= 10, "blob_ttl_s", "must be at least 10")
+        require(100 <= self.action_timeout_ms <= 120_000, "action_timeout_ms", "must be in [100, 120000]")
+        require(100 <= self.navigation_timeout_ms <= 300_000, "navigation_timeout_ms", "must be in [100, 300000]")
+        require(1 <= self.max_type_chars <= 100_000, "max_type_chars", "must be in [1, 100000]")
+        require(0 <= self.max_wait_ms <= 120_000, "max_wait_ms", "must be in [0, 120000]")
+        require(0 <= self.max_elements <= 5000, "max_elements", "must be in [0, 5000]")
+        require(64 <= self.max_viewport <= 8192, "max_viewport", "must be in [64, 8192]")
+        require(0 <= self.miniwob_episode_ms <= TIMER_OFF_MS, "miniwob_episode_ms", f"must be in [0, {TIMER_OFF_MS}]")
+        for source in self.task_sources:
+            require(source in ("miniwob", "static"), "task_sources", f"unknown source {source!r}")
+        for d in self.static_task_dirs:
+            require(os.path.isdir(d), "static_task_dirs", f"{d} is not a directory")
+        require(
+            "static" not in self.task_sources or bool(self.static_task_dirs),
+            "static_task_dirs",
+            "the static source needs at least one directory",
+        )
+
+    @property
+    def slots(self) -> int:
+        return self.browsers * self.contexts_per_browser

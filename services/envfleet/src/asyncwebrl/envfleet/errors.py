@@ -1,0 +1,29 @@
+"""Failures that map onto gRPC status codes, raised by the fleet and translated by the servicer."""
+
+from __future__ import annotations
+
+
+class EnvError(Exception):
+    """Base: carries a message safe to show the caller."""
+
+
+class InvalidArgument(EnvError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class NotFound(EnvError):
+    pass
+
+
+class Exhausted(EnvError):
+    pass
+
+
+class EpisodeOver(EnvError):
+    pass
+
+
+class EnvFault(EnvError):
+    """The environment (browser, page) failed; the episode is void, not failed."""

@@ -1,0 +1,547 @@
+"""The browser fleet: Chromium processes, leased contexts, and the episode loop.
+
+A replica runs ``browsers`` Chromium processes with at most
+``contexts_per_browser`` leased contexts each; a session is one fresh context
+for one episode. Slots are reserved synchronously before any await, so a full
+fleet answers at once. A Chromium that dies is replaced; its sessions become
+environment faults (the caller voids the episode) and their slots come back
+with the new process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import os
+import time
+import uuid
+
+import psutil
+from playwright.async_api import Error as PlaywrightError
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+from playwright.async_api import async_playwright
+
+from asyncwebrl.common.blobstore import BlobStore
+from asyncwebrl.envfleet import metrics, security
+from asyncwebrl.envfleet.actions import Checked, check
+from asyncwebrl.envfleet.config import CHROMIUM_FLAGS, EnvfleetConfig
+from asyncwebrl.envfleet.errors import EnvFault, EpisodeOver, Exhausted, InvalidArgument, NotFound
+from asyncwebrl.envfleet.tasks import TaskSource, TaskSpec
+from asyncwebrl.v1 import env_pb2
+
+log = logging.getLogger(__name__)
+
+_SESSION_ID_CHARS = frozenset("0123456789abcdef")
+# Remember this many ended sessions so a late Step gets the right status.
+_TOMBSTONES = 10_000
+
+_ELEMENTS_JS = """(limit) => {
+  const out = [];
+  const sel = 'a,button,input,select,textarea,label,[role],[onclick],[tabindex],span,td,li,h1,h2,h3,p';
+  for (const el of document.querySelectorAll(sel)) {
+    const r = el.getBoundingClientRect();
+    if (r.width <= 0 || r.height <= 0 || r.bottom < 0 || r.right < 0
+        || r.top > innerHeight || r.left > innerWidth) continue;
+    const text = (el.value !== undefined && el.tagName === 'INPUT' ? el.value : el.innerText || '')
+      .replace(/\\s+/g, ' ').trim().slice(0, 200);
+    out.push([el.tagName.toLowerCase(), el.id || '', text,
+              el.getAttribute('type') || el.getAttribute('role') || '', r.x, r.y, r.width, r.height]);
+    if (out.length >= limit) break;
+  }
+  return out;
+}"""
+
+
+@dataclasses.dataclass(eq=False)
+class Browser:
+    index: int
+    browser: object
+    pid: int
+    generation: int
+    contexts: int = 0
+    connected: bool = True
+
+
+@dataclasses.dataclass(eq=False)
+class Session:
+    id: str
+    task: TaskSpec
+    source: TaskSource
+    seed: int
+    host: Browser
+    context: object
+    page: object
+    width: int
+    height: int
+    image_format: str
+    quality: int
+    include_elements: bool
+    instruction: str
+    job_id: str
+    step_index: int = 0
+    done: bool = False
+    last_used: float = dataclasses.field(default_factory=time.monotonic)
+    last_sha: str = ""
+    navigations: int = 0
+    blocked: int = 0
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+
+def _find_pid(marker: str) -> int:
+    """The browser (not renderer) process launched with our marker flag."""
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if marker in cmd and not any(a.startswith("--type=") for a in cmd):
+            return proc.info["pid"]
+    return 0
+
+
+class Fleet:
+    def __init__(self, config: EnvfleetConfig, blobs: BlobStore, sources: list[TaskSource]) -> None:
+        self.config = config
+        self.blobs = blobs
+        self.sources = sources
+        self.tasks: dict[str, tuple[TaskSpec, TaskSource]] = {}
+        self.browsers: list[Browser | None] = [None] * config.browsers
+        self.sessions: dict[str, Session] = {}
+        self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._pw = None
+        self._stopping = False
+        self._background: set[asyncio.Task] = set()
+        self.restarts = 0
+        self.blocked_total = 0
+        self.steps_total = 0
+        self.faults_total = 0
+        self.expired_total = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        for source in self.sources:
+            await source.start()
+            for spec in source.tasks():
+                self.tasks[spec.name] = (spec, source)
+        self._pw = await async_playwright().start()
+        await asyncio.gather(*(self._launch(i) for i in range(self.config.browsers)))
+        self._spawn(self._reap_forever())
+        self._update_gauges()
+        log.info("fleet ready", extra={"tasks": len(self.tasks), "slots": self.config.slots})
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._background):
+            task.cancel()
+        for session_id in list(self.sessions):
+            await self.release(session_id)
+        for host in self.browsers:
+            if host is not None and host.connected:
+                host.connected = False
+                try:
+                    await host.browser.close()
+                except PlaywrightError:
+                    pass
+        if self._pw is not None:
+            await self._pw.stop()
+        for source in self.sources:
+            await source.stop()
+
+    def ready(self) -> bool:
+        return not self._stopping and any(h is not None and h.connected for h in self.browsers)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _launch(self, index: int) -> None:
+        generation = (self.browsers[index].generation + 1) if self.browsers[index] else 0
+        marker = f"--asyncwebrl-browser={os.getpid()}-{index}-{generation}"
+        browser = await self._pw.chromium.launch(
+            executable_path=self.config.chromium_path,
+            headless=True,
+            args=[*CHROMIUM_FLAGS, *self.config.chromium_extra_flags, marker],
+            timeout=30_000,
+        )
+        host = Browser(index, browser, _find_pid(marker), generation)
+        browser.on("disconnected", lambda _b: self._on_disconnected(host))
+        self.browsers[index] = host
+        log.info("browser launched", extra={"index": index, "pid": host.pid, "generation": generation})
+
+    def _on_disconnected(self, host: Browser) -> None:
+        if not host.connected:
+            return  # closed by us
+        host.connected = False
+        victims = [s for s in self.sessions.values() if s.host is host]
+        for s in victims:
+            self._end(s.id, "environment fault: the browser crashed; the episode is void")
+        if victims:
+            metrics.ENV_FAULTS.labels("browser_crash").inc(len(victims))
+            self.faults_total += len(victims)
+        log.warning("browser lost", extra={"index": host.index, "pid": host.pid, "sessions": len(victims)})
+        self._update_gauges()
+        if not self._stopping:
+            self._spawn(self._relaunch(host.index))
+
+    async def _relaunch(self, index: int) -> None:
+        delay = 0.25
+        while not self._stopping:
+            try:
+                await self._launch(index)
+                self.restarts += 1
+                metrics.BROWSER_RESTARTS.inc()
+                self._update_gauges()
+                return
+            except PlaywrightError:
+                log.exception("browser relaunch failed", extra={"index": index, "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _end(self, session_id: str, why: str) -> Session | None:
+        """Forget a session, free its slot, and remember why it ended."""
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
+            self._ended[session_id] = why
+        while len(self._ended) > _TOMBSTONES:
+            self._ended.popitem(last=False)
+        if session is not None and session.host.connected:
+            session.host.contexts -= 1
+        self._update_gauges()
+        return session
+
+    def _update_gauges(self) -> None:
+        free = self.free_slots()
+        metrics.SESSIONS.set(len(self.sessions))
+        metrics.SLOTS.labels("free").set(free)
+        metrics.SLOTS.labels("busy").set(len(self.sessions))
+        metrics.BROWSERS.set(sum(1 for h in self.browsers if h is not None and h.connected))
+
+    def free_slots(self) -> int:
+        return sum(
+            self.config.contexts_per_browser - h.contexts for h in self.browsers if h is not None and h.connected
+        )
+
+    def _reserve(self) -> Browser | None:
+        hosts = [h for h in self.browsers if h is not None and h.connected and h.contexts < self.config.contexts_per_browser]
+        if not hosts:
+            return None
+        host = min(hosts, key=lambda h: h.contexts)
+        host.contexts += 1
+        return host
+
+    def _lookup(self, session_id: str) -> Session:
+        if not session_id or len(session_id) != 32 or not set(session_id) <= _SESSION_ID_CHARS:
+            raise InvalidArgument("session_id", "must be the 32-character id Allocate returned")
+        session = self.sessions.get(session_id)
+        if session is not None:
+            return session
+        why = self._ended.get(session_id)
+        if why and why.startswith("environment fault"):
+            raise EnvFault(why)
+        raise NotFound(f"session {session_id}: {why or 'unknown session'}")
+
+    def _on_block(self, session: Session | None, reason: str, url: str) -> None:
+        self.blocked_total += 1
+        metrics.BLOCKED.labels(reason).inc()
+        if session is not None:
+            session.blocked += 1
+        log.info("blocked", extra={"reason": reason, "url": url[:200], "session": session.id if session else ""})
+
+    async def _reap_forever(self) -> None:
+        period = max(0.5, min(5.0, self.config.lease_timeout_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            deadline = time.monotonic() - self.config.lease_timeout_s
+            for s in list(self.sessions.values()):
+                if s.last_used < deadline and not s.lock.locked():
+                    self.expired_total += 1
+                    metrics.EXPIRED.inc()
+                    ended = self._end(s.id, "lease expired")
+                    if ended is not None:
+                        await self._close(ended)
+
+    async def _close(self, session: Session) -> None:
+        try:
+            await asyncio.wait_for(session.context.close(), timeout=self.config.action_timeout_ms / 1000)
+        except (PlaywrightError, asyncio.TimeoutError):
+            pass
+
+    # ------------------------------------------------------------------ API
+
+    def list_tasks(self, source: str = "") -> list[TaskSpec]:
+        return [spec for spec, _ in self.tasks.values() if not source or spec.source == source]
+
+    async def allocate(self, request: env_pb2.AllocateRequest) -> tuple[Session, env_pb2.Observation]:
+        if request.task not in self.tasks:
+            raise NotFound(f"task {request.task[:200]!r} is not served here (ListTasks shows what is)")
+        spec, source = self.tasks[request.task]
+        width, height = self._viewport(request, spec)
+        fmt, quality = self._screenshot_options(request)
+        if len(request.job_id) > 64 or not all(c.isalnum() or c in "-_" for c in request.job_id):
+            raise InvalidArgument("job_id", "must match [A-Za-z0-9_-]{0,64}")
+        host = self._reserve()
+        if host is None:
+            metrics.ALLOCATIONS.labels("exhausted").inc()
+            raise Exhausted(f"all {self.config.slots} slots are busy")
+        started = time.perf_counter()
+        context = None
+        session: Session | None = None
+        try:
+            context = await host.browser.new_context(
+                viewport={"width": width, "height": height},
+                accept_downloads=False,
+                service_workers="block",
+            )
+            context.set_default_timeout(self.config.action_timeout_ms)
+            context.set_default_navigation_timeout(self.config.navigation_timeout_ms)
+            policy = security.HostPolicy(source.allowed_origins(spec))
+            holder: list[Session] = []
+            await security.install(context, policy, lambda r, u: self._on_block(holder[0] if holder else None, r, u))
+            page = await context.new_page()
+            session = Session(
+                id=uuid.uuid4().hex,
+                task=spec,
+                source=source,
+                seed=request.seed,
+                host=host,
+                context=context,
+                page=page,
+                width=width,
+                height=height,
+                image_format=fmt,
+                quality=quality,
+                include_elements=request.include_elements,
+                instruction="",
+                job_id=request.job_id,
+            )
+            holder.append(session)
+            self._watch(session, policy)
+            await page.goto(source.url(spec, request.seed), wait_until="load")
+            session.instruction = str(await source.begin(page, spec, request.seed) or "")[:4096]
+            observation = await self._observe(session)
+        except (PlaywrightError, asyncio.TimeoutError) as exc:
+            if context is not None:
+                self._spawn(self._close_quietly(context))
+            if host.connected:
+                host.contexts -= 1
+            self._update_gauges()
+            metrics.ALLOCATIONS.labels("fault").inc()
+            raise EnvFault(f"environment fault: could not load {spec.name}: {str(exc).splitlines()[0][:200]}") from exc
+        self.sessions[session.id] = session
+        self._update_gauges()
+        metrics.ALLOCATIONS.labels("ok").inc()
+        metrics.ALLOCATE_SECONDS.observe(time.perf_counter() - started)
+        return session, observation
+
+    async def _close_quietly(self, context) -> None:
+        try:
+            await context.close()
+        except PlaywrightError:
+            pass
+
+    def _viewport(self, request: env_pb2.AllocateRequest, spec: TaskSpec) -> tuple[int, int]:
+        if not request.HasField("viewport"):
+            return spec.viewport
+        limit = self.config.max_viewport
+        for axis in ("width", "height"):
+            value = getattr(request.viewport, axis)
+            if not 64 <= value <= limit:
+                raise InvalidArgument(f"viewport.{axis}", f"{value} is outside [64, {limit}]")
+        return request.viewport.width, request.viewport.height
+
+    def _screenshot_options(self, request: env_pb2.AllocateRequest) -> tuple[str, int]:
+        fmt, quality = self.config.screenshot_format, self.config.screenshot_quality
+        options = request.screenshot
+        if options.format == env_pb2.IMAGE_FORMAT_JPEG:
+            fmt = "jpeg"
+        elif options.format == env_pb2.IMAGE_FORMAT_PNG:
+            fmt = "png"
+        elif options.format != env_pb2.IMAGE_FORMAT_UNSPECIFIED:
+            raise InvalidArgument("screenshot.format", f"unknown format {options.format}")
+        if options.quality:
+            if not 1 <= options.quality <= 100:
+                raise InvalidArgument("screenshot.quality", f"{options.quality} is outside [1, 100]")
+            quality = options.quality
+        return fmt, quality
+
+    def _watch(self, session: Session, policy: security.HostPolicy) -> None:
+        page = session.page
+
+        def on_popup(popup) -> None:
+            if popup is page:
+                return
+            self._on_block(session, "new_window", popup.url)
+            self._spawn(popup.close())
+
+        def on_navigated(frame) -> None:
+            if frame is page.main_frame:
+                session.navigations += 1
+
+        def on_crash(_page) -> None:
+            if session.id in self.sessions:
+                metrics.ENV_FAULTS.labels("page_crash").inc()
+                self.faults_total += 1
+                self._end(session.id, "environment fault: the page crashed; the episode is void")
+                self._spawn(self._close(session))
+
+        session.context.on("page", on_popup)
+        page.on("download", lambda d: self._on_block(session, "download", d.url))
+        page.on("framenavigated", on_navigated)
+        page.on("crash", on_crash)
+
+    async def step(self, session_id: str, action: env_pb2.Action) -> env_pb2.StepResponse:
+        session = self._lookup(session_id)
+        if session.done:
+            raise EpisodeOver(f"session {session_id}: the episode is over; Release it and Allocate a new one")
+        checked = check(
+            action,
+            session.width,
+            session.height,
+            max_type_chars=self.config.max_type_chars,
+            max_wait_ms=self.config.max_wait_ms,
+        )
+        async with session.lock:
+            if session.id not in self.sessions:  # ended while we waited for the lock
+                self._lookup(session_id)
+            session.last_used = time.monotonic()
+            started = time.perf_counter()
+            blocked_before = session.blocked
+            info = env_pb2.StepInfo(action_type=checked.kind)
+            try:
+                await self._act(session, checked, info)
+                outcome = await session.source.outcome(session.page)
+                observation = await self._observe(session, info)
+            except (PlaywrightError, asyncio.TimeoutError) as exc:
+                raise self._fault(session, exc) from exc
+            done = outcome.done or checked.kind == "answer"
+            if checked.kind == "answer":
+                info.answer = checked.text
+            session.done = done
+            session.last_used = time.monotonic()
+            info.reward_reason = outcome.reason
+            info.blocked_requests = session.blocked - blocked_before
+            elapsed = time.perf_counter() - started
+            info.duration_s = elapsed
+        self.steps_total += 1
+        metrics.STEPS.labels(checked.kind).inc()
+        metrics.STEP_SECONDS.observe(elapsed)
+        return env_pb2.StepResponse(observation=observation, reward=outcome.reward, done=done, info=info)
+
+    def _fault(self, session: Session, exc: BaseException) -> EnvFault:
+        """Turn a browser failure in the middle of a step into a voided episode."""
+        why = self._ended.get(session.id)
+        if why is None:
+            why = f"environment fault: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+            metrics.ENV_FAULTS.labels("step_error").inc()
+            self.faults_total += 1
+            self._end(session.id, why)
+            self._spawn(self._close(session))
+        return EnvFault(why)
+
+    async def _act(self, session: Session, a: Checked, info: env_pb2.StepInfo) -> None:
+        page = session.page
+        navigations = session.navigations
+        try:
+            if a.kind == "click":
+                await page.mouse.click(a.x, a.y)
+            elif a.kind == "double_click":
+                await page.mouse.dblclick(a.x, a.y)
+            elif a.kind == "type":
+                if a.x is not None:
+                    await page.mouse.click(a.x, a.y)
+                if a.clear:
+                    await page.keyboard.press("ControlOrMeta+a")
+                    await page.keyboard.press("Backspace")
+                if a.text:
+                    await page.keyboard.type(a.text)
+                if a.enter:
+                    await page.keyboard.press("Enter")
+            elif a.kind == "press":
+                await page.keyboard.press(a.key)
+            elif a.kind == "scroll":
+                await page.mouse.move(a.x, a.y)
+                await page.mouse.wheel(a.dx, a.dy)
+                # Wheel scrolling lands asynchronously; two frames later it has.
+                await page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+            elif a.kind == "go_back":
+                await page.go_back(wait_until="load")
+            elif a.kind == "navigate":
+                reason = security.HostPolicy(session.source.allowed_origins(session.task)).violation(
+                    a.url, navigation=True
+                )
+                if reason is not None:
+                    self._on_block(session, reason, a.url)
+                    info.blocked = True
+                    info.blocked_reason = reason
+                else:
+                    await page.goto(a.url, wait_until="load")
+            elif a.kind == "wait":
+                await asyncio.sleep(a.ms / 1000)
+            if session.navigations != navigations and a.kind not in ("go_back", "navigate"):
+                await page.wait_for_load_state("load")
+        except PlaywrightTimeout as exc:
+            info.error = f"timeout: {str(exc).splitlines()[0][:200]}"
+        except PlaywrightError as exc:
+            if not session.host.connected or page.is_closed() or session.id not in self.sessions:
+                raise
+            # A failed navigation (blocked redirect, DNS) is the agent's problem, not the fleet's.
+            info.error = str(exc).splitlines()[0][:200]
+
+    async def _observe(self, session: Session, info: env_pb2.StepInfo | None = None) -> env_pb2.Observation:
+        page = session.page
+        kwargs = {"type": session.image_format}
+        if session.image_format == "jpeg":
+            kwargs["quality"] = session.quality
+        shot = await page.screenshot(**kwargs)
+        ref = await self.blobs.put(shot, f"image/{session.image_format}", session.width, session.height)
+        metrics.SCREENSHOT_BYTES.inc(len(shot))
+        metrics.SCREENSHOTS.labels(session.image_format).inc()
+        if info is not None:
+            info.page_changed = ref.sha256 != session.last_sha
+            session.step_index += 1
+        session.last_sha = ref.sha256
+        observation = env_pb2.Observation(
+            screenshot=env_pb2.ScreenshotRef(
+                sha256=ref.sha256, width=ref.width, height=ref.height, mime=ref.mime, size_bytes=ref.size_bytes
+            ),
+            url=page.url[:2048],
+            title=(await page.title())[:512],
+            instruction=session.instruction,
+            step_index=session.step_index,
+        )
+        if session.include_elements and self.config.max_elements:
+            for tag, el_id, text, kind, x, y, w, h in await page.evaluate(_ELEMENTS_JS, self.config.max_elements):
+                observation.elements.add(
+                    tag=str(tag)[:32], id=str(el_id)[:128], text=str(text)[:200], type=str(kind)[:32],
+                    x=float(x), y=float(y), width=float(w), height=float(h),
+                )
+        return observation
+
+    async def release(self, session_id: str) -> bool:
+        if not session_id or len(session_id) != 32 or not set(session_id) <= _SESSION_ID_CHARS:
+            raise InvalidArgument("session_id", "must be the 32-character id Allocate returned")
+        session = self._end(session_id, "released")
+        if session is None:
+            return False
+        await self._close(session)
+        return True
+
+    def stats(self) -> env_pb2.StatsResponse:
+        out = env_pb2.StatsResponse(
+            slots_total=self.config.slots,
+            slots_free=self.free_slots(),
+            sessions=len(self.sessions),
+            browsers=sum(1 for h in self.browsers if h is not None and h.connected),
+            browser_restarts=self.restarts,
+            blocked_requests=self.blocked_total,
+            steps_total=self.steps_total,
+            env_faults=self.faults_total,
+            expired_leases=self.expired_total,
+        )
+        for h in self.browsers:
+            if h is not None:
+                out.browser.add(index=h.index, pid=h.pid, contexts=h.contexts, connected=h.connected, restarts=h.generation)
+        return out

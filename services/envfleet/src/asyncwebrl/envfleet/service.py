@@ -1,0 +1,109 @@
+"""The gRPC EnvService: request checks and status codes around the fleet."""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import grpc
+
+from asyncwebrl.envfleet.errors import EnvFault, EpisodeOver, Exhausted, InvalidArgument, NotFound
+from asyncwebrl.envfleet.fleet import Fleet
+from asyncwebrl.v1 import env_pb2, env_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_STATUS = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    EpisodeOver: grpc.StatusCode.FAILED_PRECONDITION,
+    # ABORTED, not UNAVAILABLE: retrying the same Step cannot help, the episode is void.
+    EnvFault: grpc.StatusCode.ABORTED,
+}
+MAX_PAGE_SIZE = 1000
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
+
+
+def _offset(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind == "o" and value.isdigit():
+            return int(value)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise InvalidArgument("page_token", "not a token this service issued")
+
+
+class EnvServicer(env_pb2_grpc.EnvServiceServicer):
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    async def _fail(self, context: grpc.aio.ServicerContext, exc: Exception):
+        code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
+        await context.abort(code, str(exc))
+
+    async def ListTasks(self, request, context):
+        try:
+            if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+                raise InvalidArgument("page_size", f"must be in [0, {MAX_PAGE_SIZE}]")
+            specs = self.fleet.list_tasks(request.source)
+            start = _offset(request.page_token)
+            size = request.page_size or MAX_PAGE_SIZE
+            page = specs[start : start + size]
+        except (InvalidArgument, NotFound) as exc:
+            await self._fail(context, exc)
+        response = env_pb2.ListTasksResponse(
+            next_page_token=_page_token(start + size) if start + size < len(specs) else ""
+        )
+        for spec in page:
+            response.tasks.add(
+                name=spec.name,
+                source=spec.source,
+                difficulty=spec.difficulty,
+                default_viewport=env_pb2.Viewport(width=spec.viewport[0], height=spec.viewport[1]),
+                description=spec.description,
+            )
+        return response
+
+    async def Allocate(self, request, context):
+        try:
+            session, observation = await self.fleet.allocate(request)
+        except (InvalidArgument, NotFound, Exhausted, EnvFault) as exc:
+            await self._fail(context, exc)
+        spec = session.task
+        return env_pb2.AllocateResponse(
+            session_id=session.id,
+            observation=observation,
+            task=env_pb2.TaskInfo(
+                name=spec.name,
+                source=spec.source,
+                difficulty=spec.difficulty,
+                default_viewport=env_pb2.Viewport(width=spec.viewport[0], height=spec.viewport[1]),
+                description=spec.description,
+            ),
+            viewport=env_pb2.Viewport(width=session.width, height=session.height),
+            lease_timeout_s=self.fleet.config.lease_timeout_s,
+        )
+
+    async def Step(self, request, context):
+        if not request.HasField("action"):
+            await self._fail(context, InvalidArgument("action", "is required"))
+        try:
+            return await self.fleet.step(request.session_id, request.action)
+        except (InvalidArgument, NotFound, EpisodeOver, EnvFault) as exc:
+            await self._fail(context, exc)
+
+    async def Release(self, request, context):
+        try:
+            return env_pb2.ReleaseResponse(released=await self.fleet.release(request.session_id))
+        except InvalidArgument as exc:
+            await self._fail(context, exc)
+
+    async def Stats(self, request, context):
+        return self.fleet.stats()

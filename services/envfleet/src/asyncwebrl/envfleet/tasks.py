@@ -1,0 +1,220 @@
+"""Task sources: what a task is, how an episode starts, and where its reward comes from.
+
+Every source serves its pages from its own HTTP server on loopback, so the
+host policy can allow exactly that origin and nothing else.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+from aiohttp import web
+
+from asyncwebrl.envfleet.config import TIMER_OFF_MS
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskSpec:
+    name: str  # "<source>/<task>"
+    source: str
+    url_path: str  # path under the source's server
+    difficulty: str = "easy"
+    viewport: tuple[int, int] = (160, 210)
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    reward: float
+    done: bool
+    reason: str = ""
+
+
+def _reward(value: Any) -> float:
+    """Page content is untrusted: only a finite, sane number is a reward."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    value = float(value)
+    return value if math.isfinite(value) and abs(value) <= 1e6 else 0.0
+
+
+class StaticServer:
+    """A read-only file server on 127.0.0.1 with a free port."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+        self._runner: web.AppRunner | None = None
+        self.origin = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_static("/", self.root, follow_symlinks=False, show_index=False)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.origin = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class TaskSource(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def tasks(self) -> list[TaskSpec]: ...
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def url(self, task: TaskSpec, seed: int) -> str: ...
+
+    @abc.abstractmethod
+    def allowed_origins(self, task: TaskSpec) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def begin(self, page: Any, task: TaskSpec, seed: int) -> str:
+        """Start the episode on a loaded page; return the instruction."""
+
+    @abc.abstractmethod
+    async def outcome(self, page: Any) -> Outcome: ...
+
+
+def _miniwob_html_root() -> pathlib.Path:
+    import miniwob
+
+    return pathlib.Path(miniwob.__file__).parent / "html"
+
+
+# MiniWoB tasks whose pages are flight-booking sites (bigger, need HTTP).
+_FLIGHT_TASKS = ("flight.AA", "flight.Alaska", "flight.Alaska-auto")
+
+
+class MiniWoBSource(TaskSource):
+    """Every MiniWoB++ page of the ``miniwob`` wheel, over one loopback HTTP server."""
+
+    name = "miniwob"
+
+    def __init__(self, episode_ms: int = 0) -> None:
+        self.root = _miniwob_html_root()
+        self.server = StaticServer(self.root)
+        self.episode_ms = episode_ms or TIMER_OFF_MS
+        specs = []
+        for page in sorted((self.root / "miniwob").glob("*.html")):
+            specs.append(TaskSpec(f"miniwob/{page.stem}", "miniwob", f"miniwob/{page.name}"))
+        for flight in _FLIGHT_TASKS:
+            path = "flight/" + flight.split(".", 1)[1] + "/wrapper.html"
+            if (self.root / path).exists():
+                specs.append(TaskSpec(f"miniwob/{flight}", "miniwob", path, viewport=(375, 667)))
+        self._tasks = specs
+
+    def tasks(self) -> list[TaskSpec]:
+        return list(self._tasks)
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    def url(self, task: TaskSpec, seed: int) -> str:
+        return f"{self.server.origin}/{task.url_path}"
+
+    def allowed_origins(self, task: TaskSpec) -> list[str]:
+        return [self.server.origin]
+
+    async def begin(self, page: Any, task: TaskSpec, seed: int) -> str:
+        # Pages set their own EPISODE_MAX_TIME at load; ours wins because it runs after.
+        return await page.evaluate(
+            """([seed, ms]) => {
+                core.EPISODE_MAX_TIME = ms;
+                Math.seedrandom(seed);
+                core.startEpisodeReal();
+                return core.getUtterance();
+            }""",
+            [seed, self.episode_ms],
+        )
+
+    async def outcome(self, page: Any) -> Outcome:
+        done, reward, reason = await page.evaluate(
+            "() => [WOB_DONE_GLOBAL, WOB_RAW_REWARD_GLOBAL, WOB_REWARD_REASON]"
+        )
+        return Outcome(_reward(reward), done is True, "" if reason is None else str(reason)[:200])
+
+
+class StaticSource(TaskSource):
+    """Plain HTML pages from local directories, for custom sites and tests.
+
+    A page reports through globals: ``ASYNCWEBRL_INSTRUCTION`` (or the text of
+    ``#instruction``), ``ASYNCWEBRL_REWARD``, ``ASYNCWEBRL_DONE``. The seed
+    arrives as the ``seed`` query parameter.
+    """
+
+    name = "static"
+
+    def __init__(self, directories: tuple[str, ...]) -> None:
+        self.dirs = [pathlib.Path(d).resolve() for d in directories]
+        names = [d.name for d in self.dirs]
+        if len(set(names)) != len(names):
+            raise ValueError("static_task_dirs: directory names must be unique")
+        self.servers = {d.name: StaticServer(d) for d in self.dirs}
+
+    def tasks(self) -> list[TaskSpec]:
+        specs = []
+        for d in self.dirs:
+            for page in sorted(d.glob("*.html")):
+                specs.append(TaskSpec(f"static/{d.name}/{page.stem}", "static", page.name, viewport=(800, 600)))
+        return specs
+
+    async def start(self) -> None:
+        for server in self.servers.values():
+            await server.start()
+
+    async def stop(self) -> None:
+        for server in self.servers.values():
+            await server.stop()
+
+    def _server(self, task: TaskSpec) -> StaticServer:
+        return self.servers[task.name.split("/")[1]]
+
+    def url(self, task: TaskSpec, seed: int) -> str:
+        return f"{self._server(task).origin}/{task.url_path}?seed={seed}"
+
+    def allowed_origins(self, task: TaskSpec) -> list[str]:
+        return [self._server(task).origin]
+
+    async def begin(self, page: Any, task: TaskSpec, seed: int) -> str:
+        return await page.evaluate(
+            """() => window.ASYNCWEBRL_INSTRUCTION
+                || (document.getElementById('instruction') || {}).textContent || ''"""
+        )
+
+    async def outcome(self, page: Any) -> Outcome:
+        raw = await page.evaluate(
+            "() => JSON.stringify([window.ASYNCWEBRL_REWARD || 0, !!window.ASYNCWEBRL_DONE])"
+        )
+        reward, done = json.loads(raw)
+        return Outcome(_reward(reward), bool(done))
+
+
+def build_sources(task_sources: tuple[str, ...], static_dirs: tuple[str, ...], miniwob_episode_ms: int) -> list[TaskSource]:
+    sources: list[TaskSource] = []
+    for name in task_sources:
+        if name == "miniwob":
+            sources.append(MiniWoBSource(miniwob_episode_ms))
+        elif name == "static":
+            sources.append(StaticSource(tuple(os.fspath(d) for d in static_dirs)))
+    return sources
