@@ -27,3 +27,7 @@ class EpisodeOver(EnvError):
 
 class EnvFault(EnvError):
     """The environment (browser, page) failed; the episode is void, not failed."""
+
+
+class Unavailable(EnvError):
+    """A dependency (Redis) is down; the same call may work later."""

@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import logging
 import os
+import re
 import time
 import uuid
 
@@ -22,17 +23,20 @@ import psutil
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import async_playwright
+from redis.exceptions import RedisError
 
 from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.envfleet import metrics, security
 from asyncwebrl.envfleet.actions import Checked, check
 from asyncwebrl.envfleet.config import CHROMIUM_FLAGS, EnvfleetConfig
-from asyncwebrl.envfleet.errors import EnvFault, EpisodeOver, Exhausted, InvalidArgument, NotFound
+from asyncwebrl.envfleet.errors import EnvFault, EpisodeOver, Exhausted, InvalidArgument, NotFound, Unavailable
 from asyncwebrl.envfleet.tasks import TaskSource, TaskSpec
 from asyncwebrl.v1 import env_pb2
 
 log = logging.getLogger(__name__)
 
+# Playwright's words for "the page navigated under this call".
+_NAVIGATING = re.compile(r"context was destroyed|navigat", re.I)
 _SESSION_ID_CHARS = frozenset("0123456789abcdef")
 # Remember this many ended sessions so a late Step gets the right status.
 _TOMBSTONES = 10_000
@@ -322,14 +326,18 @@ class Fleet:
             await page.goto(source.url(spec, request.seed), wait_until="load")
             session.instruction = str(await source.begin(page, spec, request.seed) or "")[:4096]
             observation = await self._observe(session)
-        except (PlaywrightError, asyncio.TimeoutError) as exc:
+        except BaseException as exc:
+            # Whatever went wrong, the context and the slot must come back.
             if context is not None:
                 self._spawn(self._close_quietly(context))
             if host.connected:
                 host.contexts -= 1
             self._update_gauges()
             metrics.ALLOCATIONS.labels("fault").inc()
-            raise EnvFault(f"environment fault: could not load {spec.name}: {str(exc).splitlines()[0][:200]}") from exc
+            if isinstance(exc, (PlaywrightError, asyncio.TimeoutError)):
+                first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                raise EnvFault(f"environment fault: could not load {spec.name}: {first_line}") from exc
+            raise
         self.sessions[session.id] = session
         self._update_gauges()
         metrics.ALLOCATIONS.labels("ok").inc()
@@ -412,8 +420,7 @@ class Fleet:
             info = env_pb2.StepInfo(action_type=checked.kind)
             try:
                 await self._act(session, checked, info)
-                outcome = await session.source.outcome(session.page)
-                observation = await self._observe(session, info)
+                outcome, observation = await self._read(session, info)
             except (PlaywrightError, asyncio.TimeoutError) as exc:
                 raise self._fault(session, exc) from exc
             done = outcome.done or checked.kind == "answer"
@@ -490,34 +497,57 @@ class Fleet:
             # A failed navigation (blocked redirect, DNS) is the agent's problem, not the fleet's.
             info.error = str(exc).splitlines()[0][:200]
 
+    async def _read(self, session: Session, info: env_pb2.StepInfo):
+        """Outcome and observation; an action may have started a navigation, so a
+        read that lands in the old document waits for the new one and tries again."""
+        for attempt in range(3):
+            try:
+                outcome = await session.source.outcome(session.page)
+                return outcome, await self._observe(session, info)
+            except PlaywrightError as exc:
+                if attempt == 2 or not _NAVIGATING.search(str(exc)):
+                    raise
+                await session.page.wait_for_load_state("load")
+        raise AssertionError("unreachable")
+
     async def _observe(self, session: Session, info: env_pb2.StepInfo | None = None) -> env_pb2.Observation:
         page = session.page
         kwargs = {"type": session.image_format}
         if session.image_format == "jpeg":
             kwargs["quality"] = session.quality
         shot = await page.screenshot(**kwargs)
-        ref = await self.blobs.put(shot, f"image/{session.image_format}", session.width, session.height)
+        title = (await page.title())[:512]
+        try:
+            ref = await self.blobs.put(shot, f"image/{session.image_format}", session.width, session.height)
+        except RedisError as exc:
+            raise Unavailable(f"blob store unavailable: {exc}") from exc
         metrics.SCREENSHOT_BYTES.inc(len(shot))
         metrics.SCREENSHOTS.labels(session.image_format).inc()
-        if info is not None:
-            info.page_changed = ref.sha256 != session.last_sha
-            session.step_index += 1
-        session.last_sha = ref.sha256
         observation = env_pb2.Observation(
             screenshot=env_pb2.ScreenshotRef(
                 sha256=ref.sha256, width=ref.width, height=ref.height, mime=ref.mime, size_bytes=ref.size_bytes
             ),
             url=page.url[:2048],
-            title=(await page.title())[:512],
+            title=title,
             instruction=session.instruction,
-            step_index=session.step_index,
+            step_index=session.step_index + (info is not None),
         )
         if session.include_elements and self.config.max_elements:
-            for tag, el_id, text, kind, x, y, w, h in await page.evaluate(_ELEMENTS_JS, self.config.max_elements):
-                observation.elements.add(
-                    tag=str(tag)[:32], id=str(el_id)[:128], text=str(text)[:200], type=str(kind)[:32],
-                    x=float(x), y=float(y), width=float(w), height=float(h),
-                )
+            raw = await page.evaluate(_ELEMENTS_JS, self.config.max_elements)
+            # The page runs our script in its own world and could have tampered with it.
+            for item in raw[: self.config.max_elements] if isinstance(raw, list) else ():
+                try:
+                    tag, el_id, text, kind, x, y, w, h = item
+                    observation.elements.add(
+                        tag=str(tag)[:32], id=str(el_id)[:128], text=str(text)[:200], type=str(kind)[:32],
+                        x=float(x), y=float(y), width=float(w), height=float(h),
+                    )
+                except (TypeError, ValueError):
+                    continue
+        if info is not None:
+            info.page_changed = ref.sha256 != session.last_sha
+            session.step_index += 1
+        session.last_sha = ref.sha256
         return observation
 
     async def release(self, session_id: str) -> bool:

@@ -7,7 +7,7 @@ import logging
 
 import grpc
 
-from asyncwebrl.envfleet.errors import EnvFault, EpisodeOver, Exhausted, InvalidArgument, NotFound
+from asyncwebrl.envfleet.errors import EnvError, EnvFault, EpisodeOver, Exhausted, InvalidArgument, NotFound, Unavailable
 from asyncwebrl.envfleet.fleet import Fleet
 from asyncwebrl.v1 import env_pb2, env_pb2_grpc
 
@@ -20,6 +20,7 @@ _STATUS = {
     EpisodeOver: grpc.StatusCode.FAILED_PRECONDITION,
     # ABORTED, not UNAVAILABLE: retrying the same Step cannot help, the episode is void.
     EnvFault: grpc.StatusCode.ABORTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 MAX_PAGE_SIZE = 1000
 
@@ -56,7 +57,7 @@ class EnvServicer(env_pb2_grpc.EnvServiceServicer):
             start = _offset(request.page_token)
             size = request.page_size or MAX_PAGE_SIZE
             page = specs[start : start + size]
-        except (InvalidArgument, NotFound) as exc:
+        except EnvError as exc:
             await self._fail(context, exc)
         response = env_pb2.ListTasksResponse(
             next_page_token=_page_token(start + size) if start + size < len(specs) else ""
@@ -74,7 +75,7 @@ class EnvServicer(env_pb2_grpc.EnvServiceServicer):
     async def Allocate(self, request, context):
         try:
             session, observation = await self.fleet.allocate(request)
-        except (InvalidArgument, NotFound, Exhausted, EnvFault) as exc:
+        except EnvError as exc:
             await self._fail(context, exc)
         spec = session.task
         return env_pb2.AllocateResponse(
@@ -96,7 +97,7 @@ class EnvServicer(env_pb2_grpc.EnvServiceServicer):
             await self._fail(context, InvalidArgument("action", "is required"))
         try:
             return await self.fleet.step(request.session_id, request.action)
-        except (InvalidArgument, NotFound, EpisodeOver, EnvFault) as exc:
+        except EnvError as exc:
             await self._fail(context, exc)
 
     async def Release(self, request, context):
