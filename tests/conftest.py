@@ -4,87 +4,16 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 
 import pytest
 
+from asyncwebrl.common.localstack import RedisServer
+from asyncwebrl.envfleet.config import CHROMIUM_FLAGS
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("ASYNCWEBRL_CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-class RedisServer:
-    """A real redis-server on a free loopback port, with a password."""
-
-    def __init__(self, workdir: pathlib.Path, password: str = "test-redis-password") -> None:
-        self.port = free_port()
-        self.password = password
-        self.workdir = workdir
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "/usr/bin/redis-server",
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(workdir),
-                "--requirepass", password,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, proc=self.proc)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self):
-        import redis
-
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @pytest.fixture(scope="session")
@@ -112,42 +41,3 @@ async def browser(chromium_path):
         await b.close()
 
 
-class ServiceProcess:
-    """``python -m asyncwebrl.<name>`` as a child process on free ports."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: pathlib.Path) -> None:
-        self.name = name
-        self.grpc_port = free_port()
-        self.http_port = free_port()
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"asyncwebrl.{name}", "--grpc-port", str(self.grpc_port),
-             "--http-port", str(self.http_port), *args],
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        wait_for_port(self.http_port, timeout, self.proc)
-        wait_for_port(self.grpc_port, timeout, self.proc)
-
-    def logs(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode

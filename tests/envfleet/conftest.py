@@ -7,7 +7,7 @@ import pytest
 
 from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.v1 import env_pb2, env_pb2_grpc
-from tests.conftest import ServiceProcess
+from asyncwebrl.common.localstack import ServiceProcess
 
 TOKEN = "test-token"
 PAGES = pathlib.Path(__file__).parent / "pages"

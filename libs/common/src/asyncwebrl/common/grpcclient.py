@@ -51,7 +51,7 @@ def channel(target: str, token: str = "", max_message_bytes: int = DEFAULT_MAX_M
     return ch
 
 
-class _AioMetadataInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class _AioUnaryUnaryAuth(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self._metadata = metadata
 
@@ -64,11 +64,20 @@ class _AioMetadataInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.Una
     async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(self._details(details), request)
 
+
+class _AioStreamOnly(grpc.aio.UnaryStreamClientInterceptor):
+    _details = _AioUnaryUnaryAuth._details
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
     async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(self._details(details), request)
 
 
 def aio_channel(target: str, token: str = "", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
     """An asyncio channel; adds the bearer token to every call when one is given."""
-    interceptors = [_AioMetadataInterceptor(auth_metadata(token))] if token else None
+    # grpc.aio files each interceptor under its first matching kind, so one instance per kind.
+    metadata = auth_metadata(token)
+    interceptors = [_AioUnaryUnaryAuth(metadata), _AioStreamOnly(metadata)] if token else None
     return grpc.aio.insecure_channel(target, options=_options(max_message_bytes), interceptors=interceptors)

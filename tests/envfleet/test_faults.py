@@ -1,0 +1,118 @@
+"""Faults against a real envfleet: Chromium killed mid-episode, idle leases, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import psutil
+import pytest
+
+from asyncwebrl.common.grpcclient import channel
+from asyncwebrl.envfleet import scripted
+from asyncwebrl.v1 import env_pb2, env_pb2_grpc
+from tests.envfleet.conftest import TOKEN, click, start_envfleet
+
+
+@pytest.fixture
+def fleet(redis_server, tmp_path):
+    svc = start_envfleet(tmp_path, redis_server, "--browsers", "2", "--contexts-per-browser", "1",
+                         "--lease-timeout-s", "2")
+    ch = channel(svc.target, TOKEN)
+    yield svc, env_pb2_grpc.EnvServiceStub(ch)
+    ch.close()
+    svc.stop()
+
+
+def _wait(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_chromium_killed_mid_episode(fleet):
+    svc, stub = fleet
+    victim = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=1), timeout=30)
+    other = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=2), timeout=30)
+    stats = stub.Stats(env_pb2.StatsRequest())
+    assert stats.slots_free == 0
+    assert all(b.pid > 0 and b.contexts == 1 for b in stats.browser)
+    # Least-loaded placement puts the two sessions on different browsers; kill browser 0.
+    pid = stats.browser[0].pid
+    assert "--asyncwebrl-browser=" in " ".join(psutil.Process(pid).cmdline())
+    os.kill(pid, signal.SIGKILL)
+
+    outcomes = {}
+    for name, a in (("victim", victim), ("other", other)):
+        try:
+            stub.Step(env_pb2.StepRequest(session_id=a.session_id, action=click(10, 10)), timeout=30)
+            outcomes[name] = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            outcomes[name] = exc.code()
+            assert "environment fault" in exc.details()
+    # Exactly one session was on the killed browser: it reports an environment fault (ABORTED),
+    # the other goes on as if nothing happened.
+    assert sorted(c.name for c in outcomes.values()) == ["ABORTED", "OK"]
+    # The crashed browser is replaced and its slot comes back; the next Allocate works.
+    after = _wait(lambda: (s := stub.Stats(env_pb2.StatsRequest())).browsers == 2 and s.slots_free == 1 and s)
+    assert after.browser_restarts == 1 and after.env_faults == 1
+    assert after.browser[0].pid != pid
+    episode = scripted.run_episode(stub, "miniwob/click-test", 3)
+    assert episode.reward == 1.0
+    # The faulted session stays an environment fault; releasing it is harmless.
+    faulted = victim if outcomes["victim"] == grpc.StatusCode.ABORTED else other
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Step(env_pb2.StepRequest(session_id=faulted.session_id, action=click(10, 10)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    stub.Release(env_pb2.ReleaseRequest(session_id=faulted.session_id))
+    survivor = other if faulted is victim else victim
+    stub.Release(env_pb2.ReleaseRequest(session_id=survivor.session_id))
+
+
+def test_idle_lease_expires_and_frees_its_slot(fleet):
+    _, stub = fleet
+    a = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=1), timeout=30)
+    b = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=1), timeout=30)
+    # Keep b busy while a idles past its 2 s lease.
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        stub.Step(env_pb2.StepRequest(session_id=b.session_id, action=click(10, 10)), timeout=10)
+        time.sleep(0.3)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Step(env_pb2.StepRequest(session_id=a.session_id, action=click(10, 10)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "expired" in err.value.details()
+    stats = stub.Stats(env_pb2.StatsRequest())
+    assert stats.expired_leases == 1 and stats.sessions == 1 and stats.slots_free == 1
+    stub.Release(env_pb2.ReleaseRequest(session_id=b.session_id))
+
+
+def test_sigterm_drains_and_exits_cleanly(redis_server, tmp_path):
+    svc = start_envfleet(tmp_path, redis_server, "--shutdown-grace-s", "5")
+    stub = env_pb2_grpc.EnvServiceStub(channel(svc.target, TOKEN))
+    a = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=1), timeout=30)
+    browser_pid = stub.Stats(env_pb2.StatsRequest()).browser[0].pid
+    # A slow step is in flight when SIGTERM arrives: it finishes, then the process exits 0.
+    future = stub.Step.future(
+        env_pb2.StepRequest(session_id=a.session_id, action=env_pb2.Action(wait=env_pb2.Wait(ms=1500))), timeout=30
+    )
+    time.sleep(0.3)
+    svc.proc.send_signal(signal.SIGTERM)
+    # Draining: not ready for new work, and new calls are refused.
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"http://127.0.0.1:{svc.http_port}/readyz", timeout=5)
+    assert err.value.code == 503
+    with pytest.raises(grpc.RpcError):
+        stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=1), timeout=5)
+    assert future.result().observation.step_index == 1
+    assert svc.proc.wait(30) == 0
+    assert not psutil.pid_exists(browser_pid) or psutil.Process(browser_pid).status() == psutil.STATUS_ZOMBIE
+    assert "stopped" in svc.logs()
+    svc.stop()
