@@ -78,7 +78,7 @@ def _worker(peer_factory, peer_kwargs, wid, items, barrier, results):
     out["t_start"] = time.monotonic()
     if peer is not None:
         for idx, ep in items:
-            rec = {"index": idx, "reward": None, "steps": 0, "latencies": [], "errors": []}
+            rec = {"index": idx, "reward": None, "steps": 0, "latencies": [], "reset_s": None, "errors": []}
             try:
                 peer.run_episode(ep, rec)
             except Exception as e:
@@ -133,6 +133,7 @@ def main(peer_name, peer_factory, peer_kwargs, concurrency, workload_path, delay
 
     rewards = [None] * len(episodes)
     latencies = []
+    resets = []
     steps = 0
     for o in sorted(outs, key=lambda o: o["wid"]):
         errors.extend(o["errors"])
@@ -141,6 +142,8 @@ def main(peer_name, peer_factory, peer_kwargs, concurrency, workload_path, delay
             rewards[rec["index"]] = float(r) if r is not None else None
             steps += rec["steps"]
             latencies.extend(rec["latencies"])
+            if rec["reset_s"] is not None:
+                resets.append(rec["reset_s"])
     starts = [o["t_start"] for o in outs if o["t_start"] is not None]
     ends = [o["t_end"] for o in outs if o["t_end"] is not None]
     wall = (max(ends) - min(starts)) if starts and ends else 0.0
@@ -155,6 +158,8 @@ def main(peer_name, peer_factory, peer_kwargs, concurrency, workload_path, delay
         "median_step_latency_s": round(statistics.median(latencies), 5) if latencies else None,
         "rewards": rewards,
         "errors": errors,
+        # extra (not in the shared schema): median env.reset() time
+        "median_reset_s": round(statistics.median(resets), 5) if resets else None,
     }
     sys.stdout.flush()
     print(json.dumps(summary), flush=True)

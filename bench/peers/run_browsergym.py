@@ -106,7 +106,9 @@ class BrowserGymPeer:
         if ep["task"] != self.task:
             self._make(ep["task"])  # cheap; closes the previous browser
         env = self.env
+        t0 = time.perf_counter()
         env.reset(seed=int(ep["seed"]))
+        rec["reset_s"] = time.perf_counter() - t0
         page = env.unwrapped.page
         scale = getattr(page, "_bgym_scale_factor", 1.0)
         info = {}

@@ -88,7 +88,9 @@ class MiniwobGymPeer:
         from miniwob.action import ActionTypes
 
         env = self.envs.get(ep["task"]) or self._make(ep["task"])
+        t0 = time.perf_counter()
         env.reset(seed=int(ep["seed"]))
+        rec["reset_s"] = time.perf_counter() - t0
         info = {}
         for x, y in ep["clicks"]:
             action = env.unwrapped.create_action(

@@ -132,3 +132,15 @@ def test_policy_navigation_refuses_inert_schemes_and_normalises_origins():
     assert origin_of("wss://a.b/c") == "https://a.b:443"
     with pytest.raises(ValueError, match="allowed_origins"):
         HostPolicy(["file:///tmp"])
+
+
+def test_only_suspicious_urls_reach_python():
+    """Allowed traffic skips the Python handler; everything else is routed to it and judged there."""
+    pattern = HostPolicy(["http://127.0.0.1:8000", "https://shop.test"]).suspicious_pattern()
+    for plain in ["http://127.0.0.1:8000/", "http://127.0.0.1:8000", "http://127.0.0.1:8000/a?b#c",
+                  "ws://127.0.0.1:8000/ws", "https://shop.test/x", "https://shop.test:443/x", "wss://shop.test/"]:
+        assert not pattern.search(plain), plain
+    for routed in ["http://127.0.0.1:80001/", "http://127.0.0.1:8000@evil.test/", "https://127.0.0.1:8000/",
+                   "http://shop.test/", "https://shop.test.evil/", "http://169.254.169.254/", "file:///etc/passwd",
+                   "http://127.0.0.1/"]:
+        assert pattern.search(routed), routed

@@ -49,7 +49,7 @@ async def test_flight_tasks_load_over_http(browser, miniwob):
     assert len(await miniwob.begin(page, spec, 0)) > 10
 
 
-async def test_static_page_cannot_fake_a_reward_type(browser, tmp_path):
+async def test_static_page_cannot_fake_a_reward(browser, tmp_path):
     (tmp_path / "t.html").write_text(
         "<script>window.ASYNCWEBRL_REWARD = 'lots'; window.ASYNCWEBRL_DONE = 1;</script>"
         "<div id=instruction>do it</div>"

@@ -18,6 +18,7 @@ import os
 import re
 import time
 import uuid
+from typing import Any
 
 import psutil
 from playwright.async_api import Error as PlaywrightError
@@ -502,21 +503,26 @@ class Fleet:
         read that lands in the old document waits for the new one and tries again."""
         for attempt in range(3):
             try:
-                outcome = await session.source.outcome(session.page)
-                return outcome, await self._observe(session, info)
+                # One round trip for the page title and the task's outcome.
+                title, raw = await session.page.evaluate(
+                    f"() => [document.title, ({session.source.outcome_script})()]"
+                )
+                return session.source.parse_outcome(raw), await self._observe(session, info, title)
             except PlaywrightError as exc:
                 if attempt == 2 or not _NAVIGATING.search(str(exc)):
                     raise
                 await session.page.wait_for_load_state("load")
         raise AssertionError("unreachable")
 
-    async def _observe(self, session: Session, info: env_pb2.StepInfo | None = None) -> env_pb2.Observation:
+    async def _observe(
+        self, session: Session, info: env_pb2.StepInfo | None = None, title: Any = None
+    ) -> env_pb2.Observation:
         page = session.page
         kwargs = {"type": session.image_format}
         if session.image_format == "jpeg":
             kwargs["quality"] = session.quality
         shot = await page.screenshot(**kwargs)
-        title = (await page.title())[:512]
+        title = str(await page.title() if title is None else title)[:512]
         try:
             ref = await self.blobs.put(shot, f"image/{session.image_format}", session.width, session.height)
         except RedisError as exc:
@@ -556,7 +562,8 @@ class Fleet:
         session = self._end(session_id, "released")
         if session is None:
             return False
-        await self._close(session)
+        # Closing a context takes a few hundred ms of Chromium's time; the caller need not wait.
+        self._spawn(self._close(session))
         return True
 
     def stats(self) -> env_pb2.StatsResponse:

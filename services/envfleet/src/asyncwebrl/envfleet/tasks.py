@@ -89,8 +89,14 @@ class TaskSource(abc.ABC):
     async def begin(self, page: Any, task: TaskSpec, seed: int) -> str:
         """Start the episode on a loaded page; return the instruction."""
 
+    # A JS function of no arguments whose result parse_outcome() understands.
+    outcome_script: str
+
     @abc.abstractmethod
-    async def outcome(self, page: Any) -> Outcome: ...
+    def parse_outcome(self, raw: Any) -> Outcome: ...
+
+    async def outcome(self, page: Any) -> Outcome:
+        return self.parse_outcome(await page.evaluate(self.outcome_script))
 
 
 def _miniwob_html_root() -> pathlib.Path:
@@ -148,10 +154,12 @@ class MiniWoBSource(TaskSource):
             [seed, self.episode_ms],
         )
 
-    async def outcome(self, page: Any) -> Outcome:
-        done, reward, reason = await page.evaluate(
-            "() => [WOB_DONE_GLOBAL, WOB_RAW_REWARD_GLOBAL, WOB_REWARD_REASON]"
-        )
+    outcome_script = "() => [WOB_DONE_GLOBAL, WOB_RAW_REWARD_GLOBAL, WOB_REWARD_REASON]"
+
+    def parse_outcome(self, raw: Any) -> Outcome:
+        if not isinstance(raw, list) or len(raw) != 3:
+            return Outcome(0.0, False, "unreadable outcome")
+        done, reward, reason = raw
         return Outcome(_reward(reward), done is True, "" if reason is None else str(reason)[:200])
 
 
@@ -202,12 +210,14 @@ class StaticSource(TaskSource):
                 || (document.getElementById('instruction') || {}).textContent || ''"""
         )
 
-    async def outcome(self, page: Any) -> Outcome:
-        raw = await page.evaluate(
-            "() => JSON.stringify([window.ASYNCWEBRL_REWARD || 0, !!window.ASYNCWEBRL_DONE])"
-        )
-        reward, done = json.loads(raw)
-        return Outcome(_reward(reward), bool(done))
+    outcome_script = "() => JSON.stringify([window.ASYNCWEBRL_REWARD || 0, !!window.ASYNCWEBRL_DONE])"
+
+    def parse_outcome(self, raw: Any) -> Outcome:
+        try:
+            reward, done = json.loads(raw)
+        except (TypeError, ValueError):
+            return Outcome(0.0, False, "unreadable outcome")
+        return Outcome(_reward(reward), done is True)
 
 
 def build_sources(task_sources: tuple[str, ...], static_dirs: tuple[str, ...], miniwob_episode_ms: int) -> list[TaskSource]:
