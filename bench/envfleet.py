@@ -83,8 +83,9 @@ async def make_workload(episodes: int, noop_steps: int) -> dict:
 
 
 def summarise(name: str, concurrency: int, steps: int, wall: float, latencies: list[float], rewards: list[float],
-              expected: list[float]) -> dict:
+              expected: list[float], resets: list[float]) -> dict:
     return {
+        "median_reset_s": round(statistics.median(resets), 4) if resets else None,
         "system": name,
         "concurrency": concurrency,
         "steps": steps,
@@ -111,6 +112,7 @@ async def run_raw(workload: dict, concurrency: int) -> dict:
         queue.put_nowait((i, ep))
     rewards = [None] * len(episodes)
     latencies: list[float] = []
+    resets: list[float] = []
     steps = 0
 
     async with async_playwright() as pw:
@@ -121,11 +123,13 @@ async def run_raw(workload: dict, concurrency: int) -> dict:
             while not queue.empty():
                 i, ep = queue.get_nowait()
                 spec = tasks[f"miniwob/{ep['task']}"]
+                r0 = time.perf_counter()
                 context = await browser.new_context(viewport={"width": 160, "height": 210})
                 page = await context.new_page()
                 await page.goto(source.url(spec, ep["seed"]), wait_until="load")
                 await source.begin(page, spec, ep["seed"])
                 await page.screenshot(type="jpeg", quality=80)
+                resets.append(time.perf_counter() - r0)
                 outcome = None
                 for x, y in ep["clicks"]:
                     t0 = time.perf_counter()
@@ -145,7 +149,7 @@ async def run_raw(workload: dict, concurrency: int) -> dict:
         await browser.close()
     await source.stop()
     return summarise("raw_playwright", concurrency, steps, wall, latencies, rewards,
-                     [e["expected_reward"] for e in episodes])
+                     [e["expected_reward"] for e in episodes], resets)
 
 
 # ---------------------------------------------------------------- envfleet over gRPC
@@ -157,6 +161,7 @@ def run_envfleet(stub, workload: dict, concurrency: int) -> dict:
     pending = list(enumerate(episodes))
     rewards = [None] * len(episodes)
     latencies: list[float] = []
+    resets: list[float] = []
     counts = [0]
 
     def worker():
@@ -165,7 +170,10 @@ def run_envfleet(stub, workload: dict, concurrency: int) -> dict:
                 if not pending:
                     return
                 i, ep = pending.pop(0)
+            r0 = time.perf_counter()
             a = stub.Allocate(env_pb2.AllocateRequest(task=f"miniwob/{ep['task']}", seed=ep["seed"]), timeout=60)
+            with lock:
+                resets.append(time.perf_counter() - r0)
             reward = None
             for x, y in ep["clicks"]:
                 t0 = time.perf_counter()
@@ -189,7 +197,7 @@ def run_envfleet(stub, workload: dict, concurrency: int) -> dict:
         t.join()
     wall = time.perf_counter() - started
     return summarise("envfleet", concurrency, counts[0], wall, latencies, rewards,
-                     [e["expected_reward"] for e in episodes])
+                     [e["expected_reward"] for e in episodes], resets)
 
 
 def chromium_pss(pid: int) -> int:
@@ -247,13 +255,18 @@ def run_peer(script: str, venv: str, workload_path: pathlib.Path, concurrency: i
         return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
     data = json.loads(lines[-1])
     expected = [1.0] * len(data.get("rewards", []))
+    if "browsergym" in script:
+        system = "browsergym_defaults" if data.get("delays") else "browsergym_no_delays"
+    else:
+        system = "miniwob_gym"
     return {
-        "system": data.get("peer", script),
+        "system": system,
         "concurrency": concurrency,
         "steps": data["steps"],
         "wall_s": round(data["wall_s"], 3),
         "steps_per_s": round(data["steps_per_s"], 2),
         "median_step_latency_s": data.get("median_step_latency_s"),
+        "median_reset_s": data.get("median_reset_s"),
         "episodes_correct": sum(1 for r, e in zip(data.get("rewards", []), expected) if r is not None and r > 0),
         "episodes": data.get("episodes"),
         "delays": data.get("delays"),
@@ -293,6 +306,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", default="1,4,8")
     parser.add_argument("--peer-concurrency", default="1,4")
+    parser.add_argument("--browsergym-episodes", type=int, default=8)
     parser.add_argument("--skip-peers", action="store_true")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -303,6 +317,9 @@ def main() -> int:
     workload = asyncio.run(make_workload(args.episodes, args.noop_steps))
     workload_path = RESULTS / "envfleet_workload.json"
     workload_path.write_text(json.dumps(workload))
+    # BrowserGym relaunches Chromium on every reset: it runs the first episodes only.
+    slice_path = RESULTS / "envfleet_workload_browsergym.json"
+    slice_path.write_text(json.dumps({"episodes": workload["episodes"][: args.browsergym_episodes]}))
 
     runs: dict[str, dict[int, list[dict]]] = {}
 
@@ -310,7 +327,7 @@ def main() -> int:
         if result and "system" in result:
             runs.setdefault(result["system"], {}).setdefault(result["concurrency"], []).append(result)
             log(f"{result['system']:<22} c={result['concurrency']}  {result['steps_per_s']:7.2f} steps/s  "
-                f"median step {result['median_step_latency_s']}s  correct {result['episodes_correct']}/{result['episodes']}")
+                f"median step {result['median_step_latency_s']}s  reset {result['median_reset_s']}s  correct {result['episodes_correct']}/{result['episodes']}")
         elif result:
             log(f"peer failed: {result}")
             runs.setdefault("errors", {}).setdefault(0, []).append(result)
@@ -336,9 +353,9 @@ def main() -> int:
                     if args.skip_peers or c not in peer_levels:
                         continue
                     record(run_peer("run_miniwob_gym.py", ".venv-miniwob", workload_path, c, []))
-                    record(run_peer("run_browsergym.py", ".venv-browsergym", workload_path, c, ["--no-delays"]))
-                    if rnd == 0:  # BrowserGym with its default waits is slow; one round says enough
-                        record(run_peer("run_browsergym.py", ".venv-browsergym", workload_path, c, []))
+                    if rnd == 0:  # BrowserGym takes seconds per reset; one round on a slice says enough
+                        record(run_peer("run_browsergym.py", ".venv-browsergym", slice_path, c, ["--no-delays"]))
+                        record(run_peer("run_browsergym.py", ".venv-browsergym", slice_path, c, []))
             log("memory per added context")
             memory = memory_per_context(stub, min(8, max(levels)))
         finally:
@@ -349,15 +366,17 @@ def main() -> int:
         values = [r["steps_per_s"] for r in runs.get(system, {}).get(c, [])]
         return round(statistics.median(values), 2) if values else None
 
-    names = {"browsergym": "browsergym_defaults", "browsergym-nodelay": "browsergym_no_delays"}
+    names: dict[str, str] = {}
     steps_per_s: dict[str, dict[str, float | None]] = {}
     latency: dict[str, dict[str, float | None]] = {}
+    reset: dict[str, dict[str, float | None]] = {}
     for system, by_c in runs.items():
         if system == "errors":
             continue
         label = names.get(system, system)
         steps_per_s[label] = {str(c): best(system, c) for c in by_c}
         latency[label] = {str(c): statistics.median([r["median_step_latency_s"] for r in rs]) for c, rs in by_c.items()}
+        reset[label] = {str(c): statistics.median([r["median_reset_s"] or 0 for r in rs]) for c, rs in by_c.items()}
 
     def ratio(a, b, c):
         x, y = steps_per_s.get(a, {}).get(str(c)), steps_per_s.get(b, {}).get(str(c))
@@ -370,11 +389,13 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
                     "platform": platform.platform(), "python": platform.python_version()},
         "command": "make bench-envfleet",
-        "workload": {"episodes": args.episodes, "steps_per_episode": args.noop_steps + 1,
+        "workload": {"episodes": args.episodes, "browsergym_episodes": args.browsergym_episodes,
+                     "steps_per_episode": args.noop_steps + 1,
                      "tasks": ["miniwob/click-test", "miniwob/click-button"], "rounds": args.rounds},
         "concurrency": levels,
         "steps_per_s": steps_per_s,
         "median_step_latency_s": latency,
+        "median_reset_s": reset,
         "correct_episodes": {names.get(s, s): min(r["episodes_correct"] for rs in by_c.values() for r in rs)
                              for s, by_c in runs.items() if s != "errors"},
         "memory": memory,
