@@ -42,8 +42,8 @@ def test_chromium_killed_mid_episode(fleet):
     svc, stub = fleet
     victim = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=1), timeout=30)
     other = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=2), timeout=30)
-    stats = stub.Stats(env_pb2.StatsRequest())
-    assert stats.slots_free == 0
+    stats = _wait(lambda: (s := stub.Stats(env_pb2.StatsRequest())).slots_free == 0
+                  and all(b.spare_contexts == 1 for b in s.browser) and s)
     assert all(b.pid > 0 and b.contexts == 1 for b in stats.browser)
     # Least-loaded placement puts the two sessions on different browsers; kill browser 0.
     pid = stats.browser[0].pid
@@ -62,7 +62,8 @@ def test_chromium_killed_mid_episode(fleet):
     # the other goes on as if nothing happened.
     assert sorted(c.name for c in outcomes.values()) == ["ABORTED", "OK"]
     # The crashed browser is replaced and its slot comes back; the next Allocate works.
-    after = _wait(lambda: (s := stub.Stats(env_pb2.StatsRequest())).browsers == 2 and s.slots_free == 1 and s)
+    after = _wait(lambda: (s := stub.Stats(env_pb2.StatsRequest())).browsers == 2 and s.slots_free == 1
+                  and s.browser[0].spare_contexts == 1 and s)
     assert after.browser_restarts == 1 and after.env_faults == 1
     assert after.browser[0].pid != pid
     episode = scripted.run_episode(stub, "miniwob/click-test", 3)

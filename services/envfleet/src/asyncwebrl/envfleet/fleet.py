@@ -67,6 +67,9 @@ class Browser:
     generation: int
     contexts: int = 0
     connected: bool = True
+    # Opened ahead of demand: Allocate takes one instead of waiting ~0.2 s for a new one.
+    spares: list[tuple[object, object]] = dataclasses.field(default_factory=list)
+    filling: int = 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -172,6 +175,7 @@ class Fleet:
         host = Browser(index, browser, _find_pid(marker), generation)
         browser.on("disconnected", lambda _b: self._on_disconnected(host))
         self.browsers[index] = host
+        self._spawn(self._fill_spares(host))
         log.info("browser launched", extra={"index": index, "pid": host.pid, "generation": generation})
 
     def _on_disconnected(self, host: Browser) -> None:
@@ -295,17 +299,10 @@ class Fleet:
         context = None
         session: Session | None = None
         try:
-            context = await host.browser.new_context(
-                viewport={"width": width, "height": height},
-                accept_downloads=False,
-                service_workers="block",
-            )
-            context.set_default_timeout(self.config.action_timeout_ms)
-            context.set_default_navigation_timeout(self.config.navigation_timeout_ms)
+            context, page = await self._take_context(host, width, height)
             policy = security.HostPolicy(source.allowed_origins(spec))
             holder: list[Session] = []
             await security.install(context, policy, lambda r, u: self._on_block(holder[0] if holder else None, r, u))
-            page = await context.new_page()
             session = Session(
                 id=uuid.uuid4().hex,
                 task=spec,
@@ -344,6 +341,48 @@ class Fleet:
         metrics.ALLOCATIONS.labels("ok").inc()
         metrics.ALLOCATE_SECONDS.observe(time.perf_counter() - started)
         return session, observation
+
+    async def _new_context(self, host: Browser) -> tuple[object, object]:
+        context = await host.browser.new_context(accept_downloads=False, service_workers="block")
+        context.set_default_timeout(self.config.action_timeout_ms)
+        context.set_default_navigation_timeout(self.config.navigation_timeout_ms)
+        try:
+            return context, await context.new_page()
+        except BaseException:
+            self._spawn(self._close_quietly(context))
+            raise
+
+    async def _take_context(self, host: Browser, width: int, height: int) -> tuple[object, object]:
+        """A fresh, never-navigated context and page: a spare if one is ready."""
+        if host.spares:
+            context, page = host.spares.pop()
+        else:
+            context, page = await self._new_context(host)
+        self._spawn(self._fill_spares(host))
+        try:
+            await page.set_viewport_size({"width": width, "height": height})
+        except BaseException:
+            self._spawn(self._close_quietly(context))
+            raise
+        return context, page
+
+    async def _fill_spares(self, host: Browser) -> None:
+        while (
+            not self._stopping
+            and host.connected
+            and len(host.spares) + host.filling < self.config.spare_contexts_per_browser
+        ):
+            host.filling += 1
+            try:
+                spare = await self._new_context(host)
+            except PlaywrightError:
+                return  # the browser is going away; its replacement fills its own
+            finally:
+                host.filling -= 1
+            if host.connected and not self._stopping:
+                host.spares.append(spare)
+            else:
+                self._spawn(self._close_quietly(spare[0]))
 
     async def _close_quietly(self, context) -> None:
         try:
@@ -580,5 +619,8 @@ class Fleet:
         )
         for h in self.browsers:
             if h is not None:
-                out.browser.add(index=h.index, pid=h.pid, contexts=h.contexts, connected=h.connected, restarts=h.generation)
+                out.browser.add(
+                    index=h.index, pid=h.pid, contexts=h.contexts, connected=h.connected, restarts=h.generation,
+                    spare_contexts=len(h.spares),
+                )
         return out

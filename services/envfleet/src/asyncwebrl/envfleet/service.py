@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import base64
-import logging
 
 import grpc
 
-from asyncwebrl.envfleet.errors import EnvError, EnvFault, EpisodeOver, Exhausted, InvalidArgument, NotFound, Unavailable
+from asyncwebrl.envfleet.errors import (
+    EnvError,
+    EnvFault,
+    EpisodeOver,
+    Exhausted,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from asyncwebrl.envfleet.fleet import Fleet
+from asyncwebrl.envfleet.tasks import TaskSpec
 from asyncwebrl.v1 import env_pb2, env_pb2_grpc
 
-log = logging.getLogger(__name__)
 
 _STATUS = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -41,6 +48,16 @@ def _offset(token: str) -> int:
     raise InvalidArgument("page_token", "not a token this service issued")
 
 
+def _task_info(spec: TaskSpec) -> env_pb2.TaskInfo:
+    return env_pb2.TaskInfo(
+        name=spec.name,
+        source=spec.source,
+        difficulty=spec.difficulty,
+        default_viewport=env_pb2.Viewport(width=spec.viewport[0], height=spec.viewport[1]),
+        description=spec.description,
+    )
+
+
 class EnvServicer(env_pb2_grpc.EnvServiceServicer):
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
@@ -62,14 +79,7 @@ class EnvServicer(env_pb2_grpc.EnvServiceServicer):
         response = env_pb2.ListTasksResponse(
             next_page_token=_page_token(start + size) if start + size < len(specs) else ""
         )
-        for spec in page:
-            response.tasks.add(
-                name=spec.name,
-                source=spec.source,
-                difficulty=spec.difficulty,
-                default_viewport=env_pb2.Viewport(width=spec.viewport[0], height=spec.viewport[1]),
-                description=spec.description,
-            )
+        response.tasks.extend(_task_info(spec) for spec in page)
         return response
 
     async def Allocate(self, request, context):
@@ -77,17 +87,10 @@ class EnvServicer(env_pb2_grpc.EnvServiceServicer):
             session, observation = await self.fleet.allocate(request)
         except EnvError as exc:
             await self._fail(context, exc)
-        spec = session.task
         return env_pb2.AllocateResponse(
             session_id=session.id,
             observation=observation,
-            task=env_pb2.TaskInfo(
-                name=spec.name,
-                source=spec.source,
-                difficulty=spec.difficulty,
-                default_viewport=env_pb2.Viewport(width=spec.viewport[0], height=spec.viewport[1]),
-                description=spec.description,
-            ),
+            task=_task_info(session.task),
             viewport=env_pb2.Viewport(width=session.width, height=session.height),
             lease_timeout_s=self.fleet.config.lease_timeout_s,
         )
