@@ -313,23 +313,25 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BrowserStats(_message.Message):
-    __slots__ = ("index", "pid", "contexts", "connected", "restarts", "spare_contexts")
+    __slots__ = ("index", "pid", "contexts", "connected", "restarts", "spare_contexts", "parked_contexts")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     SPARE_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PARKED_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     index: int
     pid: int
     contexts: int
     connected: bool
     restarts: int
     spare_contexts: int
-    def __init__(self, index: _Optional[int] = ..., pid: _Optional[int] = ..., contexts: _Optional[int] = ..., connected: _Optional[bool] = ..., restarts: _Optional[int] = ..., spare_contexts: _Optional[int] = ...) -> None: ...
+    parked_contexts: int
+    def __init__(self, index: _Optional[int] = ..., pid: _Optional[int] = ..., contexts: _Optional[int] = ..., connected: _Optional[bool] = ..., restarts: _Optional[int] = ..., spare_contexts: _Optional[int] = ..., parked_contexts: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("slots_total", "slots_free", "sessions", "browsers", "browser_restarts", "blocked_requests", "steps_total", "env_faults", "expired_leases", "browser")
+    __slots__ = ("slots_total", "slots_free", "sessions", "browsers", "browser_restarts", "blocked_requests", "steps_total", "env_faults", "expired_leases", "browser", "warm_resets")
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FREE_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +342,7 @@ class StatsResponse(_message.Message):
     ENV_FAULTS_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_LEASES_FIELD_NUMBER: _ClassVar[int]
     BROWSER_FIELD_NUMBER: _ClassVar[int]
+    WARM_RESETS_FIELD_NUMBER: _ClassVar[int]
     slots_total: int
     slots_free: int
     sessions: int
@@ -350,4 +353,5 @@ class StatsResponse(_message.Message):
     env_faults: int
     expired_leases: int
     browser: _containers.RepeatedCompositeFieldContainer[BrowserStats]
-    def __init__(self, slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., sessions: _Optional[int] = ..., browsers: _Optional[int] = ..., browser_restarts: _Optional[int] = ..., blocked_requests: _Optional[int] = ..., steps_total: _Optional[int] = ..., env_faults: _Optional[int] = ..., expired_leases: _Optional[int] = ..., browser: _Optional[_Iterable[_Union[BrowserStats, _Mapping]]] = ...) -> None: ...
+    warm_resets: int
+    def __init__(self, slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., sessions: _Optional[int] = ..., browsers: _Optional[int] = ..., browser_restarts: _Optional[int] = ..., blocked_requests: _Optional[int] = ..., steps_total: _Optional[int] = ..., env_faults: _Optional[int] = ..., expired_leases: _Optional[int] = ..., browser: _Optional[_Iterable[_Union[BrowserStats, _Mapping]]] = ..., warm_resets: _Optional[int] = ...) -> None: ...

@@ -36,6 +36,12 @@ class EnvfleetConfig(ServiceConfig):
     spare_contexts_per_browser: int = option(
         1, "Contexts kept open and ready per browser so Allocate need not wait for one; 0 disables."
     )
+    warm_reset: bool = option(
+        False,
+        "Reuse a released context for the next episode of the same task where the source can reset in the page "
+        "(MiniWoB), as the miniwob gym does: far cheaper than a fresh context for short episodes, but an episode "
+        "can see what the previous one left in the page (storage, globals), so it is off by default.",
+    )
     chromium_path: str = option("/usr/bin/chromium", "Chromium executable.")
     chromium_extra_flags: tuple[str, ...] = option((), "Extra Chromium flags, comma-separated.")
     lease_timeout_s: float = option(300.0, "An idle session (no Step) is reclaimed after this many seconds.")

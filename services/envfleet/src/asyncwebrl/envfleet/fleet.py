@@ -68,8 +68,22 @@ class Browser:
     contexts: int = 0
     connected: bool = True
     # Opened ahead of demand: Allocate takes one instead of waiting ~0.2 s for a new one.
-    spares: list[tuple[object, object]] = dataclasses.field(default_factory=list)
+    spares: list[Lease] = dataclasses.field(default_factory=list)
     filling: int = 0
+    # Released contexts kept for an in-page reset (warm_reset), oldest first.
+    parked: list[Lease] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(eq=False)
+class Lease:
+    """A browser context and its page. It outlives a session when warm reset parks it,
+    so page event handlers find the current session here rather than capturing one."""
+
+    context: Any
+    page: Any
+    task: str = ""  # whose host policy is installed; "" until the first Allocate
+    session: Session | None = None
+    crashed: bool = False
 
 
 @dataclasses.dataclass(eq=False)
@@ -79,8 +93,7 @@ class Session:
     source: TaskSource
     seed: int
     host: Browser
-    context: object
-    page: object
+    lease: Lease
     width: int
     height: int
     image_format: str
@@ -95,6 +108,10 @@ class Session:
     navigations: int = 0
     blocked: int = 0
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+    @property
+    def page(self) -> Any:
+        return self.lease.page
 
 
 def _find_pid(marker: str) -> int:
@@ -123,6 +140,7 @@ class Fleet:
         self.steps_total = 0
         self.faults_total = 0
         self.expired_total = 0
+        self.warm_resets = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -233,11 +251,12 @@ class Fleet:
             self.config.contexts_per_browser - h.contexts for h in self.browsers if h is not None and h.connected
         )
 
-    def _reserve(self) -> Browser | None:
+    def _reserve(self, task: str) -> Browser | None:
         hosts = [h for h in self.browsers if h is not None and h.connected and h.contexts < self.config.contexts_per_browser]
         if not hosts:
             return None
-        host = min(hosts, key=lambda h: h.contexts)
+        # Least loaded, but a browser holding a parked context for this task first.
+        host = min(hosts, key=lambda h: (not any(lz.task == task for lz in h.parked), h.contexts))
         host.contexts += 1
         return host
 
@@ -274,7 +293,7 @@ class Fleet:
 
     async def _close(self, session: Session) -> None:
         try:
-            await asyncio.wait_for(session.context.close(), timeout=self.config.action_timeout_ms / 1000)
+            await asyncio.wait_for(session.lease.context.close(), timeout=self.config.action_timeout_ms / 1000)
         except (PlaywrightError, asyncio.TimeoutError):
             pass
 
@@ -291,26 +310,28 @@ class Fleet:
         fmt, quality = self._screenshot_options(request)
         if len(request.job_id) > 64 or not all(c.isalnum() or c in "-_" for c in request.job_id):
             raise InvalidArgument("job_id", "must match [A-Za-z0-9_-]{0,64}")
-        host = self._reserve()
+        host = self._reserve(spec.name)
         if host is None:
             metrics.ALLOCATIONS.labels("exhausted").inc()
             raise Exhausted(f"all {self.config.slots} slots are busy")
         started = time.perf_counter()
-        context = None
-        session: Session | None = None
+        lease: Lease | None = None
         try:
-            context, page = await self._take_context(host, width, height)
-            policy = security.HostPolicy(source.allowed_origins(spec))
-            holder: list[Session] = []
-            await security.install(context, policy, lambda r, u: self._on_block(holder[0] if holder else None, r, u))
+            lease = self._take_parked(host, spec, source)
+            warm = lease is not None
+            if lease is None:
+                lease = await self._take_context(host)
+                policy = security.HostPolicy(source.allowed_origins(spec))
+                await security.install(lease.context, policy, lambda r, u, lz=lease: self._on_block(lz.session, r, u))
+                lease.task = spec.name
+            await lease.page.set_viewport_size({"width": width, "height": height})
             session = Session(
                 id=uuid.uuid4().hex,
                 task=spec,
                 source=source,
                 seed=request.seed,
                 host=host,
-                context=context,
-                page=page,
+                lease=lease,
                 width=width,
                 height=height,
                 image_format=fmt,
@@ -319,15 +340,15 @@ class Fleet:
                 instruction="",
                 job_id=request.job_id,
             )
-            holder.append(session)
-            self._watch(session, policy)
-            await page.goto(source.url(spec, request.seed), wait_until="load")
-            session.instruction = str(await source.begin(page, spec, request.seed) or "")[:4096]
+            lease.session = session
+            if not warm:
+                await lease.page.goto(source.url(spec, request.seed), wait_until="load")
+            session.instruction = str(await source.begin(lease.page, spec, request.seed) or "")[:4096]
             observation = await self._observe(session)
         except BaseException as exc:
             # Whatever went wrong, the context and the slot must come back.
-            if context is not None:
-                self._spawn(self._close_quietly(context))
+            if lease is not None:
+                self._spawn(self._close_quietly(lease.context))
             if host.connected:
                 host.contexts -= 1
             self._update_gauges()
@@ -336,35 +357,32 @@ class Fleet:
                 first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
                 raise EnvFault(f"environment fault: could not load {spec.name}: {first_line}") from exc
             raise
+        if warm:
+            self.warm_resets += 1
+            metrics.WARM_RESETS.inc()
         self.sessions[session.id] = session
         self._update_gauges()
         metrics.ALLOCATIONS.labels("ok").inc()
         metrics.ALLOCATE_SECONDS.observe(time.perf_counter() - started)
         return session, observation
 
-    async def _new_context(self, host: Browser) -> tuple[object, object]:
+    async def _new_lease(self, host: Browser) -> Lease:
         context = await host.browser.new_context(accept_downloads=False, service_workers="block")
         context.set_default_timeout(self.config.action_timeout_ms)
         context.set_default_navigation_timeout(self.config.navigation_timeout_ms)
         try:
-            return context, await context.new_page()
+            lease = Lease(context, await context.new_page())
         except BaseException:
             self._spawn(self._close_quietly(context))
             raise
+        self._watch(lease)
+        return lease
 
-    async def _take_context(self, host: Browser, width: int, height: int) -> tuple[object, object]:
+    async def _take_context(self, host: Browser) -> Lease:
         """A fresh, never-navigated context and page: a spare if one is ready."""
-        if host.spares:
-            context, page = host.spares.pop()
-        else:
-            context, page = await self._new_context(host)
+        lease = host.spares.pop() if host.spares else await self._new_lease(host)
         self._spawn(self._fill_spares(host))
-        try:
-            await page.set_viewport_size({"width": width, "height": height})
-        except BaseException:
-            self._spawn(self._close_quietly(context))
-            raise
-        return context, page
+        return lease
 
     async def _fill_spares(self, host: Browser) -> None:
         while (
@@ -374,7 +392,7 @@ class Fleet:
         ):
             host.filling += 1
             try:
-                spare = await self._new_context(host)
+                spare = await self._new_lease(host)
             except PlaywrightError:
                 return  # the browser is going away; its replacement fills its own
             finally:
@@ -382,7 +400,35 @@ class Fleet:
             if host.connected and not self._stopping:
                 host.spares.append(spare)
             else:
-                self._spawn(self._close_quietly(spare[0]))
+                self._spawn(self._close_quietly(spare.context))
+
+    def _take_parked(self, host: Browser, spec: TaskSpec, source: TaskSource) -> Lease | None:
+        if not self.config.warm_reset or not source.warm_reset:
+            return None
+        for i in range(len(host.parked) - 1, -1, -1):
+            lease = host.parked[i]
+            if lease.task == spec.name and not lease.crashed:
+                del host.parked[i]
+                return lease
+        return None
+
+    def _park(self, session: Session) -> bool:
+        """Keep a released context for the next episode of its task, if that is safe."""
+        lease, host = session.lease, session.host
+        if not (
+            self.config.warm_reset
+            and session.source.warm_reset
+            and host.connected
+            and not lease.crashed
+            and not lease.page.is_closed()
+            # An agent that wandered off the task page leaves state we will not reuse.
+            and lease.page.url == session.source.url(session.task, session.seed)
+        ):
+            return False
+        host.parked.append(lease)
+        while len(host.parked) > self.config.contexts_per_browser:
+            self._spawn(self._close_quietly(host.parked.pop(0).context))
+        return True
 
     async def _close_quietly(self, context) -> None:
         try:
@@ -415,28 +461,30 @@ class Fleet:
             quality = options.quality
         return fmt, quality
 
-    def _watch(self, session: Session, policy: security.HostPolicy) -> None:
-        page = session.page
+    def _watch(self, lease: Lease) -> None:
+        page = lease.page
 
         def on_popup(popup) -> None:
             if popup is page:
                 return
-            self._on_block(session, "new_window", popup.url)
+            self._on_block(lease.session, "new_window", popup.url)
             self._spawn(popup.close())
 
         def on_navigated(frame) -> None:
-            if frame is page.main_frame:
-                session.navigations += 1
+            if frame is page.main_frame and lease.session is not None:
+                lease.session.navigations += 1
 
         def on_crash(_page) -> None:
-            if session.id in self.sessions:
+            lease.crashed = True
+            session = lease.session
+            if session is not None and session.id in self.sessions:
                 metrics.ENV_FAULTS.labels("page_crash").inc()
                 self.faults_total += 1
                 self._end(session.id, "environment fault: the page crashed; the episode is void")
                 self._spawn(self._close(session))
 
-        session.context.on("page", on_popup)
-        page.on("download", lambda d: self._on_block(session, "download", d.url))
+        lease.context.on("page", on_popup)
+        page.on("download", lambda d: self._on_block(lease.session, "download", d.url))
         page.on("framenavigated", on_navigated)
         page.on("crash", on_crash)
 
@@ -601,8 +649,10 @@ class Fleet:
         session = self._end(session_id, "released")
         if session is None:
             return False
-        # Closing a context takes a few hundred ms of Chromium's time; the caller need not wait.
-        self._spawn(self._close(session))
+        session.lease.session = None
+        if not self._park(session):
+            # Closing a context takes a few hundred ms of Chromium's time; the caller need not wait.
+            self._spawn(self._close(session))
         return True
 
     def stats(self) -> env_pb2.StatsResponse:
@@ -616,11 +666,12 @@ class Fleet:
             steps_total=self.steps_total,
             env_faults=self.faults_total,
             expired_leases=self.expired_total,
+            warm_resets=self.warm_resets,
         )
         for h in self.browsers:
             if h is not None:
                 out.browser.add(
                     index=h.index, pid=h.pid, contexts=h.contexts, connected=h.connected, restarts=h.generation,
-                    spare_contexts=len(h.spares),
+                    spare_contexts=len(h.spares), parked_contexts=len(h.parked),
                 )
         return out

@@ -69,6 +69,8 @@ class StaticServer:
 
 class TaskSource(abc.ABC):
     name: str
+    # begin() on an already loaded task page starts a clean new episode.
+    warm_reset: bool = False
 
     @abc.abstractmethod
     def tasks(self) -> list[TaskSpec]: ...
@@ -113,6 +115,7 @@ class MiniWoBSource(TaskSource):
     """Every MiniWoB++ page of the ``miniwob`` wheel, over one loopback HTTP server."""
 
     name = "miniwob"
+    warm_reset = True  # startEpisodeReal() regenerates the problem in place
 
     def __init__(self, episode_ms: int = 0) -> None:
         self.root = _miniwob_html_root()
