@@ -155,7 +155,7 @@ async def run_raw(workload: dict, concurrency: int) -> dict:
 # ---------------------------------------------------------------- envfleet over gRPC
 
 
-def run_envfleet(stub, workload: dict, concurrency: int) -> dict:
+def run_envfleet(stub, workload: dict, concurrency: int, name: str = "envfleet") -> dict:
     episodes = workload["episodes"]
     lock = threading.Lock()
     pending = list(enumerate(episodes))
@@ -196,7 +196,7 @@ def run_envfleet(stub, workload: dict, concurrency: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    return summarise("envfleet", concurrency, counts[0], wall, latencies, rewards,
+    return summarise(name, concurrency, counts[0], wall, latencies, rewards,
                      [e["expected_reward"] for e in episodes], resets)
 
 
@@ -334,22 +334,30 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-envfleet-") as tmp:
         redis = RedisServer(pathlib.Path(tmp))
-        svc = ServiceProcess(
-            "envfleet",
-            ["--redis-url", redis.url, "--log-level", "WARNING", "--browsers", "1",
-             "--contexts-per-browser", str(max(levels))],
-            {"ASYNCWEBRL_REDIS_PASSWORD": redis.password},
-            pathlib.Path(tmp) / "envfleet.log",
-        )
+        def start(*extra):
+            return ServiceProcess(
+                "envfleet",
+                ["--redis-url", redis.url, "--log-level", "WARNING", "--browsers", "1",
+                 "--contexts-per-browser", str(max(levels)), *extra],
+                {"ASYNCWEBRL_REDIS_PASSWORD": redis.password},
+                pathlib.Path(tmp) / f"envfleet{len(extra)}.log",
+            )
+
+        # The default (a fresh context per episode) and the opt-in in-page reset, side by side.
+        svc, warm_svc = start(), start("--warm-reset")
         try:
             svc.wait_ready()
+            warm_svc.wait_ready()
             stub = env_pb2_grpc.EnvServiceStub(channel(svc.target))
+            warm_stub = env_pb2_grpc.EnvServiceStub(channel(warm_svc.target))
             run_envfleet(stub, {"episodes": workload["episodes"][:2]}, 1)  # warm-up
+            run_envfleet(warm_stub, {"episodes": workload["episodes"][:2]}, 1)
             for rnd in range(args.rounds):
                 log(f"round {rnd + 1}/{args.rounds}")
                 for c in levels:
                     record(asyncio.run(run_raw(workload, c)))
                     record(run_envfleet(stub, workload, c))
+                    record(run_envfleet(warm_stub, workload, c, "envfleet_warm_reset"))
                     if args.skip_peers or c not in peer_levels:
                         continue
                     record(run_peer("run_miniwob_gym.py", ".venv-miniwob", workload_path, c, []))
@@ -360,6 +368,7 @@ def main() -> int:
             memory = memory_per_context(stub, min(8, max(levels)))
         finally:
             svc.stop()
+            warm_svc.stop()
             redis.stop()
 
     def best(system, c):
@@ -403,6 +412,7 @@ def main() -> int:
         "envfleet_vs_browsergym_defaults_at_4": ratio("envfleet", "browsergym_defaults", at),
         "envfleet_vs_browsergym_no_delays_at_4": ratio("envfleet", "browsergym_no_delays", at),
         "envfleet_vs_miniwob_gym_at_4": ratio("envfleet", "miniwob_gym", at),
+        "envfleet_warm_reset_vs_miniwob_gym_at_4": ratio("envfleet_warm_reset", "miniwob_gym", at),
         "peer_errors": [r.get("error") for r in runs.get("errors", {}).get(0, [])],
     }
     results["targets"] = {

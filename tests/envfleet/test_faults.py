@@ -42,8 +42,8 @@ def test_chromium_killed_mid_episode(fleet):
     svc, stub = fleet
     victim = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=1), timeout=30)
     other = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=2), timeout=30)
-    stats = _wait(lambda: (s := stub.Stats(env_pb2.StatsRequest())).slots_free == 0
-                  and all(b.spare_contexts == 1 for b in s.browser) and s)
+    stats = stub.Stats(env_pb2.StatsRequest())
+    assert stats.slots_free == 0
     assert all(b.pid > 0 and b.contexts == 1 for b in stats.browser)
     # Least-loaded placement puts the two sessions on different browsers; kill browser 0.
     pid = stats.browser[0].pid
@@ -62,8 +62,7 @@ def test_chromium_killed_mid_episode(fleet):
     # the other goes on as if nothing happened.
     assert sorted(c.name for c in outcomes.values()) == ["ABORTED", "OK"]
     # The crashed browser is replaced and its slot comes back; the next Allocate works.
-    after = _wait(lambda: (s := stub.Stats(env_pb2.StatsRequest())).browsers == 2 and s.slots_free == 1
-                  and s.browser[0].spare_contexts == 1 and s)
+    after = _wait(lambda: (s := stub.Stats(env_pb2.StatsRequest())).browsers == 2 and s.slots_free == 1 and s)
     assert after.browser_restarts == 1 and after.env_faults == 1
     assert after.browser[0].pid != pid
     episode = scripted.run_episode(stub, "miniwob/click-test", 3)
@@ -102,9 +101,9 @@ def test_sigterm_drains_and_exits_cleanly(redis_server, tmp_path):
     browser_pid = stub.Stats(env_pb2.StatsRequest()).browser[0].pid
     # A slow step is in flight when SIGTERM arrives: it finishes, then the process exits 0.
     future = stub.Step.future(
-        env_pb2.StepRequest(session_id=a.session_id, action=env_pb2.Action(wait=env_pb2.Wait(ms=1500))), timeout=30
+        env_pb2.StepRequest(session_id=a.session_id, action=env_pb2.Action(wait=env_pb2.Wait(ms=3000))), timeout=30
     )
-    time.sleep(0.3)
+    time.sleep(1.0)
     svc.proc.send_signal(signal.SIGTERM)
     # Draining: not ready for new work, and new calls are refused.
     with pytest.raises(urllib.error.HTTPError) as err:

@@ -67,12 +67,14 @@ def test_hostile_page_is_contained(hostile, redis_server):
         return click(el.x + el.width / 2, el.y + el.height / 2)
 
     try:
-        _step(stub, a.session_id, centre(els["go"]))
+        clicked = _step(stub, a.session_id, centre(els["go"]))
         r = _step(stub, a.session_id, env_pb2.Action(wait=env_pb2.Wait(ms=1500)))
         # Redis port, metadata endpoint, another internal service, a foreign host: blocked.
         # The task's own origin: reached (the policy is not a blanket block).
         assert r.observation.title == "probe: blocked,blocked,blocked,blocked,reached"
-        assert r.info.blocked_requests == 0  # those were counted in the step that ran them
+        # The page awaited its 4 fetches before setting the title, so they are counted by now
+        # (the WebSocket and the image may still be on their way).
+        assert clicked.info.blocked_requests + r.info.blocked_requests >= 4
 
         r = _step(stub, a.session_id, centre(els["popup"]))
         r = _step(stub, a.session_id, centre(els["download"]))
@@ -97,8 +99,8 @@ def test_hostile_page_is_contained(hostile, redis_server):
 
     assert canary.hits == [], canary.hits
     stats = stub.Stats(env_pb2.StatsRequest())
-    # 4 fetches + WebSocket + image + popup window + download + 7 navigations.
-    assert stats.blocked_requests - before >= 15
+    # 4 fetches + popup window + download + 7 navigations, at least (plus the WebSocket and image).
+    assert stats.blocked_requests - before >= 13
 
 
 @pytest.mark.parametrize(

@@ -313,22 +313,20 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BrowserStats(_message.Message):
-    __slots__ = ("index", "pid", "contexts", "connected", "restarts", "spare_contexts", "parked_contexts")
+    __slots__ = ("index", "pid", "contexts", "connected", "restarts", "parked_contexts")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
-    SPARE_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     PARKED_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     index: int
     pid: int
     contexts: int
     connected: bool
     restarts: int
-    spare_contexts: int
     parked_contexts: int
-    def __init__(self, index: _Optional[int] = ..., pid: _Optional[int] = ..., contexts: _Optional[int] = ..., connected: _Optional[bool] = ..., restarts: _Optional[int] = ..., spare_contexts: _Optional[int] = ..., parked_contexts: _Optional[int] = ...) -> None: ...
+    def __init__(self, index: _Optional[int] = ..., pid: _Optional[int] = ..., contexts: _Optional[int] = ..., connected: _Optional[bool] = ..., restarts: _Optional[int] = ..., parked_contexts: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("slots_total", "slots_free", "sessions", "browsers", "browser_restarts", "blocked_requests", "steps_total", "env_faults", "expired_leases", "browser", "warm_resets")

@@ -33,9 +33,6 @@ class EnvfleetConfig(ServiceConfig):
     http_port: int = option(9461, "HTTP port for /metrics, /healthz and /readyz; 0 picks a free one.")
     browsers: int = option(1, "Chromium processes in this replica.")
     contexts_per_browser: int = option(4, "Concurrent episodes (browser contexts) per Chromium process.")
-    spare_contexts_per_browser: int = option(
-        1, "Contexts kept open and ready per browser so Allocate need not wait for one; 0 disables."
-    )
     warm_reset: bool = option(
         False,
         "Reuse a released context for the next episode of the same task where the source can reset in the page "
@@ -66,7 +63,6 @@ class EnvfleetConfig(ServiceConfig):
         super().__post_init__()
         require(1 <= self.browsers <= 64, "browsers", "must be in [1, 64]")
         require(1 <= self.contexts_per_browser <= 64, "contexts_per_browser", "must be in [1, 64]")
-        require(0 <= self.spare_contexts_per_browser <= 16, "spare_contexts_per_browser", "must be in [0, 16]")
         require(os.access(self.chromium_path, os.X_OK), "chromium_path", f"{self.chromium_path} is not executable")
         require(self.lease_timeout_s >= 1, "lease_timeout_s", "must be at least 1")
         require(self.screenshot_format in ("jpeg", "png"), "screenshot_format", "must be jpeg or png")

@@ -67,9 +67,6 @@ class Browser:
     generation: int
     contexts: int = 0
     connected: bool = True
-    # Opened ahead of demand: Allocate takes one instead of waiting ~0.2 s for a new one.
-    spares: list[Lease] = dataclasses.field(default_factory=list)
-    filling: int = 0
     # Released contexts kept for an in-page reset (warm_reset), oldest first.
     parked: list[Lease] = dataclasses.field(default_factory=list)
 
@@ -193,7 +190,6 @@ class Fleet:
         host = Browser(index, browser, _find_pid(marker), generation)
         browser.on("disconnected", lambda _b: self._on_disconnected(host))
         self.browsers[index] = host
-        self._spawn(self._fill_spares(host))
         log.info("browser launched", extra={"index": index, "pid": host.pid, "generation": generation})
 
     def _on_disconnected(self, host: Browser) -> None:
@@ -320,11 +316,12 @@ class Fleet:
             lease = self._take_parked(host, spec, source)
             warm = lease is not None
             if lease is None:
-                lease = await self._take_context(host)
+                lease = await self._new_lease(host, width, height)
                 policy = security.HostPolicy(source.allowed_origins(spec))
                 await security.install(lease.context, policy, lambda r, u, lz=lease: self._on_block(lz.session, r, u))
                 lease.task = spec.name
-            await lease.page.set_viewport_size({"width": width, "height": height})
+            if lease.page.viewport_size != {"width": width, "height": height}:  # a parked page
+                await lease.page.set_viewport_size({"width": width, "height": height})
             session = Session(
                 id=uuid.uuid4().hex,
                 task=spec,
@@ -366,8 +363,10 @@ class Fleet:
         metrics.ALLOCATE_SECONDS.observe(time.perf_counter() - started)
         return session, observation
 
-    async def _new_lease(self, host: Browser) -> Lease:
-        context = await host.browser.new_context(accept_downloads=False, service_workers="block")
+    async def _new_lease(self, host: Browser, width: int, height: int) -> Lease:
+        context = await host.browser.new_context(
+            viewport={"width": width, "height": height}, accept_downloads=False, service_workers="block"
+        )
         context.set_default_timeout(self.config.action_timeout_ms)
         context.set_default_navigation_timeout(self.config.navigation_timeout_ms)
         try:
@@ -377,30 +376,6 @@ class Fleet:
             raise
         self._watch(lease)
         return lease
-
-    async def _take_context(self, host: Browser) -> Lease:
-        """A fresh, never-navigated context and page: a spare if one is ready."""
-        lease = host.spares.pop() if host.spares else await self._new_lease(host)
-        self._spawn(self._fill_spares(host))
-        return lease
-
-    async def _fill_spares(self, host: Browser) -> None:
-        while (
-            not self._stopping
-            and host.connected
-            and len(host.spares) + host.filling < self.config.spare_contexts_per_browser
-        ):
-            host.filling += 1
-            try:
-                spare = await self._new_lease(host)
-            except PlaywrightError:
-                return  # the browser is going away; its replacement fills its own
-            finally:
-                host.filling -= 1
-            if host.connected and not self._stopping:
-                host.spares.append(spare)
-            else:
-                self._spawn(self._close_quietly(spare.context))
 
     def _take_parked(self, host: Browser, spec: TaskSpec, source: TaskSource) -> Lease | None:
         if not self.config.warm_reset or not source.warm_reset:
@@ -672,6 +647,6 @@ class Fleet:
             if h is not None:
                 out.browser.add(
                     index=h.index, pid=h.pid, contexts=h.contexts, connected=h.connected, restarts=h.generation,
-                    spare_contexts=len(h.spares), parked_contexts=len(h.parked),
+                    parked_contexts=len(h.parked),
                 )
         return out
