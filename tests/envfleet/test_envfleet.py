@@ -333,3 +333,23 @@ def test_auth_health_reflection_and_metrics(envfleet, stub):
     assert metric(envfleet, "asyncwebrl_envfleet_steps_total", action="click") >= 1
     assert metric(envfleet, "asyncwebrl_envfleet_step_seconds_count") >= 1
     assert metric(envfleet, "asyncwebrl_envfleet_screenshot_bytes_total") > 0
+
+
+def test_concurrent_steps_on_one_session_run_one_at_a_time(stub):
+    """Two Steps racing on one session: the first ends the episode, the second is refused, not run."""
+    a = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=1, include_elements=True), timeout=30)
+    try:
+        btn = next(e for e in a.observation.elements if e.id == "subbtn")
+        target = click(btn.x + btn.width / 2, btn.y + btn.height / 2)
+        futures = [stub.Step.future(env_pb2.StepRequest(session_id=a.session_id, action=target), timeout=30)
+                   for _ in range(2)]
+        outcomes = []
+        for f in futures:
+            try:
+                r = f.result()
+                outcomes.append(("ok", r.done, r.reward, r.observation.step_index))
+            except grpc.RpcError as exc:
+                outcomes.append((exc.code().name,))
+        assert sorted(outcomes, key=str) == [("FAILED_PRECONDITION",), ("ok", True, 1.0, 1)], outcomes
+    finally:
+        release(stub, a.session_id)

@@ -30,7 +30,15 @@ from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.envfleet import metrics, security
 from asyncwebrl.envfleet.actions import Checked, check
 from asyncwebrl.envfleet.config import CHROMIUM_FLAGS, EnvfleetConfig
-from asyncwebrl.envfleet.errors import EnvFault, EpisodeOver, Exhausted, InvalidArgument, NotFound, Unavailable
+from asyncwebrl.envfleet.errors import (
+    EnvError,
+    EnvFault,
+    EpisodeOver,
+    Exhausted,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from asyncwebrl.envfleet.tasks import TaskSource, TaskSpec
 from asyncwebrl.v1 import env_pb2
 
@@ -109,6 +117,11 @@ class Session:
     @property
     def page(self) -> Any:
         return self.lease.page
+
+
+def _check_session_id(session_id: str) -> None:
+    if len(session_id) != 32 or not set(session_id) <= _SESSION_ID_CHARS:
+        raise InvalidArgument("session_id", "must be the 32-character id Allocate returned")
 
 
 def _find_pid(marker: str) -> int:
@@ -257,8 +270,7 @@ class Fleet:
         return host
 
     def _lookup(self, session_id: str) -> Session:
-        if not session_id or len(session_id) != 32 or not set(session_id) <= _SESSION_ID_CHARS:
-            raise InvalidArgument("session_id", "must be the 32-character id Allocate returned")
+        _check_session_id(session_id)
         session = self.sessions.get(session_id)
         if session is not None:
             return session
@@ -465,8 +477,6 @@ class Fleet:
 
     async def step(self, session_id: str, action: env_pb2.Action) -> env_pb2.StepResponse:
         session = self._lookup(session_id)
-        if session.done:
-            raise EpisodeOver(f"session {session_id}: the episode is over; Release it and Allocate a new one")
         checked = check(
             action,
             session.width,
@@ -477,6 +487,8 @@ class Fleet:
         async with session.lock:
             if session.id not in self.sessions:  # ended while we waited for the lock
                 self._lookup(session_id)
+            if session.done:
+                raise EpisodeOver(f"session {session_id}: the episode is over; Release it and Allocate a new one")
             session.last_used = time.monotonic()
             started = time.perf_counter()
             blocked_before = session.blocked
@@ -500,9 +512,11 @@ class Fleet:
         metrics.STEP_SECONDS.observe(elapsed)
         return env_pb2.StepResponse(observation=observation, reward=outcome.reward, done=done, info=info)
 
-    def _fault(self, session: Session, exc: BaseException) -> EnvFault:
+    def _fault(self, session: Session, exc: BaseException) -> EnvError:
         """Turn a browser failure in the middle of a step into a voided episode."""
         why = self._ended.get(session.id)
+        if why is not None and not why.startswith("environment fault"):
+            return NotFound(f"session {session.id}: {why} during the step")  # e.g. a racing Release
         if why is None:
             why = f"environment fault: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
             metrics.ENV_FAULTS.labels("step_error").inc()
@@ -619,8 +633,7 @@ class Fleet:
         return observation
 
     async def release(self, session_id: str) -> bool:
-        if not session_id or len(session_id) != 32 or not set(session_id) <= _SESSION_ID_CHARS:
-            raise InvalidArgument("session_id", "must be the 32-character id Allocate returned")
+        _check_session_id(session_id)
         session = self._end(session_id, "released")
         if session is None:
             return False
