@@ -49,12 +49,17 @@ class EnvfleetConfig(ServiceConfig):
     navigation_timeout_ms: int = option(15000, "Timeout of a page load (Allocate, navigate, go_back).")
     max_type_chars: int = option(2000, "Longest text a type action may enter.")
     max_wait_ms: int = option(10000, "Longest wait action.")
+    settle_ms: int = option(
+        30, "Pause after an input action so a navigation it triggers is seen and waited for before the screenshot."
+    )
     max_elements: int = option(200, "Most elements returned when a client asks for them.")
     max_viewport: int = option(4096, "Largest viewport width or height a client may ask for.")
     miniwob_episode_ms: int = option(
         0, "MiniWoB's in-page episode timer in ms; 0 switches it off (a time-scaled reward is not what RL wants)."
     )
-    task_sources: tuple[str, ...] = option(("miniwob",), "Task sources to serve: miniwob, static.")
+    task_sources: tuple[str, ...] = option(
+        ("miniwob", "webgym-lite"), "Task sources to serve: miniwob, webgym-lite (the built-in sites), static."
+    )
     static_task_dirs: tuple[str, ...] = option(
         (), "Directories of HTML pages served as tasks 'static/<dir name>/<page>' (the static source)."
     )
@@ -72,11 +77,12 @@ class EnvfleetConfig(ServiceConfig):
         require(100 <= self.navigation_timeout_ms <= 300_000, "navigation_timeout_ms", "must be in [100, 300000]")
         require(1 <= self.max_type_chars <= 100_000, "max_type_chars", "must be in [1, 100000]")
         require(0 <= self.max_wait_ms <= 120_000, "max_wait_ms", "must be in [0, 120000]")
+        require(0 <= self.settle_ms <= 2000, "settle_ms", "must be in [0, 2000]")
         require(0 <= self.max_elements <= 5000, "max_elements", "must be in [0, 5000]")
         require(64 <= self.max_viewport <= 8192, "max_viewport", "must be in [64, 8192]")
         require(0 <= self.miniwob_episode_ms <= TIMER_OFF_MS, "miniwob_episode_ms", f"must be in [0, {TIMER_OFF_MS}]")
         for source in self.task_sources:
-            require(source in ("miniwob", "static"), "task_sources", f"unknown source {source!r}")
+            require(source in ("miniwob", "webgym-lite", "static"), "task_sources", f"unknown source {source!r}")
         for d in self.static_task_dirs:
             require(os.path.isdir(d), "static_task_dirs", f"{d} is not a directory")
         require(

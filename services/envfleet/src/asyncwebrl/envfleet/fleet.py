@@ -45,7 +45,7 @@ from asyncwebrl.v1 import env_pb2
 log = logging.getLogger(__name__)
 
 # Playwright's words for "the page navigated under this call".
-_NAVIGATING = re.compile(r"context was destroyed|navigat", re.I)
+_NAVIGATING = re.compile(r"context was destroyed|navigat|Unable to capture screenshot", re.I)
 _SESSION_ID_CHARS = frozenset("0123456789abcdef")
 # Remember this many ended sessions so a late Step gets the right status.
 _TOMBSTONES = 10_000
@@ -99,6 +99,7 @@ class Session:
     seed: int
     host: Browser
     lease: Lease
+    episode: Any  # the source's server-side state for this episode, if it keeps any
     width: int
     height: int
     image_format: str
@@ -241,6 +242,7 @@ class Fleet:
         session = self.sessions.pop(session_id, None)
         if session is not None:
             self._ended[session_id] = why
+            session.source.close_episode(session.episode)
         while len(self._ended) > _TOMBSTONES:
             self._ended.popitem(last=False)
         if session is not None and session.host.connected:
@@ -324,6 +326,7 @@ class Fleet:
             raise Exhausted(f"all {self.config.slots} slots are busy")
         started = time.perf_counter()
         lease: Lease | None = None
+        session: Session | None = None
         try:
             lease = self._take_parked(host, spec, source)
             warm = lease is not None
@@ -341,6 +344,7 @@ class Fleet:
                 seed=request.seed,
                 host=host,
                 lease=lease,
+                episode=None,
                 width=width,
                 height=height,
                 image_format=fmt,
@@ -351,11 +355,15 @@ class Fleet:
             )
             lease.session = session
             if not warm:
-                await lease.page.goto(source.url(spec, request.seed), wait_until="load")
-            session.instruction = str(await source.begin(lease.page, spec, request.seed) or "")[:4096]
+                session.episode = await source.open_episode(lease.context, spec, request.seed)
+                await lease.page.goto(source.url(spec, request.seed, session.episode), wait_until="load")
+            instruction = await source.begin(lease.page, spec, request.seed, session.episode)
+            session.instruction = str(instruction or "")[:4096]
             observation = await self._observe(session)
         except BaseException as exc:
-            # Whatever went wrong, the context and the slot must come back.
+            # Whatever went wrong, the context, the slot and the episode state must come back.
+            if session is not None:
+                source.close_episode(session.episode)
             if lease is not None:
                 self._spawn(self._close_quietly(lease.context))
             if host.connected:
@@ -457,8 +465,9 @@ class Fleet:
             self._on_block(lease.session, "new_window", popup.url)
             self._spawn(popup.close())
 
-        def on_navigated(frame) -> None:
-            if frame is page.main_frame and lease.session is not None:
+        def on_request(request) -> None:
+            # Counted when the request starts, well before the new document commits.
+            if lease.session is not None and request.is_navigation_request() and request.frame is page.main_frame:
                 lease.session.navigations += 1
 
         def on_crash(_page) -> None:
@@ -472,7 +481,7 @@ class Fleet:
 
         lease.context.on("page", on_popup)
         page.on("download", lambda d: self._on_block(lease.session, "download", d.url))
-        page.on("framenavigated", on_navigated)
+        page.on("request", on_request)
         page.on("crash", on_crash)
 
     async def step(self, session_id: str, action: env_pb2.Action) -> env_pb2.StepResponse:
@@ -495,7 +504,8 @@ class Fleet:
             info = env_pb2.StepInfo(action_type=checked.kind)
             try:
                 await self._act(session, checked, info)
-                outcome, observation = await self._read(session, info)
+                answer = checked.text if checked.kind == "answer" else None
+                outcome, observation = await self._read(session, info, answer)
             except (PlaywrightError, asyncio.TimeoutError) as exc:
                 raise self._fault(session, exc) from exc
             done = outcome.done or checked.kind == "answer"
@@ -564,6 +574,9 @@ class Fleet:
                     await page.goto(a.url, wait_until="load")
             elif a.kind == "wait":
                 await asyncio.sleep(a.ms / 1000)
+            if a.kind in ("click", "double_click", "type", "press"):
+                # A submit or a link starts its navigation a few ms after the input event.
+                await asyncio.sleep(self.config.settle_ms / 1000)
             if session.navigations != navigations and a.kind not in ("go_back", "navigate"):
                 await page.wait_for_load_state("load")
         except PlaywrightTimeout as exc:
@@ -574,16 +587,18 @@ class Fleet:
             # A failed navigation (blocked redirect, DNS) is the agent's problem, not the fleet's.
             info.error = str(exc).splitlines()[0][:200]
 
-    async def _read(self, session: Session, info: env_pb2.StepInfo):
+    async def _read(self, session: Session, info: env_pb2.StepInfo, answer: str | None):
         """Outcome and observation; an action may have started a navigation, so a
         read that lands in the old document waits for the new one and tries again."""
+        source = session.source
         for attempt in range(3):
             try:
+                if source.outcome_script is None:  # the task's state lives on its server
+                    outcome = source.episode_outcome(session.episode, answer)
+                    return outcome, await self._observe(session, info)
                 # One round trip for the page title and the task's outcome.
-                title, raw = await session.page.evaluate(
-                    f"() => [document.title, ({session.source.outcome_script})()]"
-                )
-                return session.source.parse_outcome(raw), await self._observe(session, info, title)
+                title, raw = await session.page.evaluate(f"() => [document.title, ({source.outcome_script})()]")
+                return source.parse_outcome(raw), await self._observe(session, info, title)
             except PlaywrightError as exc:
                 if attempt == 2 or not _NAVIGATING.search(str(exc)):
                     raise

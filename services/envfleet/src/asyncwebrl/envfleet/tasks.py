@@ -82,20 +82,31 @@ class TaskSource(abc.ABC):
     async def stop(self) -> None: ...
 
     @abc.abstractmethod
-    def url(self, task: TaskSpec, seed: int) -> str: ...
+    def url(self, task: TaskSpec, seed: int, episode: Any = None) -> str: ...
 
     @abc.abstractmethod
     def allowed_origins(self, task: TaskSpec) -> list[str]: ...
 
     @abc.abstractmethod
-    async def begin(self, page: Any, task: TaskSpec, seed: int) -> str:
+    async def begin(self, page: Any, task: TaskSpec, seed: int, episode: Any = None) -> str:
         """Start the episode on a loaded page; return the instruction."""
 
-    # A JS function of no arguments whose result parse_outcome() understands.
-    outcome_script: str
+    # A JS function of no arguments whose result parse_outcome() understands; None for
+    # sources that keep the episode's state on their server (episode_outcome()).
+    outcome_script: str | None
 
     @abc.abstractmethod
     def parse_outcome(self, raw: Any) -> Outcome: ...
+
+    async def open_episode(self, context: Any, task: TaskSpec, seed: int) -> Any:
+        """Server-side state for one episode, made before its first page loads."""
+        return None
+
+    def close_episode(self, episode: Any) -> None:
+        """Drop what open_episode made; called however the session ends."""
+
+    def episode_outcome(self, episode: Any, answer: str | None) -> Outcome:
+        raise NotImplementedError
 
     async def outcome(self, page: Any) -> Outcome:
         return self.parse_outcome(await page.evaluate(self.outcome_script))
@@ -139,13 +150,13 @@ class MiniWoBSource(TaskSource):
     async def stop(self) -> None:
         await self.server.stop()
 
-    def url(self, task: TaskSpec, seed: int) -> str:
+    def url(self, task: TaskSpec, seed: int, episode: Any = None) -> str:
         return f"{self.server.origin}/{task.url_path}"
 
     def allowed_origins(self, task: TaskSpec) -> list[str]:
         return [self.server.origin]
 
-    async def begin(self, page: Any, task: TaskSpec, seed: int) -> str:
+    async def begin(self, page: Any, task: TaskSpec, seed: int, episode: Any = None) -> str:
         # Pages set their own EPISODE_MAX_TIME at load; ours wins because it runs after.
         return await page.evaluate(
             """([seed, ms]) => {
@@ -201,13 +212,13 @@ class StaticSource(TaskSource):
     def _server(self, task: TaskSpec) -> StaticServer:
         return self.servers[task.name.split("/")[1]]
 
-    def url(self, task: TaskSpec, seed: int) -> str:
+    def url(self, task: TaskSpec, seed: int, episode: Any = None) -> str:
         return f"{self._server(task).origin}/{task.url_path}?seed={seed}"
 
     def allowed_origins(self, task: TaskSpec) -> list[str]:
         return [self._server(task).origin]
 
-    async def begin(self, page: Any, task: TaskSpec, seed: int) -> str:
+    async def begin(self, page: Any, task: TaskSpec, seed: int, episode: Any = None) -> str:
         return await page.evaluate(
             """() => window.ASYNCWEBRL_INSTRUCTION
                 || (document.getElementById('instruction') || {}).textContent || ''"""
@@ -226,6 +237,10 @@ class StaticSource(TaskSource):
 def build_sources(task_sources: tuple[str, ...], static_dirs: tuple[str, ...], miniwob_episode_ms: int) -> list[TaskSource]:
     sources: list[TaskSource] = []
     for name in task_sources:
+        if name == "webgym-lite":
+            from asyncwebrl.envfleet.sites.server import SiteSource
+
+            sources.append(SiteSource())
         if name == "miniwob":
             sources.append(MiniWoBSource(miniwob_episode_ms))
         elif name == "static":
