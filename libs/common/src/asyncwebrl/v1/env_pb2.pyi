@@ -47,18 +47,22 @@ class Viewport(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "source", "difficulty", "default_viewport", "description")
+    __slots__ = ("name", "source", "difficulty", "default_viewport", "description", "held_out", "optimal_steps")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VIEWPORT_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_FIELD_NUMBER: _ClassVar[int]
+    OPTIMAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     difficulty: str
     default_viewport: Viewport
     description: str
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., difficulty: _Optional[str] = ..., default_viewport: _Optional[_Union[Viewport, _Mapping]] = ..., description: _Optional[str] = ...) -> None: ...
+    held_out: bool
+    optimal_steps: int
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., difficulty: _Optional[str] = ..., default_viewport: _Optional[_Union[Viewport, _Mapping]] = ..., description: _Optional[str] = ..., held_out: _Optional[bool] = ..., optimal_steps: _Optional[int] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
     __slots__ = ("source", "page_size", "page_token")

@@ -55,6 +55,8 @@ def _task_info(spec: TaskSpec) -> env_pb2.TaskInfo:
         difficulty=spec.difficulty,
         default_viewport=env_pb2.Viewport(width=spec.viewport[0], height=spec.viewport[1]),
         description=spec.description,
+        held_out=spec.held_out,
+        optimal_steps=spec.optimal_steps,
     )
 
 

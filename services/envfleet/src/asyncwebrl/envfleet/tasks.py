@@ -27,6 +27,8 @@ class TaskSpec:
     difficulty: str = "easy"
     viewport: tuple[int, int] = (160, 210)
     description: str = ""
+    held_out: bool = False
+    optimal_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -94,7 +94,8 @@ def _run(stub, task: str, seed: int, difficulty: str, choose) -> Result:
 
 def run_oracle(stub, task: str, seed: int) -> Result:
     site, template = _template(task)
-    plan = template.plan(instantiate(site, template, seed).goal, instantiate(site, template, seed).world)
+    episode = instantiate(site, template, seed)
+    plan = template.plan(episode.goal, episode.world)
 
     def choose(index, observation, width, height):
         return action_for(plan[index], observation, width, height) if index < len(plan) else None

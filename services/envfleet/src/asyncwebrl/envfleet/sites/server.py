@@ -128,7 +128,7 @@ class SiteSource(TaskSource):
     def tasks(self) -> list[TaskSpec]:
         return [
             TaskSpec(f"{SOURCE}/{t.name}", SOURCE, f"/{s.name}/", difficulty=t.difficulty, viewport=(1280, 720),
-                     description=f"{t.optimal_steps} optimal steps" + (" (ood)" if t.ood else ""))
+                     description=f"{s.title}: {t.name}", held_out=t.ood, optimal_steps=t.optimal_steps)
             for t, s in self.server.templates.values()
         ]
 
