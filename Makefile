@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTO_OUT := libs/common/src
 
-.PHONY: setup test demo protos bench bench-envfleet clean
+.PHONY: setup test demo protos bench bench-envfleet sites-report gallery clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -24,6 +24,12 @@ bench: bench-envfleet
 bench-envfleet: setup
 	@bash bench/peers/setup.sh
 	$(PY) bench/envfleet.py
+
+# The built-in sites: oracle and random agents per template, docs/tasks.md, docs/gallery/*.png.
+sites-report: setup
+	$(PY) scripts/sites_report.py --seeds 5 --random-episodes 10
+
+gallery: sites-report
 
 clean:
 	rm -rf $(VENV) runs

@@ -50,7 +50,9 @@ class EnvfleetConfig(ServiceConfig):
     max_type_chars: int = option(2000, "Longest text a type action may enter.")
     max_wait_ms: int = option(10000, "Longest wait action.")
     settle_ms: int = option(
-        30, "Pause after an input action so a navigation it triggers is seen and waited for before the screenshot."
+        -1,
+        "Pause after an input action so a navigation it triggers is seen and waited for before the screenshot; "
+        "-1 uses each task source's own (0 for MiniWoB, whose clicks do not navigate; 150 for the built-in sites).",
     )
     max_elements: int = option(200, "Most elements returned when a client asks for them.")
     max_viewport: int = option(4096, "Largest viewport width or height a client may ask for.")
@@ -77,7 +79,7 @@ class EnvfleetConfig(ServiceConfig):
         require(100 <= self.navigation_timeout_ms <= 300_000, "navigation_timeout_ms", "must be in [100, 300000]")
         require(1 <= self.max_type_chars <= 100_000, "max_type_chars", "must be in [1, 100000]")
         require(0 <= self.max_wait_ms <= 120_000, "max_wait_ms", "must be in [0, 120000]")
-        require(0 <= self.settle_ms <= 2000, "settle_ms", "must be in [0, 2000]")
+        require(-1 <= self.settle_ms <= 2000, "settle_ms", "must be in [-1, 2000]")
         require(0 <= self.max_elements <= 5000, "max_elements", "must be in [0, 5000]")
         require(64 <= self.max_viewport <= 8192, "max_viewport", "must be in [64, 8192]")
         require(0 <= self.miniwob_episode_ms <= TIMER_OFF_MS, "miniwob_episode_ms", f"must be in [0, {TIMER_OFF_MS}]")

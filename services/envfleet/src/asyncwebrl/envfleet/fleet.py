@@ -574,9 +574,10 @@ class Fleet:
                     await page.goto(a.url, wait_until="load")
             elif a.kind == "wait":
                 await asyncio.sleep(a.ms / 1000)
-            if a.kind in ("click", "double_click", "type", "press"):
+            settle = self.config.settle_ms if self.config.settle_ms >= 0 else session.source.settle_ms
+            if settle and a.kind in ("click", "double_click", "type", "press"):
                 # A submit or a link starts its navigation a few ms after the input event.
-                await asyncio.sleep(self.config.settle_ms / 1000)
+                await asyncio.sleep(settle / 1000)
             if session.navigations != navigations and a.kind not in ("go_back", "navigate"):
                 await page.wait_for_load_state("load")
         except PlaywrightTimeout as exc:
@@ -594,8 +595,9 @@ class Fleet:
         for attempt in range(3):
             try:
                 if source.outcome_script is None:  # the task's state lives on its server
-                    outcome = source.episode_outcome(session.episode, answer)
-                    return outcome, await self._observe(session, info)
+                    observation = await self._observe(session, info)
+                    # Read after the screenshot: a submit the page has drawn has reached the server.
+                    return source.episode_outcome(session.episode, answer), observation
                 # One round trip for the page title and the task's outcome.
                 title, raw = await session.page.evaluate(f"() => [document.title, ({source.outcome_script})()]")
                 return source.parse_outcome(raw), await self._observe(session, info, title)

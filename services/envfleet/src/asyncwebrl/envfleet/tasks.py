@@ -73,6 +73,8 @@ class TaskSource(abc.ABC):
     name: str
     # begin() on an already loaded task page starts a clean new episode.
     warm_reset: bool = False
+    # ms to wait after an input action for a navigation it may start (see EnvfleetConfig.settle_ms).
+    settle_ms: int = 50
 
     @abc.abstractmethod
     def tasks(self) -> list[TaskSpec]: ...
@@ -129,6 +131,7 @@ class MiniWoBSource(TaskSource):
 
     name = "miniwob"
     warm_reset = True  # startEpisodeReal() regenerates the problem in place
+    settle_ms = 0  # task clicks change the page in place
 
     def __init__(self, episode_ms: int = 0) -> None:
         self.root = _miniwob_html_root()

@@ -117,6 +117,7 @@ class SiteSource(TaskSource):
 
     name = SOURCE
     outcome_script = None
+    settle_ms = 150  # every form post and link is a page load
 
     def __init__(self, sites: list[Site] | None = None) -> None:
         if sites is None:
