@@ -27,7 +27,7 @@ bench-envfleet: setup
 
 # The built-in sites: oracle and random agents per template, docs/tasks.md, docs/gallery/*.png.
 sites-report: setup
-	$(PY) scripts/sites_report.py --seeds 5 --random-episodes 10
+	$(PY) scripts/sites_report.py --seeds 3 --random-episodes 5
 
 gallery: sites-report
 
