@@ -53,7 +53,7 @@ def main() -> int:
                     solved += ep.reward == 1.0
                     print(f"{task:<24} {seed:>4} {ep.steps:>5} {ep.reward:>6.1f}  {ep.instruction[:60]}", flush=True)
                     for i, sha in enumerate(ep.screenshots):
-                        data = blobs.hget(f"asyncwebrl:blob:{sha}", "data")
+                        data = blobs.hget(f"asyncwebrl:job:default:blob:{sha}", "data")
                         (out / f"{task.split('/')[1]}-seed{seed}-step{i}.jpg").write_bytes(data)
             stats = stub.Stats(env_pb2.StatsRequest())
             print(f"\nsolved {solved}/{total} episodes in {time.perf_counter() - started:.1f}s; "

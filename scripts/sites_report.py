@@ -52,7 +52,7 @@ def main() -> int:
                     task=f"{SOURCE}/{first.name}", seed=1,
                     screenshot=env_pb2.ScreenshotOptions(format=env_pb2.IMAGE_FORMAT_PNG)), timeout=60)
                 (out / "gallery" / f"{site.name}.png").write_bytes(
-                    blobs.hget(f"asyncwebrl:blob:{shot.observation.screenshot.sha256}", "data"))
+                    blobs.hget(f"asyncwebrl:job:default:blob:{shot.observation.screenshot.sha256}", "data"))
                 stub.Release(env_pb2.ReleaseRequest(session_id=shot.session_id))
                 for t in site.templates:
                     task = f"{SOURCE}/{t.name}"

@@ -52,7 +52,7 @@ def test_scripted_agent_solves_task(stub, redis_server, task, seed):
     # Every observation's screenshot is in Redis under its own sha256.
     r = redis_server.client()
     for sha in episode.screenshots:
-        data = r.hget(f"asyncwebrl:blob:{sha}", "data")
+        data = r.hget(f"asyncwebrl:job:default:blob:{sha}", "data")
         assert data is not None and hashlib.sha256(data).hexdigest() == sha
 
 
@@ -216,7 +216,7 @@ def test_png_screenshots(stub, redis_server):
     try:
         ref = a.observation.screenshot
         assert ref.mime == "image/png"
-        data = redis_server.client().hget(f"asyncwebrl:blob:{ref.sha256}", "data")
+        data = redis_server.client().hget(f"asyncwebrl:job:default:blob:{ref.sha256}", "data")
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) == ref.size_bytes
     finally:
         release(stub, a.session_id)

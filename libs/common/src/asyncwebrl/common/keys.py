@@ -1,16 +1,84 @@
-"""The Redis key layout, in one place so every service agrees on it."""
+"""The Redis key layout, in one place so every service agrees on it.
+
+``P`` is the deployment's key prefix (``--key-prefix``, default ``asyncwebrl:``)
+and ``J = P + "job:" + job_id + ":"`` the prefix of everything one job owns, so
+deleting a job's data is one ``SCAN MATCH J*``.
+
+Per job (``J``):
+
+===========================  ========  ===============================================
+key                          type      what
+===========================  ========  ===============================================
+``J blob:<sha256>``          hash      screenshot: data, mime, width, height, size,
+                                       refs (groups that reference it)
+``J blobs:unref``            zset      sha256 -> deadline (ms) of blobs no stored group
+                                       references; reclaimed after the deadline
+``J blobs:stat``             hash      count, bytes of this job's blobs
+``J groups``                 stream    one entry per accepted GRPO group: gid, data
+                                       (serialised Group), minv, maxv, steps, zv,
+                                       blobs, t; consumer group ``trainers``;
+                                       capped with MAXLEN ~ (see buffer config)
+``J gid:<group_id>``         string    stream entry id; idempotency of PutGroup,
+                                       expires after the dedup window
+``J batch:<batch_id>``       hash      consumer, ids, state (open | acked)
+``J dead``                   stream    dead letters: entries that failed validation
+                                       on read too often, with the reason
+``J counters``               hash      accepted, steps_accepted, duplicate, consumed,
+                                       steps_consumed, rejected:<reason>,
+                                       zero_variance_kept, dead_letter, version
+``J config``                 hash      batch_groups, max_staleness,
+                                       keep_zero_variance, max_stream_groups
+``J running``                hash      gateway -> "groups:expires_ms"
+===========================  ========  ===============================================
+
+Deployment-wide (``P``):
+
+===========================  ========  ===============================================
+``P jobs``                   set       job ids that own keys (for the blob sweeper)
+``P blobs:bytes``            string    blob bytes of all jobs (the budget's counter)
+``P blobs:budget``           string    blob byte budget for all jobs; absent = none
+===========================  ========  ===============================================
+
+The Lua scripts build per-job key names from ``J`` themselves, which is fine
+for one Redis (or a primary with replicas) but not Redis Cluster.
+"""
 
 from __future__ import annotations
 
 import re
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DEFAULT_JOB = "default"
+CONSUMER_GROUP = "trainers"
 
 
 def is_sha256(text: str) -> bool:
     return bool(_SHA256.match(text))
 
 
-def blob_key(prefix: str, sha256: str) -> str:
-    """Screenshot blob (hash with fields data, mime, width, height, size)."""
-    return f"{prefix}blob:{sha256}"
+def is_job_id(text: str) -> bool:
+    return bool(_JOB_ID.match(text))
+
+
+def job_prefix(prefix: str, job_id: str) -> str:
+    """``J``: the prefix of every key one job owns."""
+    if not is_job_id(job_id):
+        raise ValueError(f"job_id: must match [A-Za-z0-9_-]{{1,64}}, got {job_id[:80]!r}")
+    return f"{prefix}job:{job_id}:"
+
+
+def blob_key(job_prefix_: str, sha256: str) -> str:
+    return f"{job_prefix_}blob:{sha256}"
+
+
+def jobs_key(prefix: str) -> str:
+    return f"{prefix}jobs"
+
+
+def blob_bytes_key(prefix: str) -> str:
+    return f"{prefix}blobs:bytes"
+
+
+def blob_budget_key(prefix: str) -> str:
+    return f"{prefix}blobs:budget"

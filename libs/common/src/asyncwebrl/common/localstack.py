@@ -35,21 +35,29 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, with a password."""
+    """A real redis-server on a free loopback port, with a password and the AOF
+    settings every shipped configuration uses (appendfsync everysec, no eviction)."""
 
     def __init__(self, workdir: pathlib.Path, password: str = "test-redis-password") -> None:
         self.port = free_port()
         self.password = password
         self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start (or restart on the same port and data directory)."""
         self.proc = subprocess.Popen(
             [
                 shutil.which("redis-server") or "/usr/bin/redis-server",
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
-                "--appendonly", "no",
-                "--dir", str(workdir),
-                "--requirepass", password,
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+                "--maxmemory-policy", "noeviction",
+                "--dir", str(self.workdir),
+                "--requirepass", self.password,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -64,6 +72,11 @@ class RedisServer:
         import redis
 
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook, no final fsync; what survives is what the AOF had."""
+        self.proc.kill()
+        self.proc.wait(10)
 
     def stop(self) -> None:
         self.proc.terminate()

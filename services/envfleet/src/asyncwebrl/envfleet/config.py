@@ -44,7 +44,12 @@ class EnvfleetConfig(ServiceConfig):
     lease_timeout_s: float = option(300.0, "An idle session (no Step) is reclaimed after this many seconds.")
     screenshot_format: str = option("jpeg", "Default screenshot format: jpeg or png.")
     screenshot_quality: int = option(80, "Default JPEG quality (1-100).")
-    blob_ttl_s: int = option(3600, "Seconds a screenshot blob lives in Redis unless written again.")
+    blob_ttl_s: int = option(
+        3600, "Seconds an unreferenced screenshot blob lives (no stored group uses it yet) unless written again."
+    )
+    blob_wait_s: float = option(
+        10.0, "Past the buffer's blob budget, how long a step waits for memory before RESOURCE_EXHAUSTED."
+    )
     action_timeout_ms: int = option(5000, "Timeout of one browser operation (click, type, screenshot).")
     navigation_timeout_ms: int = option(15000, "Timeout of a page load (Allocate, navigate, go_back).")
     max_type_chars: int = option(2000, "Longest text a type action may enter.")
@@ -75,6 +80,7 @@ class EnvfleetConfig(ServiceConfig):
         require(self.screenshot_format in ("jpeg", "png"), "screenshot_format", "must be jpeg or png")
         require(1 <= self.screenshot_quality <= 100, "screenshot_quality", "must be in [1, 100]")
         require(self.blob_ttl_s >= 10, "blob_ttl_s", "must be at least 10")
+        require(0 <= self.blob_wait_s <= 600, "blob_wait_s", "must be in [0, 600]")
         require(100 <= self.action_timeout_ms <= 120_000, "action_timeout_ms", "must be in [100, 120000]")
         require(100 <= self.navigation_timeout_ms <= 300_000, "navigation_timeout_ms", "must be in [100, 300000]")
         require(1 <= self.max_type_chars <= 100_000, "max_type_chars", "must be in [1, 100000]")

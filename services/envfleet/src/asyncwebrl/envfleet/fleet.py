@@ -26,7 +26,8 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import async_playwright
 from redis.exceptions import RedisError
 
-from asyncwebrl.common.blobstore import BlobStore
+from asyncwebrl.common.blobstore import BlobBudgetExceeded, BlobRef, BlobStore
+from asyncwebrl.common.keys import DEFAULT_JOB
 from asyncwebrl.envfleet import metrics, security
 from asyncwebrl.envfleet.actions import Checked, check
 from asyncwebrl.envfleet.config import CHROMIUM_FLAGS, EnvfleetConfig
@@ -607,6 +608,26 @@ class Fleet:
                 await session.page.wait_for_load_state("load")
         raise AssertionError("unreachable")
 
+    async def _store_screenshot(self, session: Session, shot: bytes) -> BlobRef:
+        # Past the blob budget, wait for trained groups to free memory (backpressure)
+        # for a bounded time rather than fail the episode at once.
+        deadline = time.monotonic() + self.config.blob_wait_s
+        delay = 0.05
+        while True:
+            try:
+                return await self.blobs.put(
+                    session.job_id or DEFAULT_JOB, shot, f"image/{session.image_format}", session.width, session.height
+                )
+            except RedisError as exc:
+                raise Unavailable(f"blob store unavailable: {exc}") from exc
+            except BlobBudgetExceeded as exc:
+                if time.monotonic() + delay > deadline:
+                    metrics.BLOB_BACKPRESSURE.labels("refused").inc()
+                    raise Exhausted(str(exc)) from exc
+                metrics.BLOB_BACKPRESSURE.labels("waited").inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     async def _observe(
         self, session: Session, info: env_pb2.StepInfo | None = None, title: Any = None
     ) -> env_pb2.Observation:
@@ -616,10 +637,7 @@ class Fleet:
             kwargs["quality"] = session.quality
         shot = await page.screenshot(**kwargs)
         title = str(await page.title() if title is None else title)[:512]
-        try:
-            ref = await self.blobs.put(shot, f"image/{session.image_format}", session.width, session.height)
-        except RedisError as exc:
-            raise Unavailable(f"blob store unavailable: {exc}") from exc
+        ref = await self._store_screenshot(session, shot)
         metrics.SCREENSHOT_BYTES.inc(len(shot))
         metrics.SCREENSHOTS.labels(session.image_format).inc()
         observation = env_pb2.Observation(

@@ -17,6 +17,11 @@ ALLOCATE_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8),
 )
 ALLOCATIONS = Counter("asyncwebrl_envfleet_allocations_total", "Allocate calls, by result.", ["result"])
+BLOB_BACKPRESSURE = Counter(
+    "asyncwebrl_envfleet_blob_backpressure_total",
+    "Screenshot writes that met the blob budget: waited (retried) or refused.",
+    ["result"],
+)
 SCREENSHOT_BYTES = Counter("asyncwebrl_envfleet_screenshot_bytes_total", "Encoded screenshot bytes written.")
 SCREENSHOTS = Counter("asyncwebrl_envfleet_screenshots_total", "Screenshots taken, by format.", ["format"])
 BROWSER_RESTARTS = Counter("asyncwebrl_envfleet_browser_restarts_total", "Chromium processes replaced after a crash.")

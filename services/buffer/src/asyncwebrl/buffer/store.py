@@ -1,0 +1,459 @@
+"""Groups in Redis streams: admission, batches, acks, rejections, dead letters.
+
+Every write that touches more than one key is one Lua script, so a crash (of
+this process or of Redis with AOF) never leaves a group half stored or a blob
+reference half released. Key names: ``asyncwebrl.common.keys``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+
+import redis.asyncio as aioredis
+from google.protobuf.message import DecodeError
+from redis.exceptions import ResponseError
+
+from asyncwebrl.buffer.config import BufferConfig
+from asyncwebrl.buffer.errors import Conflict, Exhausted, InvalidArgument, NotFound
+from asyncwebrl.buffer.validate import GroupSummary
+from asyncwebrl.common.blobstore import LUA_LIB, BlobStore
+from asyncwebrl.common.keys import CONSUMER_GROUP, blob_bytes_key, job_prefix, jobs_key
+from asyncwebrl.v1 import buffer_pb2
+
+log = logging.getLogger("asyncwebrl.buffer")
+
+REJECT_REASONS = ("stale", "zero_variance")
+BATCH_TTL_S = 7 * 86400
+
+# ARGV: jp, gbytes, jobs, job, gid, data, minv, maxv, steps, zv, blobs, cap, dedup_s, tokens
+# -> {0, id} stored, {1, id} duplicate, {-1, len} stream full, {-2, sha} blob missing
+_PUT_GROUP = LUA_LIB + r"""
+local jp, gbytes, jobs, job, gid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local cap = tonumber(ARGV[12])
+local counters = jp .. 'counters'
+local gidkey = jp .. 'gid:' .. gid
+local existing = redis.call('GET', gidkey)
+if existing then
+  redis.call('HINCRBY', counters, 'duplicate', 1)
+  return {1, existing}
+end
+local stream = jp .. 'groups'
+local length = redis.call('XLEN', stream)
+if length >= cap then return {-1, tostring(length)} end
+local shas = split(ARGV[11])
+local missing = missing_blob(jp, shas)
+if missing then return {-2, missing} end
+if redis.call('EXISTS', stream) == 0 then
+  redis.call('XGROUP', 'CREATE', stream, 'trainers', '0', 'MKSTREAM')
+end
+ref_blobs(jp, shas)
+-- The admission check above keeps the stream under cap, so MAXLEN ~ never trims
+-- a live entry; it bounds the stream should the check ever be bypassed.
+local id = redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', 'gid', gid, 'data', ARGV[6], 'minv', ARGV[7],
+  'maxv', ARGV[8], 'steps', ARGV[9], 'zv', ARGV[10], 'blobs', ARGV[11], 'tokens', ARGV[14])
+redis.call('SET', gidkey, id, 'EX', tonumber(ARGV[13]))
+redis.call('HINCRBY', counters, 'accepted', 1)
+redis.call('HINCRBY', counters, 'steps_accepted', tonumber(ARGV[9]))
+redis.call('SADD', jobs, job)
+return {0, id}
+"""
+
+_ENTRY_LIB = r"""
+local function entry_fields(stream, id)
+  local rows = redis.call('XRANGE', stream, id, id)
+  if #rows == 0 then return nil end
+  local f, out = rows[1][2], {}
+  for i = 1, #f, 2 do out[f[i]] = f[i + 1] end
+  return out, f
+end
+local function valid_shas(text)
+  local out = {}
+  for _, sha in ipairs(split(text)) do
+    if #sha == 64 and string.match(sha, '^[0-9a-f]+$') then out[#out + 1] = sha end
+  end
+  return out
+end
+local function remove_entry(jp, gbytes, stream, id, grace, now)
+  local fields = entry_fields(stream, id)
+  redis.call('XACK', stream, 'trainers', id)
+  if not fields then return 0 end
+  release_blobs(jp, gbytes, valid_shas(fields['blobs']), grace, now)
+  redis.call('XDEL', stream, id)
+  return tonumber(fields['steps']) or 0
+end
+"""
+
+# ARGV: jp, gbytes, id, reason, grace_ms -> steps of the removed entry
+_REJECT = LUA_LIB + _ENTRY_LIB + r"""
+local jp = ARGV[1]
+local steps = remove_entry(jp, ARGV[2], jp .. 'groups', ARGV[3], tonumber(ARGV[5]), now_ms())
+redis.call('HINCRBY', jp .. 'counters', 'rejected:' .. ARGV[4], 1)
+return steps
+"""
+
+# ARGV: jp, gbytes, id, reason, grace_ms, dead_cap -> 1 moved, 0 entry already gone
+_DEAD_LETTER = LUA_LIB + _ENTRY_LIB + r"""
+local jp, stream = ARGV[1], ARGV[1] .. 'groups'
+local fields, raw = entry_fields(stream, ARGV[3])
+if fields then
+  local copy = {'source_id', ARGV[3], 'reason', ARGV[4]}
+  for i = 1, #raw, 2 do
+    if raw[i] ~= 'source_id' and raw[i] ~= 'reason' then
+      copy[#copy + 1] = raw[i]; copy[#copy + 1] = raw[i + 1]
+    end
+  end
+  redis.call('XADD', jp .. 'dead', 'MAXLEN', '~', tonumber(ARGV[6]), '*', unpack(copy))
+end
+remove_entry(jp, ARGV[2], stream, ARGV[3], tonumber(ARGV[5]), now_ms())
+redis.call('HINCRBY', jp .. 'counters', 'dead_letter', 1)
+if fields then return 1 end
+return 0
+"""
+
+# ARGV: jp, gbytes, batch_id, consumer, grace_ms, version
+# -> {0, acked, lost, steps} | {1, 0, 0, 0} already acked | {-1} unknown | {-2} other consumer | {-3, cur} version
+_ACK = LUA_LIB + _ENTRY_LIB + r"""
+local jp, gbytes = ARGV[1], ARGV[2]
+local bkey = jp .. 'batch:' .. ARGV[3]
+local state, consumer, ids = unpack(redis.call('HMGET', bkey, 'state', 'consumer', 'ids'))
+if not state then return {-1} end
+if consumer ~= ARGV[4] then return {-2} end
+if state == 'acked' then return {1, 0, 0, 0} end
+local counters = jp .. 'counters'
+local version = tonumber(ARGV[6])
+if version > 0 then
+  local cur = tonumber(redis.call('HGET', counters, 'version') or '0')
+  if version < cur then return {-3, cur} end
+  redis.call('HSET', counters, 'version', version)
+end
+local stream, now, grace = jp .. 'groups', now_ms(), tonumber(ARGV[5])
+local acked, lost, steps = 0, 0, 0
+for _, id in ipairs(split(ids)) do
+  -- Only what this consumer still owns: an entry claimed by another consumer
+  -- after the idle timeout is that consumer's to ack.
+  local p = redis.call('XPENDING', stream, 'trainers', id, id, 1)
+  if #p == 1 and p[1][2] == consumer then
+    steps = steps + remove_entry(jp, gbytes, stream, id, grace, now)
+    acked = acked + 1
+  else
+    lost = lost + 1
+  end
+end
+redis.call('HINCRBY', counters, 'consumed', acked)
+redis.call('HINCRBY', counters, 'steps_consumed', steps)
+redis.call('HSET', bkey, 'state', 'acked', 'acked', acked, 'lost', lost)
+redis.call('EXPIRE', bkey, 86400)
+return {0, acked, lost, steps}
+"""
+
+# ARGV: jp, version -> {0, version} | {-1, current}
+_SET_VERSION = r"""
+local counters = ARGV[1] .. 'counters'
+local cur = tonumber(redis.call('HGET', counters, 'version') or '0')
+local v = tonumber(ARGV[2])
+if v < cur then return {-1, cur} end
+redis.call('HSET', counters, 'version', v)
+return {0, v}
+"""
+
+# ARGV: jp, gateway, groups, ttl_ms
+_REPORT_RUNNING = LUA_LIB + r"""
+redis.call('HSET', ARGV[1] .. 'running', ARGV[2], ARGV[3] .. ':' .. (now_ms() + tonumber(ARGV[4])))
+return 0
+"""
+
+# ARGV: jp -> groups running over fresh reports; stale ones are removed
+_RUNNING = LUA_LIB + r"""
+local key, now, total = ARGV[1] .. 'running', now_ms(), 0
+local rows = redis.call('HGETALL', key)
+for i = 1, #rows, 2 do
+  local n, expires = string.match(rows[i + 1], '^(%d+):(%d+)$')
+  if n and tonumber(expires) > now then total = total + tonumber(n) else redis.call('HDEL', key, rows[i]) end
+end
+return total
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobSettings:
+    batch_groups: int
+    max_staleness: int
+    keep_zero_variance: bool
+    max_stream_groups: int
+
+
+@dataclasses.dataclass
+class Batch:
+    batch_id: str
+    groups: list[bytes]  # serialised Group messages, as stored
+    steps: int = 0
+    rejected: dict[str, int] = dataclasses.field(default_factory=dict)
+    zero_variance_kept: int = 0
+    reclaimed: int = 0
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class GroupStore:
+    def __init__(self, redis: aioredis.Redis, blobs: BlobStore, config: BufferConfig) -> None:
+        self.redis = redis
+        self.blobs = blobs
+        self.config = config
+        self.prefix = config.key_prefix
+        self._gbytes = blob_bytes_key(self.prefix)
+        self._put = redis.register_script(_PUT_GROUP)
+        self._reject = redis.register_script(_REJECT)
+        self._dead = redis.register_script(_DEAD_LETTER)
+        self._ack = redis.register_script(_ACK)
+        self._set_version = redis.register_script(_SET_VERSION)
+        self._report = redis.register_script(_REPORT_RUNNING)
+        self._running = redis.register_script(_RUNNING)
+
+    def jp(self, job_id: str) -> str:
+        return job_prefix(self.prefix, job_id)
+
+    @property
+    def grace_ms(self) -> int:
+        return self.config.blob_release_grace_s * 1000
+
+    # --- job settings -----------------------------------------------------
+
+    def derived_cap(self, batch_groups: int, max_staleness: int) -> int:
+        return max(64, self.config.stream_cap_factor * (max_staleness + 2) * batch_groups)
+
+    async def settings(self, job_id: str) -> JobSettings:
+        raw = await self.redis.hgetall(self.jp(job_id) + "config")
+        b = int(raw.get(b"batch_groups", self.config.batch_groups))
+        eta = int(raw.get(b"max_staleness", self.config.max_staleness))
+        keep = raw.get(b"keep_zero_variance", b"1" if self.config.keep_zero_variance else b"0") == b"1"
+        cap = int(raw.get(b"max_stream_groups", 0)) or self.derived_cap(b, eta)
+        return JobSettings(b, eta, keep, cap)
+
+    async def configure(self, job_id: str, batch_groups: int, max_staleness: int, keep: bool, cap: int) -> JobSettings:
+        mapping = {
+            "batch_groups": batch_groups,
+            "max_staleness": max_staleness,
+            "keep_zero_variance": int(keep),
+            "max_stream_groups": cap,
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.jp(job_id) + "config", mapping=mapping)
+            pipe.sadd(jobs_key(self.prefix), job_id)
+            await pipe.execute()
+        return await self.settings(job_id)
+
+    async def trainer_version(self, job_id: str) -> int:
+        return int(await self.redis.hget(self.jp(job_id) + "counters", "version") or 0)
+
+    async def set_trainer_version(self, job_id: str, version: int) -> int:
+        status, value = await self._set_version(args=[self.jp(job_id), version])
+        if status < 0:
+            raise Conflict(f"version: {version} is older than the trainer version {value}; versions never decrease")
+        return int(value)
+
+    async def report_running(self, job_id: str, gateway: str, groups: int, ttl_s: int) -> None:
+        await self._report(args=[self.jp(job_id), gateway, groups, ttl_s * 1000])
+
+    async def running(self, job_id: str) -> int:
+        return int(await self._running(args=[self.jp(job_id)]))
+
+    # --- put --------------------------------------------------------------
+
+    async def put(self, job_id: str, group_id: str, data: bytes, summary: GroupSummary) -> tuple[bool, str]:
+        """Store one validated group; returns (duplicate, entry id)."""
+        settings = await self.settings(job_id)
+        status, value = await self._put(
+            args=[
+                self.jp(job_id), self._gbytes, jobs_key(self.prefix), job_id, group_id, data,
+                summary.min_version, summary.max_version, summary.steps, int(summary.zero_variance),
+                " ".join(summary.blobs), settings.max_stream_groups, self.config.dedup_window_s, summary.tokens,
+            ]
+        )
+        value = _text(value)
+        if status == -1:
+            raise Exhausted(
+                f"stream of job {job_id} holds {value} groups, its cap ({settings.max_stream_groups}); "
+                "the staleness gate should have held this group back"
+            )
+        if status == -2:
+            raise InvalidArgument("group.episodes.steps.screenshots", f"blob {value} is not in the store")
+        return status == 1, value
+
+    # --- get --------------------------------------------------------------
+
+    async def _ensure_group(self, stream: str) -> None:
+        try:
+            await self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def get_batch(
+        self, job_id: str, consumer: str, want: int, current_version: int, max_staleness: int, wait_ms: int
+    ) -> Batch:
+        jp = self.jp(job_id)
+        stream = jp + "groups"
+        settings = await self.settings(job_id)
+        eta = settings.max_staleness if max_staleness < 0 else max_staleness
+        await self._ensure_group(stream)
+        batch = Batch(uuid.uuid4().hex, [])
+        ids: list[str] = []
+
+        # Entries idle past the claim timeout belong to a consumer that died (or
+        # read and never acked): take them over first.
+        claim_ms = int(self.config.claim_idle_s * 1000)
+        _, claimed, _ = await self.redis.xautoclaim(stream, CONSUMER_GROUP, consumer, claim_ms, "0-0", count=want)
+        batch.reclaimed = await self._admit(jp, stream, claimed, batch, ids, current_version, eta, settings)
+
+        deadline = time.monotonic() + wait_ms / 1000
+        while len(ids) < want:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            # Blocks are short: the client's socket timeout must outlast each one.
+            block = min(left_ms, 1000) if left_ms > 0 else None
+            reply = await self.redis.xreadgroup(
+                CONSUMER_GROUP, consumer, {stream: ">"}, count=want - len(ids), block=block
+            )
+            entries = reply[0][1] if reply else []
+            await self._admit(jp, stream, entries, batch, ids, current_version, eta, settings)
+            if not entries and (block is None or time.monotonic() >= deadline):
+                break
+        if ids:
+            await self.redis.hset(
+                jp + f"batch:{batch.batch_id}",
+                mapping={"consumer": consumer, "ids": " ".join(ids), "state": "open", "created": int(time.time())},
+            )
+            await self.redis.expire(jp + f"batch:{batch.batch_id}", BATCH_TTL_S)
+        else:
+            batch.batch_id = ""
+        return batch
+
+    async def _admit(self, jp, stream, entries, batch: Batch, ids, current_version, eta, settings) -> int:
+        admitted = 0
+        for raw_id, fields in entries:
+            entry_id = _text(raw_id)
+            problem = _entry_problem(fields)
+            if problem:
+                await self._maybe_dead_letter(jp, stream, entry_id, problem)
+                continue
+            if current_version - int(fields[b"minv"]) > eta:
+                await self._reject(args=[jp, self._gbytes, entry_id, "stale", self.grace_ms])
+                batch.rejected["stale"] = batch.rejected.get("stale", 0) + 1
+                continue
+            if fields[b"zv"] == b"1":
+                if not settings.keep_zero_variance:
+                    await self._reject(args=[jp, self._gbytes, entry_id, "zero_variance", self.grace_ms])
+                    batch.rejected["zero_variance"] = batch.rejected.get("zero_variance", 0) + 1
+                    continue
+                batch.zero_variance_kept += 1
+                await self.redis.hincrby(jp + "counters", "zero_variance_kept", 1)
+            ids.append(entry_id)
+            batch.groups.append(fields[b"data"])
+            batch.steps += int(fields[b"steps"])
+            admitted += 1
+        return admitted
+
+    async def _maybe_dead_letter(self, jp: str, stream: str, entry_id: str, problem: str) -> None:
+        pending = await self.redis.xpending_range(stream, CONSUMER_GROUP, entry_id, entry_id, 1)
+        deliveries = pending[0]["times_delivered"] if pending else self.config.max_deliveries
+        log.warning("invalid stream entry %s (delivery %d): %s", entry_id, deliveries, problem)
+        if deliveries >= self.config.max_deliveries:
+            await self._dead(args=[jp, self._gbytes, entry_id, problem[:200], self.grace_ms, self.config.dead_letter_cap])
+            log.error("entry %s dead-lettered after %d deliveries: %s", entry_id, deliveries, problem)
+
+    # --- ack --------------------------------------------------------------
+
+    async def ack(self, job_id: str, batch_id: str, consumer: str, version: int) -> tuple[int, int, bool]:
+        """Returns (acked, lost to another consumer, already acked)."""
+        reply = await self._ack(args=[self.jp(job_id), self._gbytes, batch_id, consumer, self.grace_ms, version])
+        status = reply[0]
+        if status == -1:
+            raise NotFound(f"batch_id: no batch {batch_id!r} for job {job_id} (expired or never issued)")
+        if status == -2:
+            raise InvalidArgument("consumer", f"batch {batch_id} was issued to another consumer")
+        if status == -3:
+            raise Conflict(f"trainer_version: {version} is older than the trainer version {reply[1]}")
+        return int(reply[1]), int(reply[2]), status == 1
+
+    # --- stats ------------------------------------------------------------
+
+    async def stats(self, job_id: str) -> buffer_pb2.BufferStatsResponse:
+        jp = self.jp(job_id)
+        stream = jp + "groups"
+        settings = await self.settings(job_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(jp + "counters")
+            pipe.xlen(stream)
+            pipe.xrange(stream, "-", "+", count=1)
+            pipe.xlen(jp + "dead")
+            pipe.time()
+            counters, length, oldest, dead, (sec, usec) = await pipe.execute()
+        try:
+            pending = (await self.redis.xpending(stream, CONSUMER_GROUP))["pending"]
+        except ResponseError:  # no stream or group yet
+            pending = 0
+        running = await self.running(job_id)
+        count, nbytes = await self.blobs.usage(job_id)
+        c = {_text(k): int(v) for k, v in counters.items()}
+        age = 0.0
+        if oldest:
+            age = max(0.0, (sec * 1000 + usec / 1000 - int(_text(oldest[0][0]).split("-")[0])) / 1000)
+        rejected = [
+            buffer_pb2.RejectionCount(reason=k.split(":", 1)[1], groups=v)
+            for k, v in sorted(c.items()) if k.startswith("rejected:")
+        ]
+        version = c.get("version", 0)
+        accepted = c.get("accepted", 0)
+        # Rejected groups were never trained: they must not hold the gate shut.
+        trainable = accepted - sum(r.groups for r in rejected) - c.get("dead_letter", 0)
+        gate = (settings.max_staleness + version + 1) * settings.batch_groups - (trainable + running)
+        return buffer_pb2.BufferStatsResponse(
+            job_id=job_id,
+            trainer_version=version,
+            groups_accepted=accepted,
+            groups_running=running,
+            groups_consumed=c.get("consumed", 0),
+            rejected=rejected,
+            groups_duplicate=c.get("duplicate", 0),
+            zero_variance_kept=c.get("zero_variance_kept", 0),
+            steps_accepted=c.get("steps_accepted", 0),
+            steps_consumed=c.get("steps_consumed", 0),
+            stream_length=length,
+            stream_pending=pending,
+            oldest_entry_age_s=age,
+            dead_letters=dead,
+            blob_count=count,
+            blob_bytes=nbytes,
+            blob_budget_bytes=await self.blobs.budget(),
+            blob_bytes_all_jobs=await self.blobs.total_bytes(),
+            batch_groups=settings.batch_groups,
+            max_staleness=settings.max_staleness,
+            keep_zero_variance=settings.keep_zero_variance,
+            max_stream_groups=settings.max_stream_groups,
+            gate_capacity=gate,
+        )
+
+    async def stream_bytes(self, job_id: str) -> int:
+        return int(await self.redis.memory_usage(self.jp(job_id) + "groups") or 0)
+
+
+_REQUIRED = (b"gid", b"data", b"minv", b"steps", b"zv", b"blobs")
+
+
+def _entry_problem(fields: dict) -> str:
+    """Why a stream entry cannot be handed to a trainer; '' when it can."""
+    missing = [f.decode() for f in _REQUIRED if f not in fields]
+    if missing:
+        return f"missing fields {missing}"
+    try:
+        int(fields[b"minv"]), int(fields[b"steps"])
+        group = buffer_pb2.Group.FromString(fields[b"data"])
+    except (ValueError, DecodeError) as exc:
+        return f"undecodable: {exc}"[:200]
+    if group.group_id != fields[b"gid"].decode(errors="replace") or not group.episodes:
+        return "group does not match its entry"
+    return ""

@@ -1,0 +1,147 @@
+"""Checks on a group before anything is stored, and what the store needs from it.
+
+Token arrays go through numpy: a group holds ~10^5 prompt ids, and a Python
+loop over them would cost more than the Redis write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+from asyncwebrl.buffer.config import Limits
+from asyncwebrl.buffer.errors import InvalidArgument
+from asyncwebrl.common.blobstore import MAX_DIMENSION, MIME_TYPES
+from asyncwebrl.common.keys import is_job_id, is_sha256
+from asyncwebrl.v1 import buffer_pb2
+
+GROUP_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+EPISODE_ID = GROUP_ID
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+FINISH_REASON = re.compile(r"^[a-z_]{0,32}$")
+DIFFICULTIES = ("easy", "medium", "hard")
+MAX_TASK_CHARS = 256
+MAX_REWARD = 1e6
+# Logprobs are <= 0; a little above tolerates rounding in the engine.
+MAX_LOGPROB = 1e-3
+ZERO_VARIANCE_TOL = 1e-9
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupSummary:
+    """What the stream entry carries beside the serialised group."""
+
+    min_version: int
+    max_version: int
+    steps: int
+    tokens: int  # prompt + output
+    zero_variance: bool
+    blobs: tuple[str, ...]  # distinct screenshot digests
+
+
+def check_job_id(job_id: str, field: str = "job_id") -> str:
+    if not is_job_id(job_id):
+        raise InvalidArgument(field, "must match [A-Za-z0-9_-]{1,64}")
+    return job_id
+
+
+def check_name(value: str, field: str) -> str:
+    if not NAME.match(value):
+        raise InvalidArgument(field, "must match [A-Za-z0-9_.-]{1,64}")
+    return value
+
+
+def _ints(values, field: str, low: int, high: int, max_len: int, min_len: int = 1) -> np.ndarray:
+    arr = np.array(values, dtype=np.int64)
+    if not min_len <= arr.size <= max_len:
+        raise InvalidArgument(field, f"length {arr.size} outside [{min_len}, {max_len}]")
+    if arr.size and (int(arr.min()) < low or int(arr.max()) > high):
+        raise InvalidArgument(field, f"values must be in [{low}, {high}], got [{int(arr.min())}, {int(arr.max())}]")
+    return arr
+
+
+def check_group(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -> GroupSummary:
+    """Raise InvalidArgument naming the first problem; return the summary otherwise."""
+    if not GROUP_ID.match(group.group_id):
+        raise InvalidArgument("group.group_id", "must match [A-Za-z0-9_.:-]{1,128}")
+    check_job_id(group.job_id, "group.job_id")
+    if not 0 < len(group.task) <= MAX_TASK_CHARS or not group.task.isprintable():
+        raise InvalidArgument("group.task", f"must be 1-{MAX_TASK_CHARS} printable characters")
+    if group.difficulty not in DIFFICULTIES:
+        raise InvalidArgument("group.difficulty", f"must be one of {DIFFICULTIES}")
+    if group.created_unix_ms < 0:
+        raise InvalidArgument("group.created_unix_ms", "must be >= 0")
+    if not 1 <= len(group.episodes) <= limits.max_episodes:
+        raise InvalidArgument("group.episodes", f"count {len(group.episodes)} outside [1, {limits.max_episodes}]")
+
+    top_version = trainer_version + limits.max_version_lead
+    min_version, max_version = None, -1
+    steps = tokens = 0
+    blobs: dict[str, None] = {}
+    seen_episodes: set[str] = set()
+    rewards = []
+    for i, episode in enumerate(group.episodes):
+        where = f"group.episodes[{i}]"
+        if not EPISODE_ID.match(episode.episode_id):
+            raise InvalidArgument(f"{where}.episode_id", "must match [A-Za-z0-9_.:-]{1,128}")
+        if episode.episode_id in seen_episodes:
+            raise InvalidArgument(f"{where}.episode_id", f"{episode.episode_id!r} appears twice in the group")
+        seen_episodes.add(episode.episode_id)
+        if not np.isfinite(episode.reward) or abs(episode.reward) > MAX_REWARD:
+            raise InvalidArgument(f"{where}.reward", f"must be finite with magnitude <= {MAX_REWARD:g}")
+        if not FINISH_REASON.match(episode.finish_reason):
+            raise InvalidArgument(f"{where}.finish_reason", "must match [a-z_]{0,32}")
+        if not 1 <= len(episode.steps) <= limits.max_steps:
+            raise InvalidArgument(f"{where}.steps", f"count {len(episode.steps)} outside [1, {limits.max_steps}]")
+        if episode.length != len(episode.steps):
+            raise InvalidArgument(f"{where}.length", f"is {episode.length} but the episode has {len(episode.steps)} steps")
+        rewards.append(episode.reward)
+        previous_version = -1
+        for j, step in enumerate(episode.steps):
+            at = f"{where}.steps[{j}]"
+            prompt = _ints(step.prompt_ids, f"{at}.prompt_ids", 0, 2**31 - 1, limits.max_prompt_tokens)
+            output = _ints(step.output_ids, f"{at}.output_ids", 0, 2**31 - 1, limits.max_output_tokens)
+            n = output.size
+            if len(step.logprobs) != n:
+                raise InvalidArgument(f"{at}.logprobs", f"has {len(step.logprobs)} values for {n} output tokens")
+            if len(step.versions) != n:
+                raise InvalidArgument(f"{at}.versions", f"has {len(step.versions)} values for {n} output tokens")
+            logprobs = np.array(step.logprobs, dtype=np.float32)
+            if not np.isfinite(logprobs).all() or float(logprobs.max()) > MAX_LOGPROB:
+                raise InvalidArgument(f"{at}.logprobs", "must be finite and <= 0")
+            versions = _ints(step.versions, f"{at}.versions", 0, top_version, limits.max_output_tokens)
+            if n > 1 and bool((np.diff(versions) < 0).any()):
+                raise InvalidArgument(f"{at}.versions", "must not decrease: a token is never older than the one before")
+            if int(versions[0]) < previous_version:
+                raise InvalidArgument(f"{at}.versions", "older than the previous step's tokens")
+            previous_version = int(versions[-1])
+            low = int(versions[0])
+            min_version = low if min_version is None else min(min_version, low)
+            max_version = max(max_version, previous_version)
+            if len(step.screenshots) > limits.max_images_per_step:
+                raise InvalidArgument(f"{at}.screenshots", f"more than {limits.max_images_per_step}")
+            for k, ref in enumerate(step.screenshots):
+                _check_ref(ref, f"{at}.screenshots[{k}]")
+                blobs[ref.sha256] = None
+            if len(step.text) > limits.max_text_chars:
+                raise InvalidArgument(f"{at}.text", f"longer than {limits.max_text_chars} characters")
+            if len(step.action) > limits.max_text_chars:
+                raise InvalidArgument(f"{at}.action", f"longer than {limits.max_text_chars} characters")
+            steps += 1
+            tokens += prompt.size + n
+    assert min_version is not None  # every step has at least one output token
+    spread = max(rewards) - min(rewards)
+    return GroupSummary(min_version, max_version, steps, tokens, spread <= ZERO_VARIANCE_TOL, tuple(blobs))
+
+
+def _check_ref(ref, field: str) -> None:
+    if not is_sha256(ref.sha256):
+        raise InvalidArgument(f"{field}.sha256", "not a lowercase hex sha256 digest")
+    if ref.mime not in MIME_TYPES:
+        raise InvalidArgument(f"{field}.mime", f"must be one of {MIME_TYPES}")
+    if not 0 < ref.width <= MAX_DIMENSION or not 0 < ref.height <= MAX_DIMENSION:
+        raise InvalidArgument(field, f"width and height must be in (0, {MAX_DIMENSION}]")
+    if ref.size_bytes <= 0:
+        raise InvalidArgument(f"{field}.size_bytes", "must be positive")
