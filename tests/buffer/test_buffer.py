@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 import time
 import urllib.request
 
@@ -214,7 +215,9 @@ def test_invalid_entries_go_to_dead_letters(stub, buffer, redis_server, job):
     # Something wrote garbage into the stream (an old format, a bug, disk corruption).
     r = redis_server.client()
     stream = f"{_prefix(buffer)}job:{job}:groups"
-    r.xadd(stream, {"gid": "broken", "data": b"\xff\xff\xff", "minv": 0, "steps": 1, "zv": 0, "blobs": ""})
+    r.xadd(stream, {"gid": "broken", "data": b"\xff\xff\xff", "minv": 0, "steps": 1, "zv": 0, "blobs": "",
+                    "crc": zlib.crc32(b"what was stored")})
+    r.xadd(stream, {"gid": "old-format", "data": b"", "minv": 0})
     header, groups = get_batch(stub, job)
     assert groups == [good], "valid groups are not held up by a bad one"
     stub.Ack(buffer_pb2.AckRequest(job_id=job, batch_id=header.batch_id, consumer="trainer-0"))
@@ -224,9 +227,10 @@ def test_invalid_entries_go_to_dead_letters(stub, buffer, redis_server, job):
     header, groups = get_batch(stub, job, consumer="trainer-1")
     assert not groups
     s = stats(stub, job)
-    assert (s.dead_letters, s.stream_length, s.stream_pending) == (1, 0, 0)
+    assert (s.dead_letters, s.stream_length, s.stream_pending) == (2, 0, 0)
     dead = r.xrange(f"{_prefix(buffer)}job:{job}:dead")
-    assert dead[0][1][b"gid"] == b"broken" and b"undecodable" in dead[0][1][b"reason"]
+    assert dead[0][1][b"gid"] == b"broken" and b"checksum" in dead[0][1][b"reason"]
+    assert dead[1][1][b"gid"] == b"old-format" and b"missing fields" in dead[1][1][b"reason"]
 
 
 def test_stream_cap_is_backpressure(stub, job):

@@ -116,3 +116,37 @@ def test_sigterm_drains_and_exits_cleanly(redis_server, tmp_path):
     assert not psutil.pid_exists(browser_pid) or psutil.Process(browser_pid).status() == psutil.STATUS_ZOMBIE
     assert "stopped" in svc.logs()
     svc.stop()
+
+
+def test_blob_budget_is_backpressure_on_screenshots(redis_server, tmp_path):
+    prefix = "budget-envfleet:"
+    r = redis_server.client()
+    r.set(f"{prefix}blobs:budget", 10**9)  # what the buffer writes at start
+    svc = start_envfleet(tmp_path, redis_server, "--browsers", "1", "--contexts-per-browser", "1",
+                         "--key-prefix", prefix, "--blob-wait-s", "1")
+    ch = channel(svc.target, TOKEN)
+    stub = env_pb2_grpc.EnvServiceStub(ch)
+    try:
+        lease = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=1, job_id="jb",
+                                                      include_elements=True), timeout=30)
+        button = next(e for e in lease.observation.elements if e.tag == "button")
+        sha = lease.observation.screenshot.sha256
+        assert r.hget(f"{prefix}job:jb:blob:{sha}", "data"), "screenshots land under the job's keys"
+        used = int(r.get(f"{prefix}blobs:bytes"))
+        assert used == lease.observation.screenshot.size_bytes
+        # The budget is spent (a buffer full of untrained groups): a new screenshot waits, then is refused.
+        r.set(f"{prefix}blobs:budget", used)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            # Clicking the button ends the episode: the page, so the screenshot, changes.
+            at = click(button.x + button.width / 2, button.y + button.height / 2)
+            stub.Step(env_pb2.StepRequest(session_id=lease.session_id, action=at), timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "budget" in err.value.details()
+        assert time.monotonic() - started >= 0.9, "it waited for memory before refusing"
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{svc.http_port}/metrics").read().decode()
+        assert 'asyncwebrl_envfleet_blob_backpressure_total{result="refused"} 1.0' in metrics
+        assert int(r.get(f"{prefix}blobs:bytes")) == used, "nothing was written past the budget"
+    finally:
+        ch.close()
+        svc.stop()
+        r.delete(f"{prefix}blobs:budget")

@@ -83,6 +83,9 @@ class EnvServiceServicer:
         """Run one action. NOT_FOUND for an unknown or expired session;
         ABORTED when the environment itself failed (browser crash): the episode
         is void, not a task failure, and the session is gone.
+        RESOURCE_EXHAUSTED when the new screenshot could not be stored within
+        --blob-wait-s because the buffer's blob budget is spent (backpressure):
+        the action ran, the episode should be voided and released.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -621,11 +621,12 @@ class Fleet:
             except RedisError as exc:
                 raise Unavailable(f"blob store unavailable: {exc}") from exc
             except BlobBudgetExceeded as exc:
-                if time.monotonic() + delay > deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     metrics.BLOB_BACKPRESSURE.labels("refused").inc()
                     raise Exhausted(str(exc)) from exc
                 metrics.BLOB_BACKPRESSURE.labels("waited").inc()
-                await asyncio.sleep(delay)
+                await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, 1.0)
 
     async def _observe(
