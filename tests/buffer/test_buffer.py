@@ -87,7 +87,8 @@ def _mutations():
         ("logprobs length", extend(step, "logprobs", [-1.0]), "episodes[0].steps[0].logprobs"),
         ("versions length", extend(step, "versions", [0]), "episodes[0].steps[0].versions"),
         ("length field", set_attr(lambda g: g.episodes[1], "length", 5), "episodes[1].length"),
-        ("negative token", extend(step, "prompt_ids", [-4]), "episodes[0].steps[0].prompt_ids"),
+        ("long prompt", extend(lambda g: g.episodes[1].steps[0], "prompt_ids", [0] * 70000),
+         "episodes[1].steps[0].prompt_ids"),
         ("future version", lambda g: step(g).versions.__setitem__(4, 99), "episodes[0].steps[0].versions"),
         ("version goes back", lambda g: g.episodes[0].steps[1].versions.__setitem__(0, 0) or
          [step(g).versions.__setitem__(i, 2) for i in range(5)], "episodes[0].steps[1].versions"),
@@ -215,7 +216,8 @@ def test_invalid_entries_go_to_dead_letters(stub, buffer, redis_server, job):
     # Something wrote garbage into the stream (an old format, a bug, disk corruption).
     r = redis_server.client()
     stream = f"{_prefix(buffer)}job:{job}:groups"
-    r.xadd(stream, {"gid": "broken", "data": b"\xff\xff\xff", "minv": 0, "steps": 1, "zv": 0, "blobs": "",
+    r.set(f"{_prefix(buffer)}job:{job}:data:broken", b"\xff\xff\xff")
+    r.xadd(stream, {"gid": "broken", "minv": 0, "steps": 1, "zv": 0, "blobs": "",
                     "crc": zlib.crc32(b"what was stored")})
     r.xadd(stream, {"gid": "old-format", "data": b"", "minv": 0})
     header, groups = get_batch(stub, job)
@@ -230,6 +232,8 @@ def test_invalid_entries_go_to_dead_letters(stub, buffer, redis_server, job):
     assert (s.dead_letters, s.stream_length, s.stream_pending) == (2, 0, 0)
     dead = r.xrange(f"{_prefix(buffer)}job:{job}:dead")
     assert dead[0][1][b"gid"] == b"broken" and b"checksum" in dead[0][1][b"reason"]
+    assert dead[0][1][b"data"] == b"\xff\xff\xff", "the dead letter keeps the payload for inspection"
+    assert not r.exists(f"{_prefix(buffer)}job:{job}:data:broken")
     assert dead[1][1][b"gid"] == b"old-format" and b"missing fields" in dead[1][1][b"reason"]
 
 

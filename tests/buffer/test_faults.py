@@ -134,7 +134,8 @@ async def test_released_blobs_live_through_the_grace_and_can_be_referenced_again
         ref = await blobs.put(job, b"same screen", "image/png", 4, 4)
         sref = env_pb2.ScreenshotRef(sha256=ref.sha256, width=4, height=4, mime="image/png", size_bytes=ref.size_bytes)
         first = make_group(job, [sref])
-        await store.put(job, first.group_id, first.SerializeToString(), check_group(first, config.limits, 0))
+        await store.put(job, first.group_id, first.SerializeToString(), check_group(first, config.limits, 0),
+                        await store.settings(job))
         assert await blobs.refs(job, ref.sha256) == 1 and await blobs.deadline_ms(job, ref.sha256) is None
         batch = await store.get_batch(job, "t", 1, 0, -1, 0)
         await store.ack(job, batch.batch_id, "t", 0)
@@ -144,7 +145,8 @@ async def test_released_blobs_live_through_the_grace_and_can_be_referenced_again
         redis_now = (await redis.time())[0] * 1000
         assert 50_000 < deadline - redis_now <= 61_000
         second = make_group(job, [sref])
-        await store.put(job, second.group_id, second.SerializeToString(), check_group(second, config.limits, 0))
+        await store.put(job, second.group_id, second.SerializeToString(), check_group(second, config.limits, 0),
+                        await store.settings(job))
         assert await blobs.refs(job, ref.sha256) == 1 and await blobs.deadline_ms(job, ref.sha256) is None
     finally:
         await redis.aclose()

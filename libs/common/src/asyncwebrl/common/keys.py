@@ -14,15 +14,16 @@ key                          type      what
 ``J blobs:unref``            zset      sha256 -> deadline (ms) of blobs no stored group
                                        references; reclaimed after the deadline
 ``J blobs:stat``             hash      count, bytes of this job's blobs
-``J groups``                 stream    one entry per accepted GRPO group: gid, data
-                                       (serialised Group), minv, maxv, steps, zv,
-                                       blobs, t; consumer group ``trainers``;
-                                       capped with MAXLEN ~ (see buffer config)
+``J groups``                 stream    one entry per accepted GRPO group: gid, minv,
+                                       maxv, steps, zv, blobs, tokens, crc; consumer
+                                       group ``trainers``; capped with MAXLEN ~
+``J data:<group_id>``        string    the serialised Group (payload of the entry);
+                                       TTL until its entry is stored, then none
 ``J gid:<group_id>``         string    stream entry id; idempotency of PutGroup,
                                        expires after the dedup window
 ``J batch:<batch_id>``       hash      consumer, ids, state (open | acked)
 ``J dead``                   stream    dead letters: entries that failed validation
-                                       on read too often, with the reason
+                                       on read too often, with the reason and data
 ``J counters``               hash      accepted, steps_accepted, duplicate, consumed,
                                        steps_consumed, rejected:<reason>,
                                        zero_variance_kept, dead_letter, version

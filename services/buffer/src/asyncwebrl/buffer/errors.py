@@ -23,3 +23,7 @@ class Exhausted(BufferError):
 
 class Conflict(BufferError):
     """FAILED_PRECONDITION: e.g. moving the trainer version backwards."""
+
+
+class Unavailable(BufferError):
+    """Transient: the same call may work when retried."""

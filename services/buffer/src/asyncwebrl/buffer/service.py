@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from asyncwebrl.buffer import metrics
 from asyncwebrl.buffer.config import BufferConfig
-from asyncwebrl.buffer.errors import BufferError, Conflict, Exhausted, InvalidArgument, NotFound
+from asyncwebrl.buffer.errors import BufferError, Conflict, Exhausted, InvalidArgument, NotFound, Unavailable
 from asyncwebrl.buffer.store import GroupStore
 from asyncwebrl.buffer.validate import check_group, check_job_id, check_name
 from asyncwebrl.common.blobstore import BlobBudgetExceeded, BlobStore
@@ -29,6 +29,7 @@ _STATUS = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 SERVICE = buffer_pb2.DESCRIPTOR.services_by_name["BufferService"]
 
@@ -95,10 +96,12 @@ class BufferServicer:
                 raise InvalidArgument("group", f"not a valid PutGroupRequest: {exc}") from exc
             group = request.group
             check_job_id(group.job_id, "group.job_id")
-            version = await self.store.trainer_version(group.job_id)
+            settings, version = await self.store.admission(group.job_id)
             summary = check_group(group, self.config.limits, version)
             try:
-                duplicate, entry = await self.store.put(group.job_id, group.group_id, group_bytes(raw, request), summary)
+                duplicate, entry = await self.store.put(
+                    group.job_id, group.group_id, group_bytes(raw, request), summary, settings
+                )
             except InvalidArgument as exc:
                 raise _name_missing_blob(group, exc) from exc
         except InvalidArgument as exc:

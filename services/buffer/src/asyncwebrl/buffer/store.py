@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from asyncwebrl.buffer.config import BufferConfig
-from asyncwebrl.buffer.errors import Conflict, Exhausted, InvalidArgument, NotFound
+from asyncwebrl.buffer.errors import Conflict, Exhausted, InvalidArgument, NotFound, Unavailable
 from asyncwebrl.buffer.validate import GroupSummary
 from asyncwebrl.common.blobstore import LUA_LIB, BlobStore
 from asyncwebrl.common.keys import CONSUMER_GROUP, blob_bytes_key, job_prefix, jobs_key
@@ -27,12 +27,20 @@ log = logging.getLogger("asyncwebrl.buffer")
 
 REJECT_REASONS = ("stale", "zero_variance")
 BATCH_TTL_S = 7 * 86400
+ADMISSION_CACHE_S = 1.0
+PAYLOAD_TTL_S = 120  # a payload whose group was refused (or whose writer died) lives this long
 
-# ARGV: jp, gbytes, jobs, job, gid, data, minv, maxv, steps, zv, blobs, cap, dedup_s, tokens, crc
-# -> {0, id} stored, {1, id} duplicate, {-1, len} stream full, {-2, sha} blob missing
+# The group's bytes go in first, in their own key (``J data:<gid>``, SET NX with a
+# short TTL), in the same pipeline as this script: Redis copies a 500 KB argument
+# into Lua and out again at twice the cost of a plain write. The script makes the
+# payload permanent only when it stores the entry; a refused group's payload
+# expires on its own.
+# ARGV: jp, gbytes, jobs, job, gid, minv, maxv, steps, zv, blobs, cap, dedup_s, tokens, crc
+# -> {0, id} stored, {1, id} duplicate, {-1, len} stream full, {-2, sha} blob missing,
+#    {-3, ''} payload key gone (expired between the two commands: write it again)
 _PUT_GROUP = LUA_LIB + r"""
 local jp, gbytes, jobs, job, gid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local cap = tonumber(ARGV[12])
+local cap = tonumber(ARGV[11])
 local counters = jp .. 'counters'
 local gidkey = jp .. 'gid:' .. gid
 local existing = redis.call('GET', gidkey)
@@ -43,20 +51,23 @@ end
 local stream = jp .. 'groups'
 local length = redis.call('XLEN', stream)
 if length >= cap then return {-1, tostring(length)} end
-local shas = split(ARGV[11])
+local shas = split(ARGV[10])
 local missing = missing_blob(jp, shas)
 if missing then return {-2, missing} end
+local datakey = jp .. 'data:' .. gid
+if redis.call('EXISTS', datakey) == 0 then return {-3, ''} end
 if redis.call('EXISTS', stream) == 0 then
   redis.call('XGROUP', 'CREATE', stream, 'trainers', '0', 'MKSTREAM')
 end
 ref_blobs(jp, shas)
+redis.call('PERSIST', datakey)
 -- The admission check above keeps the stream under cap, so MAXLEN ~ never trims
 -- a live entry; it bounds the stream should the check ever be bypassed.
-local id = redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', 'gid', gid, 'data', ARGV[6], 'minv', ARGV[7],
-  'maxv', ARGV[8], 'steps', ARGV[9], 'zv', ARGV[10], 'blobs', ARGV[11], 'tokens', ARGV[14], 'crc', ARGV[15])
-redis.call('SET', gidkey, id, 'EX', tonumber(ARGV[13]))
+local id = redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', 'gid', gid, 'minv', ARGV[6],
+  'maxv', ARGV[7], 'steps', ARGV[8], 'zv', ARGV[9], 'blobs', ARGV[10], 'tokens', ARGV[13], 'crc', ARGV[14])
+redis.call('SET', gidkey, id, 'EX', tonumber(ARGV[12]))
 redis.call('HINCRBY', counters, 'accepted', 1)
-redis.call('HINCRBY', counters, 'steps_accepted', tonumber(ARGV[9]))
+redis.call('HINCRBY', counters, 'steps_accepted', tonumber(ARGV[8]))
 redis.call('SADD', jobs, job)
 return {0, id}
 """
@@ -81,6 +92,7 @@ local function remove_entry(jp, gbytes, stream, id, grace, now)
   redis.call('XACK', stream, 'trainers', id)
   if not fields then return 0 end
   release_blobs(jp, gbytes, valid_shas(fields['blobs']), grace, now)
+  if fields['gid'] then redis.call('DEL', jp .. 'data:' .. fields['gid']) end
   redis.call('XDEL', stream, id)
   return tonumber(fields['steps']) or 0
 end
@@ -101,9 +113,13 @@ local fields, raw = entry_fields(stream, ARGV[3])
 if fields then
   local copy = {'source_id', ARGV[3], 'reason', ARGV[4]}
   for i = 1, #raw, 2 do
-    if raw[i] ~= 'source_id' and raw[i] ~= 'reason' then
+    if raw[i] ~= 'source_id' and raw[i] ~= 'reason' and raw[i] ~= 'data' then
       copy[#copy + 1] = raw[i]; copy[#copy + 1] = raw[i + 1]
     end
+  end
+  if fields['gid'] then
+    local data = redis.call('GET', jp .. 'data:' .. fields['gid'])
+    if data then copy[#copy + 1] = 'data'; copy[#copy + 1] = data end
   end
   redis.call('XADD', jp .. 'dead', 'MAXLEN', '~', tonumber(ARGV[6]), '*', unpack(copy))
 end
@@ -213,6 +229,7 @@ class GroupStore:
         self._set_version = redis.register_script(_SET_VERSION)
         self._report = redis.register_script(_REPORT_RUNNING)
         self._running = redis.register_script(_RUNNING)
+        self._admission: dict[str, tuple[float, JobSettings, int]] = {}
 
     def jp(self, job_id: str) -> str:
         return job_prefix(self.prefix, job_id)
@@ -226,8 +243,31 @@ class GroupStore:
     def derived_cap(self, batch_groups: int, max_staleness: int) -> int:
         return max(64, self.config.stream_cap_factor * (max_staleness + 2) * batch_groups)
 
+    async def admission(self, job_id: str) -> tuple[JobSettings, int]:
+        """The job's settings and trainer version, for PutGroup: one round trip,
+        cached for a second (versions only grow, and the check allows a lead)."""
+        now = time.monotonic()
+        cached = self._admission.get(job_id)
+        if cached and now - cached[0] < ADMISSION_CACHE_S:
+            return cached[1], cached[2]
+        jp = self.jp(job_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(jp + "config")
+            pipe.hget(jp + "counters", "version")
+            raw, version = await pipe.execute()
+        if len(self._admission) > 10000:
+            self._admission.clear()
+        settings = self._settings(raw)
+        self._admission[job_id] = (now, settings, int(version or 0))
+        return settings, int(version or 0)
+
+    def forget(self, job_id: str) -> None:
+        self._admission.pop(job_id, None)
+
     async def settings(self, job_id: str) -> JobSettings:
-        raw = await self.redis.hgetall(self.jp(job_id) + "config")
+        return self._settings(await self.redis.hgetall(self.jp(job_id) + "config"))
+
+    def _settings(self, raw: dict) -> JobSettings:
         b = int(raw.get(b"batch_groups", self.config.batch_groups))
         eta = int(raw.get(b"max_staleness", self.config.max_staleness))
         keep = raw.get(b"keep_zero_variance", b"1" if self.config.keep_zero_variance else b"0") == b"1"
@@ -245,6 +285,7 @@ class GroupStore:
             pipe.hset(self.jp(job_id) + "config", mapping=mapping)
             pipe.sadd(jobs_key(self.prefix), job_id)
             await pipe.execute()
+        self.forget(job_id)
         return await self.settings(job_id)
 
     async def trainer_version(self, job_id: str) -> int:
@@ -252,6 +293,7 @@ class GroupStore:
 
     async def set_trainer_version(self, job_id: str, version: int) -> int:
         status, value = await self._set_version(args=[self.jp(job_id), version])
+        self.forget(job_id)
         if status < 0:
             raise Conflict(f"version: {version} is older than the trainer version {value}; versions never decrease")
         return int(value)
@@ -264,17 +306,25 @@ class GroupStore:
 
     # --- put --------------------------------------------------------------
 
-    async def put(self, job_id: str, group_id: str, data: bytes, summary: GroupSummary) -> tuple[bool, str]:
+    async def put(
+        self, job_id: str, group_id: str, data: bytes, summary: GroupSummary, settings: JobSettings
+    ) -> tuple[bool, str]:
         """Store one validated group; returns (duplicate, entry id)."""
-        settings = await self.settings(job_id)
-        status, value = await self._put(
-            args=[
-                self.jp(job_id), self._gbytes, jobs_key(self.prefix), job_id, group_id, data,
-                summary.min_version, summary.max_version, summary.steps, int(summary.zero_variance),
-                " ".join(summary.blobs), settings.max_stream_groups, self.config.dedup_window_s, summary.tokens,
-                zlib.crc32(data),
-            ]
-        )
+        jp = self.jp(job_id)
+        args = [
+            jp, self._gbytes, jobs_key(self.prefix), job_id, group_id,
+            summary.min_version, summary.max_version, summary.steps, int(summary.zero_variance),
+            " ".join(summary.blobs), settings.max_stream_groups, self.config.dedup_window_s, summary.tokens,
+            zlib.crc32(data),
+        ]
+        for _ in range(3):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                # NX: a retry of the same group reuses the payload an earlier attempt left.
+                pipe.set(jp + f"data:{group_id}", data, nx=True, ex=PAYLOAD_TTL_S)
+                await self._put(args=args, client=pipe)
+                _, (status, value) = await pipe.execute()
+            if status != -3:
+                break
         value = _text(value)
         if status == -1:
             raise Exhausted(
@@ -283,6 +333,8 @@ class GroupStore:
             )
         if status == -2:
             raise InvalidArgument("group.episodes.steps.screenshots", f"blob {value} is not in the store")
+        if status == -3:
+            raise Unavailable(f"group {group_id}: its payload expired while being stored; retry")
         return status == 1, value
 
     # --- get --------------------------------------------------------------
@@ -334,9 +386,14 @@ class GroupStore:
         return batch
 
     async def _admit(self, jp, stream, entries, batch: Batch, ids, current_version, eta, settings) -> int:
+        if not entries:
+            return 0
+        keys = [jp + "data:" + fields.get(b"gid", b"").decode(errors="replace") for _, fields in entries]
+        payloads = await self.redis.mget(keys)
         admitted = 0
-        for raw_id, fields in entries:
+        for (raw_id, fields), data in zip(entries, payloads):
             entry_id = _text(raw_id)
+            fields[b"data"] = data
             problem = _entry_problem(fields)
             if problem:
                 await self._maybe_dead_letter(jp, stream, entry_id, problem)
@@ -371,6 +428,8 @@ class GroupStore:
     async def ack(self, job_id: str, batch_id: str, consumer: str, version: int) -> tuple[int, int, bool]:
         """Returns (acked, lost to another consumer, already acked)."""
         reply = await self._ack(args=[self.jp(job_id), self._gbytes, batch_id, consumer, self.grace_ms, version])
+        if version:
+            self.forget(job_id)
         status = reply[0]
         if status == -1:
             raise NotFound(f"batch_id: no batch {batch_id!r} for job {job_id} (expired or never issued)")
@@ -451,7 +510,7 @@ def _entry_problem(fields: dict) -> str:
     A CRC of the group's bytes, taken when it was validated and stored, stands in
     for parsing it again here: ~30x cheaper on a 500 KB group, and it also
     catches damage that would still parse."""
-    missing = [f.decode() for f in _REQUIRED if f not in fields]
+    missing = [f.decode() for f in _REQUIRED if fields.get(f) is None]
     if missing:
         return f"missing fields {missing}"
     try:

@@ -1,7 +1,7 @@
 """Checks on a group before anything is stored, and what the store needs from it.
 
-Token arrays go through numpy: a group holds ~10^5 prompt ids, and a Python
-loop over them would cost more than the Redis write.
+A group holds ~10^5 token ids and ~10^4 logprobs: per-element Python would cost
+more than the Redis write, so numeric checks run in numpy over the whole group.
 """
 
 from __future__ import annotations
@@ -63,7 +63,105 @@ def _ints(values, field: str, low: int, high: int, max_len: int, min_len: int = 
 
 
 def check_group(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -> GroupSummary:
-    """Raise InvalidArgument naming the first problem; return the summary otherwise."""
+    """Raise InvalidArgument naming the first problem; return the summary otherwise.
+
+    The checks run in bulk over the whole group (a few numpy reductions instead
+    of a dozen per step); only a group that fails goes through ``_check_slowly``,
+    which applies the same rules step by step to name the offending field."""
+    summary = _check_fast(group, limits, trainer_version)
+    if summary is None:
+        _check_slowly(group, limits, trainer_version)
+        raise AssertionError("a check failed in bulk but passed step by step")  # never: same rules
+    return summary
+
+
+def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -> GroupSummary | None:
+    if (
+        not GROUP_ID.match(group.group_id)
+        or not is_job_id(group.job_id)
+        or not 0 < len(group.task) <= MAX_TASK_CHARS
+        or not group.task.isprintable()
+        or group.difficulty not in DIFFICULTIES
+        or group.created_unix_ms < 0
+        or not 1 <= len(group.episodes) <= limits.max_episodes
+    ):
+        return None
+    # Token ids are uint32 on the wire: never negative, so only their counts need checking
+    # here; the trainer checks them against its vocabulary.
+    logprobs, versions = [], []
+    tokens = 0
+    blobs: dict[str, None] = {}
+    episode_ids = set()
+    rewards = []
+    steps = 0
+    for episode in group.episodes:
+        n_steps = len(episode.steps)
+        if (
+            not EPISODE_ID.match(episode.episode_id)
+            or episode.episode_id in episode_ids
+            or not np.isfinite(episode.reward)
+            or abs(episode.reward) > MAX_REWARD
+            or not FINISH_REASON.match(episode.finish_reason)
+            or not 1 <= n_steps <= limits.max_steps
+            or episode.length != n_steps
+        ):
+            return None
+        episode_ids.add(episode.episode_id)
+        rewards.append(episode.reward)
+        episode_versions = []
+        for step in episode.steps:
+            n = len(step.output_ids)
+            if (
+                not 1 <= len(step.prompt_ids) <= limits.max_prompt_tokens
+                or not 1 <= n <= limits.max_output_tokens
+                or len(step.logprobs) != n
+                or len(step.versions) != n
+                or len(step.screenshots) > limits.max_images_per_step
+                or len(step.text) > limits.max_text_chars
+                or len(step.action) > limits.max_text_chars
+            ):
+                return None
+            for ref in step.screenshots:
+                if ref.sha256 not in blobs:
+                    if not _ref_ok(ref):
+                        return None
+                    blobs[ref.sha256] = None
+            tokens += len(step.prompt_ids) + n
+            logprobs.append(step.logprobs)
+            episode_versions.append(np.array(step.versions, dtype=np.int64))
+        # Within an episode, token versions never go down, across step boundaries too.
+        joined = np.concatenate(episode_versions)
+        if joined.size > 1 and bool((np.diff(joined) < 0).any()):
+            return None
+        versions.append(joined)
+        steps += n_steps
+    all_lp = np.concatenate([np.array(c, dtype=np.float32) for c in logprobs])
+    all_versions = np.concatenate(versions)
+    if (
+        not bool(np.isfinite(all_lp).all())
+        or float(all_lp.max()) > MAX_LOGPROB
+        or int(all_versions.min()) < 0
+        or int(all_versions.max()) > trainer_version + limits.max_version_lead
+    ):
+        return None
+    spread = max(rewards) - min(rewards)
+    return GroupSummary(
+        int(all_versions.min()), int(all_versions.max()), steps, tokens, spread <= ZERO_VARIANCE_TOL,
+        tuple(blobs),
+    )
+
+
+def _ref_ok(ref) -> bool:
+    return (
+        is_sha256(ref.sha256)
+        and ref.mime in MIME_TYPES
+        and 0 < ref.width <= MAX_DIMENSION
+        and 0 < ref.height <= MAX_DIMENSION
+        and ref.size_bytes > 0
+    )
+
+
+def _check_slowly(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -> GroupSummary:
     if not GROUP_ID.match(group.group_id):
         raise InvalidArgument("group.group_id", "must match [A-Za-z0-9_.:-]{1,128}")
     check_job_id(group.job_id, "group.job_id")
@@ -101,8 +199,8 @@ def check_group(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -
         previous_version = -1
         for j, step in enumerate(episode.steps):
             at = f"{where}.steps[{j}]"
-            prompt = _ints(step.prompt_ids, f"{at}.prompt_ids", 0, 2**31 - 1, limits.max_prompt_tokens)
-            output = _ints(step.output_ids, f"{at}.output_ids", 0, 2**31 - 1, limits.max_output_tokens)
+            prompt = _ints(step.prompt_ids, f"{at}.prompt_ids", 0, 2**32 - 1, limits.max_prompt_tokens)
+            output = _ints(step.output_ids, f"{at}.output_ids", 0, 2**32 - 1, limits.max_output_tokens)
             n = output.size
             if len(step.logprobs) != n:
                 raise InvalidArgument(f"{at}.logprobs", f"has {len(step.logprobs)} values for {n} output tokens")
