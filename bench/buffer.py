@@ -100,16 +100,25 @@ def fresh_copy(group: buffer_pb2.Group, job: str) -> buffer_pb2.Group:
     return g
 
 
-async def put_service(stub, groups, concurrency: int) -> float:
-    queue = list(groups)
+def request_for(group: buffer_pb2.Group) -> buffer_pb2.PutGroupRequest:
+    """Built untimed: ``PutGroupRequest(group=g)`` deep-copies the group (2-3 ms for
+    500 KB), which a gateway avoids by filling ``request.group`` in place."""
+    request = buffer_pb2.PutGroupRequest()
+    request.group.CopyFrom(group)
+    return request
+
+
+async def put_service(stubs, requests, concurrency: int) -> float:
+    """Serialisation is timed here as in the direct path (the stub does it).
+    With several replicas, calls spread over them round-robin."""
+    queue = list(requests)
     started = time.perf_counter()
 
-    async def worker():
+    async def worker(stub):
         while queue:
-            g = queue.pop()
-            await stub.PutGroup(buffer_pb2.PutGroupRequest(group=g))
+            await stub.PutGroup(queue.pop())
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(stubs[i % len(stubs)]) for i in range(concurrency * len(stubs))))
     return time.perf_counter() - started
 
 
@@ -190,31 +199,38 @@ async def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-buffer-") as tmp:
         tmp = pathlib.Path(tmp)
         server = RedisServer(tmp)
-        svc = ServiceProcess(
-            "buffer",
-            ["--redis-url", server.url, "--key-prefix", PREFIX, "--blob-budget-bytes", "0",
-             "--blob-release-grace-s", "0", "--log-format", "text", "--log-level", "WARNING",
-             "--max-message-bytes", str(256 * 1024 * 1024)],
-            {"ASYNCWEBRL_AUTH_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": server.password},
-            tmp / "buffer.log",
-        )
-        svc.wait_ready()
+        # Replicas of the stateless service on the same Redis, as a Deployment would run them.
+        svcs = [
+            ServiceProcess(
+                "buffer",
+                ["--redis-url", server.url, "--key-prefix", PREFIX, "--blob-budget-bytes", "0",
+                 "--blob-release-grace-s", "0", "--log-format", "text", "--log-level", "WARNING",
+                 "--max-message-bytes", str(256 * 1024 * 1024)],
+                {"ASYNCWEBRL_AUTH_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": server.password},
+                tmp / f"buffer-{i}.log",
+            )
+            for i in range(args.replicas)
+        ]
+        for svc in svcs:
+            svc.wait_ready()
         redis = make_redis(server.url, server.password, timeout_s=60)
         store = BlobStore(redis, PREFIX)
-        ch = aio_channel(svc.target, TOKEN, max_message_bytes=256 * 1024 * 1024)
-        stub = buffer_pb2_grpc.BufferServiceStub(ch)
+        channels = [aio_channel(svc.target, TOKEN, max_message_bytes=256 * 1024 * 1024) for svc in svcs]
+        stubs = [buffer_pb2_grpc.BufferServiceStub(ch) for ch in channels]
+        stub = stubs[0]
         try:
             print(f"building {args.templates} template groups ...", flush=True)
             templates = [make_group("t", rng, args.episodes, args.steps) for _ in range(args.templates)]
             steps_per_group = args.episodes * args.steps
-            group_bytes = statistics.mean(buffer_pb2.PutGroupRequest(group=g).ByteSize() for g, _ in templates)
+            group_bytes = statistics.mean(request_for(g).ByteSize() for g, _ in templates)
             tokens_per_step = statistics.mean(
                 len(s.prompt_ids) + len(s.output_ids) for g, _ in templates for e in g.episodes for s in e.steps)
             shots_per_group = statistics.mean(len(s) for _, s in templates)
 
             rounds: dict[str, list[float]] = {k: [] for k in
-                                              ("put_service", "put_direct", "get_service", "get_direct",
-                                               "blobs_service", "blobs_direct")}
+                                              ("put_service", "put_direct", "put_service_replicas", "get_service",
+                                               "get_direct", "blobs_service", "blobs_direct") if args.replicas > 1
+                                              or k != "put_service_replicas"}
             memory = {}
             for r in range(args.rounds):
                 job_s, job_d = f"svc{r}", f"dir{r}"
@@ -224,12 +240,21 @@ async def run(args) -> dict:
                     await stub.SetTrainerVersion(buffer_pb2.SetTrainerVersionRequest(job_id=job, version=7))
                 for i in range(args.groups):
                     g, shots = templates[i % len(templates)]
-                    svc_groups.append(fresh_copy(g, job_s))
+                    svc_groups.append(request_for(fresh_copy(g, job_s)))
                     dir_groups.append(fresh_copy(g, job_d))
                     # A fresh job per round, so each group's screenshots are new to Redis.
                     await store.put_many(job_s, [(d, "image/jpeg", 1280, 720) for d in shots])
-                order = [("service", put_service(stub, svc_groups, args.concurrency)),
+                replica_job = f"rep{r}"
+                await stub.SetTrainerVersion(buffer_pb2.SetTrainerVersionRequest(job_id=replica_job, version=7))
+                replica_groups = []
+                for i in range(args.groups if args.replicas > 1 else 0):
+                    g, shots = templates[i % len(templates)]
+                    replica_groups.append(request_for(fresh_copy(g, replica_job)))
+                    await store.put_many(replica_job, [(d, "image/jpeg", 1280, 720) for d in shots])
+                order = [("service", put_service([stub], svc_groups, args.concurrency)),
                          ("direct", put_direct(redis, job_d, dir_groups, args.pipeline))]
+                if replica_groups:
+                    order.append(("service_replicas", put_service(stubs, replica_groups, args.concurrency)))
                 if r % 2:
                     order.reverse()
                 for name, coro in order:
@@ -239,6 +264,9 @@ async def run(args) -> dict:
                     if name == "service":
                         memory.setdefault("stream_bytes_per_1000_steps", []).append(
                             (await used_memory(redis) - before) / (args.groups * steps_per_group) * 1000)
+                # Drain what the replica path stored, so the streams stay the same length round to round.
+                if replica_groups:
+                    await get_service(stub, replica_job, args.groups, args.batch)
                 order = [("service", get_service(stub, job_s, args.groups, args.batch)),
                          ("direct", get_direct(redis, job_d, args.groups, args.batch))]
                 if r % 2:
@@ -257,9 +285,11 @@ async def run(args) -> dict:
                 print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                     f"{k} {v[-1]:.0f}/s" for k, v in rounds.items()), flush=True)
         finally:
-            await ch.close()
+            for ch in channels:
+                await ch.close()
             await redis.aclose()
-            svc.stop()
+            for svc in svcs:
+                svc.stop()
             server.stop()
 
     med = {k: statistics.median(v) for k, v in rounds.items()}
@@ -282,6 +312,9 @@ async def run(args) -> dict:
         "put_groups_per_s": {"service": round(med["put_service"], 1), "direct": round(med["put_direct"], 1)},
         "put_mb_per_s": {"service": round(med["put_service"] * mb, 1), "direct": round(med["put_direct"] * mb, 1)},
         "put_ratio": round(med["put_service"] / med["put_direct"], 3),
+        "replicas": args.replicas,
+        "put_groups_per_s_replicas": round(med.get("put_service_replicas", med["put_service"]), 1),
+        "put_ratio_replicas": round(med.get("put_service_replicas", med["put_service"]) / med["put_direct"], 3),
         "get_groups_per_s": {"service": round(med["get_service"], 1), "direct": round(med["get_direct"], 1)},
         "get_mb_per_s": {"service": round(med["get_service"] * mb, 1), "direct": round(med["get_direct"] * mb, 1)},
         "get_ratio": round(med["get_service"] / med["get_direct"], 3),
@@ -304,16 +337,19 @@ def plot(results: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels = ["PutGroup", "GetBatch+Ack", "PutBlobs"]
-    keys = ["put_groups_per_s", "get_groups_per_s", "blob_puts_per_s"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    put = results["put_groups_per_s"]
+    labels = ["PutGroup\n1 replica", f"PutGroup\n{results['replicas']} replicas", "GetBatch+Ack", "PutBlobs"]
+    service = [put["service"], results["put_groups_per_s_replicas"], results["get_groups_per_s"]["service"],
+               results["blob_puts_per_s"]["service"]]
+    direct = [put["direct"], put["direct"], results["get_groups_per_s"]["direct"],
+              results["blob_puts_per_s"]["direct"]]
     xs = range(len(labels))
-    service = [results[k]["service"] for k in keys]
-    direct = [results[k]["direct"] for k in keys]
     ax.bar([x - 0.2 for x in xs], direct, 0.4, label="direct redis-py pipeline (limit)", color="#999999")
     ax.bar([x + 0.2 for x in xs], service, 0.4, label="buffer service (gRPC)", color="#1f77b4")
-    for x, s, d in zip(xs, service, direct):
-        ax.text(x + 0.2, s, f"{s / d:.0%}", ha="center", va="bottom", fontsize=9)
+    for x, sv, d in zip(xs, service, direct):
+        ax.text(x + 0.2, sv, f"{sv / d:.0%}", ha="center", va="bottom", fontsize=9)
+    ax.set_yscale("log")
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("items/s (groups of 80 steps; blobs of 100 KB)")
     ax.set_title(f"buffer throughput, {results['machine']['cpus']} cores, {results['date'][:10]}")
@@ -333,6 +369,7 @@ def main() -> int:
     parser.add_argument("--pipeline", type=int, default=16, help="XADDs per direct pipeline")
     parser.add_argument("--batch", type=int, default=16, help="groups per GetBatch")
     parser.add_argument("--blobs", type=int, default=256, help="screenshots per blob path per round")
+    parser.add_argument("--replicas", type=int, default=2, help="buffer replicas for the scaled PutGroup path")
     args = parser.parse_args()
     results = asyncio.run(run(args))
     RESULTS.mkdir(parents=True, exist_ok=True)

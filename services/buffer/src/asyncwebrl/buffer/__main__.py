@@ -17,6 +17,7 @@ from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.grpcserver import ServiceRunner, run_service
 from asyncwebrl.common.logs import setup_logging
+from asyncwebrl.common.memory import keep_large_allocations
 from asyncwebrl.common.redisclient import make_redis
 
 log = logging.getLogger("asyncwebrl.buffer")
@@ -90,6 +91,7 @@ async def serve(config: BufferConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(BufferConfig, argv, prog="python -m asyncwebrl.buffer")
     setup_logging("buffer", config.log_level, config.log_format)
+    keep_large_allocations()
     log.info("starting", extra={"config": redacted(config)})
     try:
         asyncio.run(serve(config))
