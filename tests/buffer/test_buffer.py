@@ -36,6 +36,7 @@ def test_group_round_trip_counts_and_blob_release(stub, buffer, redis_server, jo
 
     s = stats(stub, job)
     assert (s.groups_accepted, s.steps_accepted, s.stream_length, s.blob_count) == (1, 4, 1, 2)
+    assert s.group_bytes == sent.ByteSize()
 
     header, groups = get_batch(stub, job)
     assert header.groups == 1 and header.steps == 4 and header.batch_id
@@ -46,6 +47,7 @@ def test_group_round_trip_counts_and_blob_release(stub, buffer, redis_server, jo
     assert (ack.groups, ack.lost, ack.already_acked) == (1, 0, False)
     s = stats(stub, job)
     assert (s.groups_consumed, s.steps_consumed, s.stream_length, s.stream_pending) == (1, 4, 0, 0)
+    assert s.group_bytes == 0
     # This buffer releases at once (grace 0): the last group is gone, so are its blobs.
     assert (s.blob_count, s.blob_bytes) == (0, 0)
     assert _blob_refs(redis_server, prefix, job, refs[0].sha256) is None

@@ -15,7 +15,7 @@ key                          type      what
                                        references; reclaimed after the deadline
 ``J blobs:stat``             hash      count, bytes of this job's blobs
 ``J groups``                 stream    one entry per accepted GRPO group: gid, minv,
-                                       maxv, steps, zv, blobs, tokens, crc; consumer
+                                       maxv, steps, zv, blobs, tokens, crc, size; consumer
                                        group ``trainers``; capped with MAXLEN ~
 ``J data:<group_id>``        string    the serialised Group (payload of the entry);
                                        TTL until its entry is stored, then none
@@ -25,7 +25,7 @@ key                          type      what
 ``J dead``                   stream    dead letters: entries that failed validation
                                        on read too often, with the reason and data
 ``J counters``               hash      accepted, steps_accepted, duplicate, consumed,
-                                       steps_consumed, rejected:<reason>,
+                                       steps_consumed, group_bytes, rejected:<reason>,
                                        zero_variance_kept, dead_letter, version
 ``J config``                 hash      batch_groups, max_staleness,
                                        keep_zero_variance, max_stream_groups

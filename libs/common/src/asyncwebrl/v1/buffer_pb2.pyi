@@ -246,7 +246,7 @@ class BufferStatsRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class BufferStatsResponse(_message.Message):
-    __slots__ = ("job_id", "trainer_version", "groups_accepted", "groups_running", "groups_consumed", "rejected", "groups_duplicate", "zero_variance_kept", "steps_accepted", "steps_consumed", "stream_length", "stream_pending", "oldest_entry_age_s", "dead_letters", "blob_count", "blob_bytes", "blob_budget_bytes", "blob_bytes_all_jobs", "batch_groups", "max_staleness", "keep_zero_variance", "max_stream_groups", "gate_capacity")
+    __slots__ = ("job_id", "trainer_version", "groups_accepted", "groups_running", "groups_consumed", "rejected", "groups_duplicate", "zero_variance_kept", "steps_accepted", "steps_consumed", "stream_length", "stream_pending", "oldest_entry_age_s", "dead_letters", "blob_count", "blob_bytes", "blob_budget_bytes", "blob_bytes_all_jobs", "batch_groups", "max_staleness", "keep_zero_variance", "max_stream_groups", "gate_capacity", "group_bytes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TRAINER_VERSION_FIELD_NUMBER: _ClassVar[int]
     GROUPS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -270,6 +270,7 @@ class BufferStatsResponse(_message.Message):
     KEEP_ZERO_VARIANCE_FIELD_NUMBER: _ClassVar[int]
     MAX_STREAM_GROUPS_FIELD_NUMBER: _ClassVar[int]
     GATE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BYTES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     trainer_version: int
     groups_accepted: int
@@ -293,4 +294,5 @@ class BufferStatsResponse(_message.Message):
     keep_zero_variance: bool
     max_stream_groups: int
     gate_capacity: int
-    def __init__(self, job_id: _Optional[str] = ..., trainer_version: _Optional[int] = ..., groups_accepted: _Optional[int] = ..., groups_running: _Optional[int] = ..., groups_consumed: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectionCount, _Mapping]]] = ..., groups_duplicate: _Optional[int] = ..., zero_variance_kept: _Optional[int] = ..., steps_accepted: _Optional[int] = ..., steps_consumed: _Optional[int] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., oldest_entry_age_s: _Optional[float] = ..., dead_letters: _Optional[int] = ..., blob_count: _Optional[int] = ..., blob_bytes: _Optional[int] = ..., blob_budget_bytes: _Optional[int] = ..., blob_bytes_all_jobs: _Optional[int] = ..., batch_groups: _Optional[int] = ..., max_staleness: _Optional[int] = ..., keep_zero_variance: _Optional[bool] = ..., max_stream_groups: _Optional[int] = ..., gate_capacity: _Optional[int] = ...) -> None: ...
+    group_bytes: int
+    def __init__(self, job_id: _Optional[str] = ..., trainer_version: _Optional[int] = ..., groups_accepted: _Optional[int] = ..., groups_running: _Optional[int] = ..., groups_consumed: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectionCount, _Mapping]]] = ..., groups_duplicate: _Optional[int] = ..., zero_variance_kept: _Optional[int] = ..., steps_accepted: _Optional[int] = ..., steps_consumed: _Optional[int] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., oldest_entry_age_s: _Optional[float] = ..., dead_letters: _Optional[int] = ..., blob_count: _Optional[int] = ..., blob_bytes: _Optional[int] = ..., blob_budget_bytes: _Optional[int] = ..., blob_bytes_all_jobs: _Optional[int] = ..., batch_groups: _Optional[int] = ..., max_staleness: _Optional[int] = ..., keep_zero_variance: _Optional[bool] = ..., max_stream_groups: _Optional[int] = ..., gate_capacity: _Optional[int] = ..., group_bytes: _Optional[int] = ...) -> None: ...

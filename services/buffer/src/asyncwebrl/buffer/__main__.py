@@ -32,7 +32,7 @@ async def sweep_once(store: GroupStore, blobs: BlobStore, known: set[str]) -> No
         for gauge, value in (
             (metrics.STREAM_LENGTH, s.stream_length),
             (metrics.STREAM_PENDING, s.stream_pending),
-            (metrics.STREAM_BYTES, await store.stream_bytes(job)),
+            (metrics.STREAM_BYTES, s.group_bytes),
             (metrics.OLDEST_AGE, s.oldest_entry_age_s),
             (metrics.DEAD_LETTERS, s.dead_letters),
             (metrics.BLOB_COUNT, s.blob_count),

@@ -16,7 +16,7 @@ SWEPT_BLOBS = Counter("asyncwebrl_buffer_blobs_swept_total", "Unreferenced blobs
 
 STREAM_LENGTH = Gauge("asyncwebrl_buffer_stream_length", "Groups stored (unread or unacked).", ["job"])
 STREAM_PENDING = Gauge("asyncwebrl_buffer_stream_pending", "Groups delivered, not yet acked.", ["job"])
-STREAM_BYTES = Gauge("asyncwebrl_buffer_stream_bytes", "Redis memory of the job's stream (sampled).", ["job"])
+STREAM_BYTES = Gauge("asyncwebrl_buffer_stream_bytes", "Serialised bytes of the job's stored groups.", ["job"])
 OLDEST_AGE = Gauge("asyncwebrl_buffer_oldest_entry_age_seconds", "Age of the oldest stored group.", ["job"])
 DEAD_LETTERS = Gauge("asyncwebrl_buffer_dead_letters", "Entries in the dead-letter stream.", ["job"])
 BLOB_COUNT = Gauge("asyncwebrl_buffer_blobs", "Screenshot blobs stored.", ["job"])

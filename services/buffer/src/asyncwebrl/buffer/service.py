@@ -12,7 +12,9 @@ import logging
 
 import grpc
 from google.protobuf.message import DecodeError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from asyncwebrl.buffer import metrics
 from asyncwebrl.buffer.config import BufferConfig
@@ -80,9 +82,12 @@ class BufferServicer:
         self.config = config
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: Exception, method: str):
-        if isinstance(exc, RedisError):
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
             log.warning("%s: redis unavailable: %s", method, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {exc}")
+        if isinstance(exc, RedisError):  # a command Redis refused: our bug, not the caller's
+            log.error("%s: redis error: %s", method, exc)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the buffer's storage")
         code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
         if code is grpc.StatusCode.INTERNAL:
             log.exception("%s failed", method)

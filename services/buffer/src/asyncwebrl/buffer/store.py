@@ -35,7 +35,7 @@ PAYLOAD_TTL_S = 120  # a payload whose group was refused (or whose writer died) 
 # into Lua and out again at twice the cost of a plain write. The script makes the
 # payload permanent only when it stores the entry; a refused group's payload
 # expires on its own.
-# ARGV: jp, gbytes, jobs, job, gid, minv, maxv, steps, zv, blobs, cap, dedup_s, tokens, crc
+# ARGV: jp, gbytes, jobs, job, gid, minv, maxv, steps, zv, blobs, cap, dedup_s, tokens, crc, size
 # -> {0, id} stored, {1, id} duplicate, {-1, len} stream full, {-2, sha} blob missing,
 #    {-3, ''} payload key gone (expired between the two commands: write it again)
 _PUT_GROUP = LUA_LIB + r"""
@@ -64,10 +64,11 @@ redis.call('PERSIST', datakey)
 -- The admission check above keeps the stream under cap, so MAXLEN ~ never trims
 -- a live entry; it bounds the stream should the check ever be bypassed.
 local id = redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', 'gid', gid, 'minv', ARGV[6],
-  'maxv', ARGV[7], 'steps', ARGV[8], 'zv', ARGV[9], 'blobs', ARGV[10], 'tokens', ARGV[13], 'crc', ARGV[14])
+  'maxv', ARGV[7], 'steps', ARGV[8], 'zv', ARGV[9], 'blobs', ARGV[10], 'tokens', ARGV[13], 'crc', ARGV[14], 'size', ARGV[15])
 redis.call('SET', gidkey, id, 'EX', tonumber(ARGV[12]))
 redis.call('HINCRBY', counters, 'accepted', 1)
 redis.call('HINCRBY', counters, 'steps_accepted', tonumber(ARGV[8]))
+redis.call('HINCRBY', counters, 'group_bytes', tonumber(ARGV[15]))
 redis.call('SADD', jobs, job)
 return {0, id}
 """
@@ -93,6 +94,8 @@ local function remove_entry(jp, gbytes, stream, id, grace, now)
   if not fields then return 0 end
   release_blobs(jp, gbytes, valid_shas(fields['blobs']), grace, now)
   if fields['gid'] then redis.call('DEL', jp .. 'data:' .. fields['gid']) end
+  local size = tonumber(fields['size']) or 0
+  if size > 0 then redis.call('HINCRBY', jp .. 'counters', 'group_bytes', -size) end
   redis.call('XDEL', stream, id)
   return tonumber(fields['steps']) or 0
 end
@@ -315,7 +318,7 @@ class GroupStore:
             jp, self._gbytes, jobs_key(self.prefix), job_id, group_id,
             summary.min_version, summary.max_version, summary.steps, int(summary.zero_variance),
             " ".join(summary.blobs), settings.max_stream_groups, self.config.dedup_window_s, summary.tokens,
-            zlib.crc32(data),
+            zlib.crc32(data), len(data),
         ]
         for _ in range(3):
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -495,10 +498,8 @@ class GroupStore:
             keep_zero_variance=settings.keep_zero_variance,
             max_stream_groups=settings.max_stream_groups,
             gate_capacity=gate,
+            group_bytes=c.get("group_bytes", 0),
         )
-
-    async def stream_bytes(self, job_id: str) -> int:
-        return int(await self.redis.memory_usage(self.jp(job_id) + "groups") or 0)
 
 
 _REQUIRED = (b"gid", b"data", b"minv", b"steps", b"zv", b"blobs", b"crc")
