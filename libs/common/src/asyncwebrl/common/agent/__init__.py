@@ -1,0 +1,1 @@
+"""The agent format: action grammar and parser, prompts and their token ids."""

@@ -1,0 +1,1 @@
+"""Qwen-VL policies: loading, tiny test models, per-token logprobs."""

@@ -1,0 +1,62 @@
+"""``python -m asyncwebrl.engine``: serve SGLang's native HTTP API until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from asyncwebrl.common.config import parse_config, redacted
+from asyncwebrl.common.logs import setup_logging
+from asyncwebrl.common.models.loading import load_policy
+from asyncwebrl.engine import metrics
+from asyncwebrl.engine.config import EngineConfig
+from asyncwebrl.engine.core import Engine
+from asyncwebrl.engine.server import Server
+
+log = logging.getLogger("asyncwebrl.engine")
+
+
+async def serve(config: EngineConfig) -> None:
+    policy = load_policy(config.model_path, device=config.device, dtype=config.dtype)
+    engine = Engine(policy, config.weight_version, config.max_batch_size, seed=config.seed)
+    engine.start()
+    metrics.WEIGHT_VERSION.labels(config.weight_version).set(1)
+    server = Server(config, engine)
+    runner = web.AppRunner(server.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.http_port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    log.info("serving", extra={"port": port, "model": config.model_path, "family": policy.family,
+                               "device": str(engine.device), "weight_version": config.weight_version})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_s": config.shutdown_grace_s})
+    server.stopping = True
+    deadline = loop.time() + config.shutdown_grace_s
+    while loop.time() < deadline and any(engine.stats()[k] for k in ("running", "queued")):
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(engine.stop)
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(EngineConfig, argv, prog="python -m asyncwebrl.engine")
+    setup_logging("engine", config.log_level, config.log_format)
+    log.info("starting", extra={"config": redacted(config)})
+    try:
+        asyncio.run(serve(config))
+    except (OSError, ValueError) as exc:  # a bad model path, a port taken
+        log.error("cannot start: %s", exc)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

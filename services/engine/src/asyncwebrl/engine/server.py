@@ -1,0 +1,432 @@
+"""SGLang's native HTTP API, the subset the platform uses, with SGLang's field names.
+
+Every body is checked before it reaches the engine: a bad one gets 400 with a
+message naming the field, and the server goes on serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+import pathlib
+import time
+import uuid
+
+import aiohttp
+import torch
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from asyncwebrl.common.agent.prompt import expand_image_tokens
+from asyncwebrl.common.agent.vision import BadImage, decode_image, process_images
+from asyncwebrl.engine import metrics
+from asyncwebrl.engine.config import EngineConfig
+from asyncwebrl.engine.core import Engine, GenRequest, SamplingParams
+
+log = logging.getLogger("asyncwebrl.engine")
+
+GENERATE_FIELDS = {
+    "text", "input_ids", "image_data", "sampling_params", "rid", "return_logprob", "logprob_start_len",
+    "top_logprobs_num", "return_text_in_logprobs", "stream", "modalities",
+}
+# Sampling parameters whose SGLang meaning the engine implements.
+SAMPLING_FIELDS = {
+    "max_new_tokens", "temperature", "top_p", "top_k", "stop", "stop_token_ids", "ignore_eos",
+    "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim", "sampling_seed",
+}
+# Accepted only at their neutral value: anything else would be silently wrong.
+NEUTRAL_SAMPLING = {"n": 1, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+                    "repetition_penalty": 1.0, "min_new_tokens": 0}
+MAX_RID = 128
+MAX_STOP = 16
+
+
+class BadRequest(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"object": "error", "message": message, "code": status}, status=status)
+
+
+def _number(value, field: str, low: float, high: float, integer: bool = False):
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise BadRequest(field, f"must be {kind} in [{low:g}, {high:g}], got {str(value)[:40]!r}")
+    return value
+
+
+def _flag(value, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(field, f"must be true or false, got {str(value)[:40]!r}")
+    return value
+
+
+class Server:
+    def __init__(self, config: EngineConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.policy = engine.policy
+        self.vocab = int(self.policy.model.get_input_embeddings().weight.shape[0])
+        roots = config.model_roots or (str(pathlib.Path(config.model_path).resolve().parent),)
+        self.model_roots = tuple(pathlib.Path(r).resolve() for r in roots)
+        self.image_dir = pathlib.Path(config.image_dir).resolve() if config.image_dir else None
+        self.model_path = config.model_path
+        self.stopping = False
+        self._http: aiohttp.ClientSession | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._auth])
+        app.router.add_post("/generate", self.generate)
+        app.router.add_post("/update_weights_from_disk", self.update_weights)
+        app.router.add_post("/pause_generation", self.pause)
+        app.router.add_post("/continue_generation", self.resume)
+        app.router.add_post("/abort_request", self.abort)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/health_generate", self.health_generate)
+        app.router.add_get("/ready", self.ready)
+        app.router.add_get("/model_info", self.model_info)
+        app.router.add_get("/get_model_info", self.model_info)
+        app.router.add_get("/metrics", self.metrics)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _close(self, _app) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    # --- auth ----------------------------------------------------------------
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        path = request.path
+        if path in ("/health", "/metrics", "/ready"):
+            return await handler(request)
+        admin = path in ("/update_weights_from_disk", "/pause_generation", "/continue_generation")
+        key = (self.config.admin_api_key or self.config.api_key) if admin else self.config.api_key
+        if key:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                return _error(401, "missing or wrong API key (Authorization: Bearer <key>)")
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            metrics.REJECTED.labels(path).inc()
+            return _error(400, str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            metrics.REJECTED.labels(path).inc()
+            return _error(413, f"body: larger than {self.config.max_body_bytes} bytes")
+
+    async def _body(self, request: web.Request) -> dict:
+        try:
+            body = await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            raise
+        except Exception as exc:  # noqa: BLE001 - aiohttp/json raise several kinds
+            raise BadRequest("body", f"not valid JSON: {str(exc)[:100]}") from exc
+        if not isinstance(body, dict):
+            raise BadRequest("body", "must be a JSON object")
+        return body
+
+    # --- /generate -------------------------------------------------------------
+
+    async def generate(self, request: web.Request) -> web.Response:
+        if self.stopping:
+            return _error(503, "shutting down")
+        body = await self._body(request)
+        unknown = sorted(set(body) - GENERATE_FIELDS)
+        if unknown:
+            raise BadRequest(unknown[0], "not a field of /generate this engine supports")
+        if body.get("stream"):
+            raise BadRequest("stream", "streaming is not supported by the embedded engine")
+        if body.get("top_logprobs_num"):
+            raise BadRequest("top_logprobs_num", "only 0 is supported")
+        if body.get("logprob_start_len") not in (None, -1):
+            raise BadRequest("logprob_start_len", "only -1 (output tokens) is supported")
+        params = self._sampling(body.get("sampling_params"))
+        return_logprob = _flag(body.get("return_logprob", False), "return_logprob")
+        rid = body.get("rid") or uuid.uuid4().hex
+        if not isinstance(rid, str) or len(rid) > MAX_RID:
+            raise BadRequest("rid", f"must be a string of at most {MAX_RID} characters")
+        images = await self._images(body.get("image_data"))
+        loop = asyncio.get_running_loop()
+        batch = await loop.run_in_executor(None, process_images, self.policy.image_processor, images) if images else None
+        ids = self._prompt_ids(body, batch.token_counts if batch else [])
+        if len(ids) + params.max_new_tokens > self.engine.max_positions:
+            raise BadRequest("sampling_params.max_new_tokens",
+                             f"prompt ({len(ids)}) + max_new_tokens exceeds the context of {self.engine.max_positions}")
+        future = loop.create_future()
+
+        def done(r: GenRequest) -> None:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(r))
+
+        gen = GenRequest(rid=rid, input_ids=ids, params=params, return_logprob=return_logprob, on_done=done)
+        if params.sampling_seed is not None:
+            gen.generator = torch.Generator(device="cpu").manual_seed(params.sampling_seed)
+        if batch:
+            gen.pixel_values = torch.from_numpy(batch.pixel_values)
+            gen.image_grid_thw = torch.from_numpy(batch.grid_thw)
+        self.engine.submit(gen)
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The caller went away: free the slot.
+            self.engine.command(lambda: self.engine.abort(rid))
+            raise
+        return web.json_response(self._response(result))
+
+    def _response(self, r: GenRequest) -> dict:
+        meta = {
+            "id": r.rid,
+            "finish_reason": r.finish,
+            "prompt_tokens": len(r.input_ids),
+            "completion_tokens": len(r.output_ids),
+            "cached_tokens": 0,
+            "weight_version": r.versions[-1] if r.versions else self.engine.weight_version,
+            # Not in SGLang: the version of every output token, for requests that
+            # straddled a weight update (SGLang reports only the last).
+            "output_token_weight_versions": r.versions,
+            "e2e_latency": time.monotonic() - r.created,
+        }
+        if r.return_logprob:
+            meta["output_token_logprobs"] = [[lp, tok, None] for lp, tok in zip(r.logprobs, r.output_ids)]
+        return {"text": r.text or "", "output_ids": r.output_ids, "meta_info": meta}
+
+    def _sampling(self, raw) -> SamplingParams:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise BadRequest("sampling_params", "must be an object (batched requests are not supported)")
+        for name, neutral in NEUTRAL_SAMPLING.items():
+            if name in raw and raw[name] not in (None, neutral):
+                raise BadRequest(f"sampling_params.{name}", f"only {neutral} is supported by the embedded engine")
+        unknown = sorted(set(raw) - SAMPLING_FIELDS - set(NEUTRAL_SAMPLING))
+        if unknown:
+            raise BadRequest(f"sampling_params.{unknown[0]}", "not supported by the embedded engine")
+        p = SamplingParams(max_new_tokens=self.config.default_max_new_tokens)
+        f = "sampling_params."
+        if raw.get("max_new_tokens") is not None:
+            p.max_new_tokens = _number(raw["max_new_tokens"], f + "max_new_tokens", 1,
+                                       self.config.max_new_tokens_limit, integer=True)
+        if raw.get("temperature") is not None:
+            p.temperature = float(_number(raw["temperature"], f + "temperature", 0, 100))
+        if raw.get("top_p") is not None:
+            p.top_p = float(_number(raw["top_p"], f + "top_p", 1e-6, 1))
+        if raw.get("top_k") is not None:
+            p.top_k = _number(raw["top_k"], f + "top_k", -1, 1 << 20, integer=True)
+            if p.top_k == 0:
+                raise BadRequest(f + "top_k", "must be -1 (all) or positive")
+        stop = raw.get("stop")
+        if stop is not None:
+            stop = [stop] if isinstance(stop, str) else stop
+            if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(
+                isinstance(s, str) and 0 < len(s) <= 256 for s in stop
+            ):
+                raise BadRequest(f + "stop", f"must be a string or a list of at most {MAX_STOP} non-empty strings")
+            p.stop = tuple(stop)
+        ids = raw.get("stop_token_ids")
+        if ids is not None:
+            if not isinstance(ids, list) or len(ids) > 64:
+                raise BadRequest(f + "stop_token_ids", "must be a list of at most 64 token ids")
+            p.stop_token_ids = tuple(_number(i, f + "stop_token_ids", 0, self.vocab - 1, True) for i in ids)
+        for name in ("ignore_eos", "skip_special_tokens"):
+            if raw.get(name) is not None:
+                setattr(p, name, _flag(raw[name], f + name))
+        if raw.get("sampling_seed") is not None:
+            p.sampling_seed = _number(raw["sampling_seed"], f + "sampling_seed", 0, 2**63 - 1, integer=True)
+        return p
+
+    def _prompt_ids(self, body: dict, counts: list[int]) -> list[int]:
+        text, ids = body.get("text"), body.get("input_ids")
+        if (text is None) == (ids is None):
+            raise BadRequest("text", "give exactly one of text and input_ids")
+        if text is not None:
+            if not isinstance(text, str):
+                raise BadRequest("text", "must be a string (batched requests are not supported)")
+            if len(text) > self.config.max_prompt_tokens * 16:
+                raise BadRequest("text", "too long")
+            ids = self.policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            if not isinstance(ids, list) or (ids and isinstance(ids[0], list)):
+                raise BadRequest("input_ids", "must be a list of token ids (batched requests are not supported)")
+            if len(ids) > self.config.max_prompt_tokens:
+                raise BadRequest("input_ids", f"longer than {self.config.max_prompt_tokens} tokens")
+            for t in ids:
+                if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab:
+                    raise BadRequest("input_ids", f"token ids must be integers in [0, {self.vocab}), got {str(t)[:20]}")
+        try:
+            ids = expand_image_tokens(ids, self.policy.image_token_id, counts)
+        except ValueError as exc:
+            raise BadRequest("image_data", str(exc)) from exc
+        if not ids:
+            raise BadRequest("input_ids" if body.get("input_ids") is not None else "text", "the prompt is empty")
+        if len(ids) > self.config.max_prompt_tokens:
+            raise BadRequest("input_ids", f"{len(ids)} tokens with images, over {self.config.max_prompt_tokens}")
+        return ids
+
+    async def _images(self, raw) -> list:
+        if raw is None:
+            return []
+        items = [raw] if isinstance(raw, str) else raw
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise BadRequest("image_data", "must be a string or a list of strings")
+        if len(items) > self.config.max_images:
+            raise BadRequest("image_data", f"more than {self.config.max_images} images")
+        out = []
+        for i, item in enumerate(items):
+            data = await self._image_bytes(item, f"image_data[{i}]")
+            try:
+                out.append(decode_image(data))
+            except BadImage as exc:
+                raise BadRequest(f"image_data[{i}]", str(exc)) from exc
+        return out
+
+    async def _image_bytes(self, item: str, field: str) -> bytes:
+        if item.startswith("data:"):
+            header, _, payload = item.partition(",")
+            if ";base64" not in header:
+                raise BadRequest(field, "data URIs must be base64")
+            return self._b64(payload, field)
+        if item.startswith(("http://", "https://")):
+            if not self.config.allow_image_urls:
+                raise BadRequest(field, "image URLs are disabled (--allow-image-urls)")
+            return await self._fetch(item, field)
+        if item.startswith(("/", "./", "file://")):
+            return self._file(item.removeprefix("file://"), field)
+        return self._b64(item, field)
+
+    @staticmethod
+    def _b64(payload: str, field: str) -> bytes:
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRequest(field, "not base64, a data URI, a file path or a URL") from exc
+
+    def _file(self, path: str, field: str) -> bytes:
+        if self.image_dir is None:
+            raise BadRequest(field, "file paths are disabled (--image-dir)")
+        resolved = pathlib.Path(path).resolve()
+        if not resolved.is_relative_to(self.image_dir) or not resolved.is_file():
+            raise BadRequest(field, f"no such file under {self.image_dir}")
+        if resolved.stat().st_size > 16 * 1024 * 1024:
+            raise BadRequest(field, "file larger than 16 MiB")
+        return resolved.read_bytes()
+
+    async def _fetch(self, url: str, field: str) -> bytes:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.url_timeout_s))
+        try:
+            async with self._http.get(url) as resp:
+                if resp.status != 200:
+                    raise BadRequest(field, f"fetching the URL answered {resp.status}")
+                data = await resp.content.read(16 * 1024 * 1024 + 1)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise BadRequest(field, f"fetching the URL failed: {type(exc).__name__}") from exc
+        if len(data) > 16 * 1024 * 1024:
+            raise BadRequest(field, "image larger than 16 MiB")
+        return data
+
+    # --- weights, pause, abort ------------------------------------------------
+
+    async def update_weights(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        path = body.get("model_path")
+        if not isinstance(path, str) or not path:
+            raise BadRequest("model_path", "required: a checkpoint directory")
+        resolved = pathlib.Path(path).resolve()
+        if not any(resolved.is_relative_to(root) for root in self.model_roots):
+            raise BadRequest("model_path", f"must be under {', '.join(map(str, self.model_roots))} (--model-roots)")
+        if body.get("load_format") not in (None, "auto", "safetensors"):
+            raise BadRequest("load_format", "only safetensors checkpoints are supported")
+        version = body.get("weight_version")
+        if version is not None and (not isinstance(version, (str, int)) or isinstance(version, bool)
+                                    or not 0 < len(str(version)) <= 64):
+            raise BadRequest("weight_version", "must be a string (or integer) of 1-64 characters")
+        abort_all = _flag(body.get("abort_all_requests", False), "abort_all_requests")
+        _flag(body.get("flush_cache", True), "flush_cache")
+        new_version = str(version) if version is not None else self.engine.weight_version
+        future = self.engine.command(lambda: self.engine.update_weights(str(resolved), new_version, abort_all))
+        try:
+            result = await asyncio.wrap_future(future)
+        except (OSError, ValueError) as exc:
+            return web.json_response({"success": False, "message": str(exc)[:500]}, status=400)
+        metrics.WEIGHT_VERSION.clear()
+        metrics.WEIGHT_VERSION.labels(new_version).set(1)
+        self.model_path = str(resolved)
+        return web.json_response({
+            "success": True,
+            "message": f"loaded {result['bytes']} bytes in {result['seconds']:.3f}s",
+            "weight_version": new_version,
+        })
+
+    async def pause(self, request: web.Request) -> web.Response:
+        body = await self._body(request) if request.can_read_body else {}
+        mode = body.get("mode", "abort")
+        if mode not in ("abort", "in_place"):
+            raise BadRequest("mode", "must be abort or in_place")
+        result = await asyncio.wrap_future(self.engine.command(lambda: self.engine.pause(mode)))
+        metrics.PAUSED.set(1)
+        return web.json_response({"success": True, **result})
+
+    async def resume(self, request: web.Request) -> web.Response:
+        result = await asyncio.wrap_future(self.engine.command(self.engine.resume))
+        metrics.PAUSED.set(0)
+        return web.json_response({"success": True, **result})
+
+    async def abort(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        rid, abort_all = body.get("rid"), body.get("abort_all", False)
+        _flag(abort_all, "abort_all")
+        if not abort_all and (not isinstance(rid, str) or not 0 < len(rid) <= MAX_RID):
+            raise BadRequest("rid", "give a request id, or abort_all: true")
+        target = None if abort_all else rid
+        aborted = await asyncio.wrap_future(self.engine.command(lambda: self.engine.abort(target)))
+        return web.json_response({"success": True, "aborted": aborted})
+
+    # --- health and info ---------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        if self.stopping or not self.engine._thread.is_alive():
+            return web.Response(status=503, text="unhealthy")
+        return web.Response(text="ok")
+
+    async def ready(self, request: web.Request) -> web.Response:
+        return await self.health(request)
+
+    async def health_generate(self, request: web.Request) -> web.Response:
+        """One greedy token through the whole path, as SGLang's /health does."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        gen = GenRequest(
+            rid=f"health-{uuid.uuid4().hex[:8]}", input_ids=[self.policy.tokenizer.pad_token_id or 0],
+            params=SamplingParams(max_new_tokens=1, temperature=0), return_logprob=False,
+            on_done=lambda r: loop.call_soon_threadsafe(lambda: future.done() or future.set_result(r)),
+        )
+        self.engine.submit(gen)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), 20)
+        except asyncio.TimeoutError:
+            return web.Response(status=503, text="generation did not finish in 20 s")
+        return web.Response(text="ok")
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "model_path": self.model_path,
+            "tokenizer_path": str(self.policy.path),
+            "is_generation": True,
+            "model_type": self.policy.family,
+            "weight_version": self.engine.weight_version,
+            "max_batch_size": self.engine.max_batch_size,
+            "device": str(self.engine.device),
+            "dtype": str(next(self.policy.model.parameters()).dtype).removeprefix("torch."),
+            **self.engine.stats(),
+        })
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
