@@ -98,24 +98,25 @@ def load_policy(path: str | pathlib.Path, device: str = "auto", dtype: str = "au
 
 
 def load_weights(model: torch.nn.Module, path: str | pathlib.Path) -> int:
-    """Load every ``*.safetensors`` file of a checkpoint directory into ``model`` in place.
+    """Load a checkpoint directory's weights into ``model`` in place.
 
-    Strict: a missing or unexpected tensor, or a shape that differs, raises
-    before any parameter changes. Returns the bytes read."""
-    from safetensors.torch import load_file
-
+    The checkpoint is read by transformers itself (on the CPU), so its key
+    naming and conversions are whatever ``from_pretrained`` accepts; then every
+    tensor is checked against the running model before any is copied: a
+    different family, a missing tensor or another shape raises and changes
+    nothing. Returns the bytes of the weight files."""
     path = pathlib.Path(path)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"model_path: no .safetensors files in {path}")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(f))
-    own = model.state_dict()
-    # Tied weights (e.g. lm_head = embed_tokens) are saved once: a name that shares
-    # storage with a loaded tensor is not missing.
-    loaded_ptrs = {own[n].data_ptr() for n in state if n in own}
-    missing = sorted(n for n in set(own) - set(state) if own[n].data_ptr() not in loaded_ptrs)
+    family = model_family(path)
+    if family != model.config.model_type:
+        raise ValueError(f"model_path: a {family} checkpoint cannot replace a {model.config.model_type} model")
+    transformers.utils.logging.disable_progress_bar()
+    dtype = next(model.parameters()).dtype
+    fresh = MODEL_CLASSES[family].from_pretrained(path, local_files_only=True, dtype=dtype)
+    state, own = fresh.state_dict(), model.state_dict()
+    missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise ValueError(f"model_path: tensors missing {missing[:5]} or unexpected {unexpected[:5]}")
