@@ -40,6 +40,11 @@ SAMPLING_FIELDS = {
 # Accepted only at their neutral value: anything else would be silently wrong.
 NEUTRAL_SAMPLING = {"n": 1, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty": 0.0,
                     "repetition_penalty": 1.0, "min_new_tokens": 0}
+# SGLang's UpdateWeightFromDiskReqInput; the GPU-only switches are accepted and have no effect here.
+UPDATE_FIELDS = {
+    "model_path", "load_format", "abort_all_requests", "weight_version", "flush_cache", "is_async",
+    "torch_empty_cache", "keep_pause", "recapture_cuda_graph", "token_step",
+}
 MAX_RID = 128
 MAX_STOP = 16
 
@@ -154,9 +159,10 @@ class Server:
         rid = body.get("rid") or uuid.uuid4().hex
         if not isinstance(rid, str) or len(rid) > MAX_RID:
             raise BadRequest("rid", f"must be a string of at most {MAX_RID} characters")
-        images = await self._images(body.get("image_data"))
+        raw_images = await self._images(body.get("image_data"))
         loop = asyncio.get_running_loop()
-        batch = await loop.run_in_executor(None, process_images, self.policy.image_processor, images) if images else None
+        # Decoding and resizing screenshots is CPU work: off the event loop.
+        batch = await loop.run_in_executor(None, self._prepare_images, raw_images) if raw_images else None
         ids = self._prompt_ids(body, batch.token_counts if batch else [])
         if len(ids) + params.max_new_tokens > self.engine.max_positions:
             raise BadRequest("sampling_params.max_new_tokens",
@@ -270,7 +276,7 @@ class Server:
             raise BadRequest("input_ids", f"{len(ids)} tokens with images, over {self.config.max_prompt_tokens}")
         return ids
 
-    async def _images(self, raw) -> list:
+    async def _images(self, raw) -> list[bytes]:
         if raw is None:
             return []
         items = [raw] if isinstance(raw, str) else raw
@@ -278,14 +284,16 @@ class Server:
             raise BadRequest("image_data", "must be a string or a list of strings")
         if len(items) > self.config.max_images:
             raise BadRequest("image_data", f"more than {self.config.max_images} images")
-        out = []
-        for i, item in enumerate(items):
-            data = await self._image_bytes(item, f"image_data[{i}]")
+        return [await self._image_bytes(item, f"image_data[{i}]") for i, item in enumerate(items)]
+
+    def _prepare_images(self, raw_images: list[bytes]):
+        images = []
+        for i, data in enumerate(raw_images):
             try:
-                out.append(decode_image(data))
+                images.append(decode_image(data))
             except BadImage as exc:
                 raise BadRequest(f"image_data[{i}]", str(exc)) from exc
-        return out
+        return process_images(self.policy.image_processor, images)
 
     async def _image_bytes(self, item: str, field: str) -> bytes:
         if item.startswith("data:"):
@@ -336,6 +344,9 @@ class Server:
 
     async def update_weights(self, request: web.Request) -> web.Response:
         body = await self._body(request)
+        unknown = sorted(set(body) - UPDATE_FIELDS)
+        if unknown:
+            raise BadRequest(unknown[0], "not a field of /update_weights_from_disk")
         path = body.get("model_path")
         if not isinstance(path, str) or not path:
             raise BadRequest("model_path", "required: a checkpoint directory")
@@ -362,6 +373,7 @@ class Server:
         return web.json_response({
             "success": True,
             "message": f"loaded {result['bytes']} bytes in {result['seconds']:.3f}s",
+            "num_paused_requests": self.engine.stats()["running"] if self.engine.paused else 0,
             "weight_version": new_version,
         })
 
