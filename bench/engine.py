@@ -3,7 +3,8 @@
 The tiny shipped Qwen2.5-VL on the CPU, through the real HTTP server. Every
 request is an agent step as the rollout gateway builds it: the system prompt with
 the action grammar, an instruction, a few history lines and one 1280x720
-screenshot (PNG, base64), sampled at temperature 1 for a fixed number of tokens.
+screenshot (JPEG q80, as envfleet stores them, base64), sampled at temperature 1
+for a fixed number of tokens.
 
   sequential     one request at a time, each waiting for the previous
   concurrent c   c requests in flight (c = 1, 8, 32), batched by the engine
@@ -50,8 +51,9 @@ def screenshot(seed: int) -> str:
         y, x = rng.randint(0, 680), rng.randint(0, 1200)
         img[y:y + rng.randint(10, 60), x:x + rng.randint(40, 300)] = rng.randint(0, 255, 3)
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    # JPEG at quality 80: what envfleet stores by default.
+    Image.fromarray(img).save(buf, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def bodies(n: int, tokens: int) -> list[dict]:
@@ -123,7 +125,7 @@ async def run(args) -> dict:
                     "device": "cpu"},
         "command": "make bench-engine",
         "workload": {"model": f"tiny {args.family} (shipped, random weights)", "requests_per_mode": args.requests,
-                     "max_new_tokens": args.tokens, "image": "1280x720 PNG, one per request",
+                     "max_new_tokens": args.tokens, "image": "1280x720 JPEG q80, one per request",
                      "rounds": args.rounds},
         "tokens_per_s": {n: round(v["tokens_per_s"], 1) for n, v in med.items()},
         "median_latency_s": {n: round(v["median_latency_s"], 3) for n, v in med.items()},

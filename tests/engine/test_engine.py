@@ -273,3 +273,23 @@ def test_api_key_is_required_even_for_model_info(engine):
     assert call(engine.url, "/model_info", key=None)[0] == 401
     status, info = call(engine.url, "/model_info", key=API_KEY)
     assert status == 200 and info["is_generation"] and info["model_type"] == "qwen2_5_vl"
+
+
+def test_repeated_screenshots_are_processed_once(engine):
+    def hits() -> float:
+        text = call(engine.url, "/metrics")[1]["text"]
+        line = next((l for l in text.splitlines() if l.startswith('asyncwebrl_engine_image_cache_total{result="hit"}')),
+                    "x 0")
+        return float(line.split()[-1])
+
+    shot = data_uri(png(77))
+    body = {"text": prompt("Step", 2), "image_data": [data_uri(png(76)), shot],
+            "sampling_params": {"max_new_tokens": 4, "temperature": 0}, "return_logprob": True}
+    before = hits()
+    first = call(engine.url, "/generate", body)[1]
+    # The next step shows the same screenshot again as its history image.
+    again = call(engine.url, "/generate", {**body, "image_data": [shot, data_uri(png(78))]})[1]
+    repeat = call(engine.url, "/generate", body)[1]
+    assert hits() - before == 3
+    assert repeat["output_ids"] == first["output_ids"] and again["meta_info"]["prompt_tokens"] > 0
+    assert repeat["meta_info"]["output_token_logprobs"] == first["meta_info"]["output_token_logprobs"]

@@ -86,30 +86,18 @@ class RedisServer:
             self.proc.kill()
 
 
-class ServiceProcess:
-    """``python -m asyncwebrl.<name>`` as a child process on free ports."""
+class ChildProcess:
+    """A ``python -m asyncwebrl.<module>`` child with its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: pathlib.Path) -> None:
-        self.name = name
-        self.grpc_port = free_port()
-        self.http_port = free_port()
+    def __init__(self, module: str, args: list[str], env: dict[str, str] | None, log_path: pathlib.Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"asyncwebrl.{name}", "--grpc-port", str(self.grpc_port),
-             "--http-port", str(self.http_port), *args],
-            env={**os.environ, **env},
+            [sys.executable, "-m", f"asyncwebrl.{module}", *args],
+            env={**os.environ, **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        wait_for_port(self.http_port, timeout, self.proc)
-        wait_for_port(self.grpc_port, timeout, self.proc)
 
     def logs(self) -> str:
         self._log.flush()
@@ -127,19 +115,31 @@ class ServiceProcess:
         return self.proc.returncode
 
 
-class EngineProcess:
-    """``python -m asyncwebrl.engine`` on a free port (HTTP only, like SGLang)."""
+class ServiceProcess(ChildProcess):
+    """A gRPC service on free ports (``--grpc-port``, ``--http-port``)."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: pathlib.Path) -> None:
+        self.name = name
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        super().__init__(name, ["--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port), *args],
+                         env, log_path)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        wait_for_port(self.http_port, timeout, self.proc)
+        wait_for_port(self.grpc_port, timeout, self.proc)
+
+
+class EngineProcess(ChildProcess):
+    """The engine on a free port (HTTP only, like SGLang)."""
 
     def __init__(self, args: list[str], log_path: pathlib.Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "asyncwebrl.engine", "--http-port", str(self.port), "--log-format", "text", *args],
-            env={**os.environ, **(env or {})},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__("engine", ["--http-port", str(self.port), "--log-format", "text", *args], env, log_path)
 
     @property
     def url(self) -> str:
@@ -160,18 +160,3 @@ class EngineProcess:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"engine not healthy after {timeout}s: {self.logs()[-2000:]}")
-
-    def logs(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode

@@ -17,3 +17,4 @@ E2E = Histogram("asyncwebrl_engine_e2e_request_latency_seconds", "Time from arri
 WEIGHT_UPDATES = Counter("asyncwebrl_engine_weight_updates_total", "Successful update_weights_from_disk calls.")
 WEIGHT_LOAD_SECONDS = Histogram("asyncwebrl_engine_weight_load_seconds", "Time to load new weights.")
 WEIGHT_VERSION = Gauge("asyncwebrl_engine_weight_version_info", "1 for the weight version being served.", ["version"])
+IMAGE_CACHE = Counter("asyncwebrl_engine_image_cache_total", "Processed-image cache lookups, by result.", ["result"])

@@ -9,19 +9,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
+import threading
+from collections import OrderedDict
 import logging
 import pathlib
 import time
 import uuid
 
 import aiohttp
+import numpy as np
 import torch
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from asyncwebrl.common.agent.prompt import expand_image_tokens
-from asyncwebrl.common.agent.vision import BadImage, decode_image, process_images
+from asyncwebrl.common.agent.vision import BadImage, ImageBatch, decode_image, process_images
 from asyncwebrl.engine import metrics
 from asyncwebrl.engine.config import EngineConfig
 from asyncwebrl.engine.core import Engine, GenRequest, SamplingParams
@@ -73,6 +77,38 @@ def _flag(value, field: str) -> bool:
     return value
 
 
+class ByteLRU:
+    """A thread-safe LRU bounded by the bytes of its values."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, tuple[object, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes):
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                metrics.IMAGE_CACHE.labels("miss").inc()
+                return None
+            self._items.move_to_end(key)
+            metrics.IMAGE_CACHE.labels("hit").inc()
+            return item[0]
+
+    def put(self, key: bytes, value, size: int) -> None:
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
+
+
 class Server:
     def __init__(self, config: EngineConfig, engine: Engine) -> None:
         self.config = config
@@ -85,6 +121,7 @@ class Server:
         self.model_path = config.model_path
         self.stopping = False
         self._http: aiohttp.ClientSession | None = None
+        self.image_cache = ByteLRU(config.image_cache_mb * 1024 * 1024)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._auth])
@@ -286,14 +323,26 @@ class Server:
             raise BadRequest("image_data", f"more than {self.config.max_images} images")
         return [await self._image_bytes(item, f"image_data[{i}]") for i, item in enumerate(items)]
 
-    def _prepare_images(self, raw_images: list[bytes]):
-        images = []
+    def _prepare_images(self, raw_images: list[bytes]) -> ImageBatch:
+        """Decode and patch each image, or take it from the cache: in a rollout the
+        same screenshot comes back in the next step's prompt (history) and in every
+        episode of a group (the first page), so most images are seen twice or more."""
+        parts = []
         for i, data in enumerate(raw_images):
-            try:
-                images.append(decode_image(data))
-            except BadImage as exc:
-                raise BadRequest(f"image_data[{i}]", str(exc)) from exc
-        return process_images(self.policy.image_processor, images)
+            key = hashlib.sha256(data).digest()
+            hit = self.image_cache.get(key)
+            if hit is None:
+                try:
+                    hit = process_images(self.policy.image_processor, [decode_image(data)])
+                except BadImage as exc:
+                    raise BadRequest(f"image_data[{i}]", str(exc)) from exc
+                self.image_cache.put(key, hit, hit.pixel_values.nbytes)
+            parts.append(hit)
+        return ImageBatch(
+            np.concatenate([p.pixel_values for p in parts]),
+            np.concatenate([p.grid_thw for p in parts]),
+            [c for p in parts for c in p.token_counts],
+        )
 
     async def _image_bytes(self, item: str, field: str) -> bytes:
         if item.startswith("data:"):
