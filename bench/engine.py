@@ -56,12 +56,14 @@ def screenshot(seed: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def bodies(n: int, tokens: int) -> list[dict]:
+def bodies(n: int, tokens: int, first_seed: int = 0) -> list[dict]:
+    """Fresh screenshots: the engine caches processed images by content, and every
+    step of a rollout brings at least one new one."""
     history = [HistoryStep("Shop", "click(coordinate=[500.0, 300.0])", True)] * 3
     return [
         {
             "text": render(f"Buy item {i} and report the order number", history, 1),
-            "image_data": [screenshot(i)],
+            "image_data": [screenshot(first_seed + i)],
             "sampling_params": {"max_new_tokens": tokens, "temperature": 1.0, "ignore_eos": True},
             "return_logprob": True,
         }
@@ -102,14 +104,16 @@ async def run(args) -> dict:
         engine.wait_ready()
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-                reqs = bodies(args.requests, args.tokens)
-                await run_mode(session, engine.url, reqs[:4], 4)  # warm-up
+                await run_mode(session, engine.url, bodies(4, args.tokens, 10**6), 4)  # warm-up
+                seed = 0
                 modes = [("sequential", 1)] + [(f"concurrent_{c}", c) for c in args.concurrency]
                 rounds: dict[str, list[dict]] = {name: [] for name, _ in modes}
                 for r in range(args.rounds):
                     order = modes[r % len(modes):] + modes[: r % len(modes)]
                     for name, c in order:
-                        # Sequential is the baseline: the same requests, one after another.
+                        # Sequential is the baseline: the same kind of requests, one after another.
+                        reqs = bodies(args.requests, args.tokens, seed)
+                        seed += args.requests
                         rounds[name].append(await run_mode(session, engine.url, reqs, c))
                     print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                         f"{n} {v[-1]['tokens_per_s']:.0f} tok/s" for n, v in rounds.items()), flush=True)

@@ -34,7 +34,7 @@ fi
 echo "bootstrap: preparing $VENV"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
-editables=(-e libs/common)
+editables=(-e "libs/common[models]")
 for svc in services/*/; do
   editables+=(-e "$svc")
 done

@@ -255,8 +255,17 @@ class Engine:
         scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
         logprobs = torch.log_softmax(scaled, dim=-1)
         tokens = scaled.argmax(-1)
+        # Plain temperature sampling for all such rows in one draw; rows with
+        # top-k/top-p or their own seed go one by one below.
+        plain = [i for i, r in enumerate(rows) if not greedy[i] and r.generator is None
+                 and r.params.top_k <= 0 and r.params.top_p >= 1.0]
+        if plain:
+            index = torch.tensor(plain, device=logits.device)
+            probs = torch.softmax(scaled.index_select(0, index), -1).cpu()
+            tokens[index] = torch.multinomial(probs, 1, generator=self._generator)[:, 0].to(tokens.device)
+        done = set(plain)
         for i, r in enumerate(rows):
-            if greedy[i]:
+            if greedy[i] or i in done:
                 continue
             row = scaled[i]
             if 0 < r.params.top_k < row.numel():
