@@ -168,11 +168,12 @@ def main() -> int:
                         help="max_new_tokens of every request (an agent step: a few lines of reasoning, one call)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--name", default="engine", help="result files: bench/results/<name>.json and .png")
     args = parser.parse_args()
     results = asyncio.run(run(args))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "engine.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, RESULTS / "engine.png")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, RESULTS / f"{args.name}.png")
     print(json.dumps(results))
     return 0
 
