@@ -30,6 +30,8 @@ key                          type      what
 ``J config``                 hash      batch_groups, max_staleness,
                                        keep_zero_variance, max_stream_groups
 ``J running``                hash      gateway -> "groups:expires_ms"
+``J endpoints``              hash      endpoint id -> JSON {url, ready, weight_version,
+                                       heartbeat_ms, kind}: the inference registry
 ===========================  ========  ===============================================
 
 Deployment-wide (``P``):

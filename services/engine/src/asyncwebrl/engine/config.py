@@ -44,6 +44,15 @@ class EngineConfig:
     log_format: str = option("json", "Log format: json (one object per line) or text.")
     shutdown_grace_s: float = option(10.0, "Seconds in-flight requests get to finish after SIGTERM.")
     seed: int = option(0, "Seed of the sampler (requests may give their own sampling_seed).")
+    registry_redis_url: str = option("", "Redis of the endpoint registry; empty: do not register.")
+    registry_redis_password: str = dataclasses.field(
+        default="", metadata={"help": "Password of the registry's Redis.", "secret": True}
+    )
+    key_prefix: str = option("asyncwebrl:", "Prefix of every Redis key this deployment writes.")
+    job_id: str = option("default", "Job whose rollout gateways this engine serves.")
+    endpoint_id: str = option("", "Name in the registry (default: <hostname>-<port>).")
+    advertise_url: str = option("", "URL gateways reach this engine at (default: http://<host or hostname>:<port>).")
+    heartbeat_s: float = option(2.0, "Seconds between registry heartbeats.")
 
     def __post_init__(self) -> None:
         require(0 <= self.http_port <= 65535, "http_port", "must be in [0, 65535]")
@@ -61,6 +70,9 @@ class EngineConfig:
         require(1024 <= self.max_body_bytes <= 1 << 30, "max_body_bytes", "must be in [1 KiB, 1 GiB]")
         require(0.1 <= self.url_timeout_s <= 120, "url_timeout_s", "must be in [0.1, 120]")
         require(0 <= self.image_cache_mb <= 1 << 20, "image_cache_mb", "must be in [0, 2^20]")
+        require(0.1 <= self.heartbeat_s <= 60, "heartbeat_s", "must be in [0.1, 60]")
+        require(not self.registry_redis_url or self.registry_redis_url.startswith(("redis://", "rediss://", "unix://")),
+                "registry_redis_url", "must start with redis://, rediss:// or unix://")
         require(self.log_level.upper() in LOG_LEVELS, "log_level", f"must be one of {LOG_LEVELS}")
         self.log_level = self.log_level.upper()
         require(self.log_format in ("json", "text"), "log_format", "must be json or text")

@@ -1,0 +1,132 @@
+"""Engines in the registry and the gateway's inference client, against two real engines."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+
+import pytest
+
+from asyncwebrl.common.inference import InferenceClient, NoEndpoint
+from asyncwebrl.common.redisclient import make_redis
+from asyncwebrl.common.registry import Registry
+from asyncwebrl.common.localstack import EngineProcess
+from tests.engine.conftest import API_KEY, call
+from tests.engine.test_engine import _perturbed_checkpoint
+
+PREFIX = "reg-test:"
+
+
+def _engine(models_root, log_dir, redis_server, job: str, name: str) -> EngineProcess:
+    engine = EngineProcess(
+        ["--model-path", str(models_root / "qwen2_5_vl"), "--model-roots", str(models_root), "--device", "cpu",
+         "--registry-redis-url", redis_server.url, "--key-prefix", PREFIX, "--job-id", job,
+         "--endpoint-id", name, "--heartbeat-s", "0.3"],
+        log_dir / f"{name}.log",
+        env={"ASYNCWEBRL_API_KEY": API_KEY, "ASYNCWEBRL_REGISTRY_REDIS_PASSWORD": redis_server.password},
+    )
+    return engine
+
+
+@pytest.fixture
+def pair(models_root, tmp_path, redis_server):
+    job = f"j{uuid.uuid4().hex[:8]}"
+    engines = [_engine(models_root, tmp_path, redis_server, job, f"engine-{i}") for i in range(2)]
+    for e in engines:  # started together, so they load in parallel
+        e.wait_ready()
+    yield job, engines
+    for e in engines:
+        e.stop()
+
+
+async def _client(redis_server, job: str, **kw) -> tuple[InferenceClient, Registry]:
+    redis = make_redis(redis_server.url, redis_server.password)
+    registry = Registry(redis, PREFIX, job, ttl_s=1.5)
+    return InferenceClient(registry, api_key=API_KEY, refresh_s=0.2, **kw), registry
+
+
+def _ids(n: int = 12) -> list[int]:
+    return [20 + i for i in range(n)]
+
+
+async def test_engines_register_heartbeat_and_leave(pair, redis_server):
+    job, engines = pair
+    client, registry = await _client(redis_server, job)
+    live = await registry.live()
+    assert [e.endpoint_id for e in live] == ["engine-0", "engine-1"]
+    assert all(e.url == engines[i].url and e.weight_version == "0" for i, e in enumerate(live))
+    # Paused: alive but not ready, so no new work goes there.
+    call(engines[0].url, "/pause_generation", {"mode": "in_place"})
+    await asyncio.sleep(0.8)
+    assert [e.endpoint_id for e in await registry.live()] == ["engine-1"]
+    call(engines[0].url, "/continue_generation", {})
+    # SIGTERM: the engine removes itself; SIGKILL: its heartbeat goes stale.
+    engines[0].stop()
+    await asyncio.sleep(0.5)
+    assert [e.endpoint_id for e in await registry.all()] == ["engine-1"]
+    engines[1].stop(signal.SIGKILL)
+    await asyncio.sleep(2.0)
+    assert await registry.live() == [] and [e.endpoint_id for e in await registry.all()] == ["engine-1"]
+    client.wait_for_endpoint_s = 0.5
+    with pytest.raises(NoEndpoint):
+        await client.generate(_ids(), [], {"max_new_tokens": 2})
+    await client.close()
+    await registry.redis.aclose()
+
+
+async def test_requests_spread_and_survive_an_engine_killed_mid_run(pair, redis_server):
+    job, engines = pair
+    client, registry = await _client(redis_server, job, timeout_s=30, cooldown_s=30)
+    params = {"max_new_tokens": 300, "temperature": 0, "ignore_eos": True}
+
+    async def one(i: int):
+        return await client.generate(_ids(8 + i % 5), [], params, rid=f"r{i}")
+
+    tasks = [asyncio.create_task(one(i)) for i in range(12)]
+    deadline = time.monotonic() + 30
+    while (await asyncio.to_thread(call, engines[0].url, "/model_info"))[1]["running"] == 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    engines[0].stop(signal.SIGKILL)
+    results = await asyncio.gather(*tasks)
+    assert all(len(r.output_ids) == 300 == len(r.logprobs) == len(r.versions) for r in results), "none lost"
+    first = {(r.failed_on + r.endpoints)[0] for r in results}
+    assert first == {"engine-0", "engine-1"}, "least outstanding spreads the load"
+    moved = [r for r in results if r.retries]
+    assert moved and all(r.failed_on == ["engine-0"] and r.endpoints == ["engine-1"] for r in moved), \
+        "the killed engine's requests moved"
+    # Greedy: a retried request ends with the same tokens as one that never failed.
+    again = await client.generate(_ids(8), [], params)
+    assert again.output_ids == results[0].output_ids
+    await client.close()
+    await registry.redis.aclose()
+
+
+async def test_a_weight_update_mid_generation_is_resumed_with_versions(pair, redis_server, models_root):
+    job, engines = pair
+    engines[1].stop()  # one endpoint, so the update surely hits the request
+    client, registry = await _client(redis_server, job)
+    v7 = _perturbed_checkpoint(models_root, "v7", 0.3)
+    task = asyncio.create_task(client.generate(_ids(), [], {"max_new_tokens": 400, "temperature": 0,
+                                                            "ignore_eos": True}))
+    deadline = time.monotonic() + 30
+    while call(engines[0].url, "/model_info")[1]["running"] == 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    # The documented order for a weight update: pause (abort), update, continue.
+    assert (await asyncio.to_thread(call, engines[0].url, "/pause_generation", {"mode": "abort"}))[1]["aborted"] == 1
+    status, _ = await asyncio.to_thread(call, engines[0].url, "/update_weights_from_disk",
+                                        {"model_path": str(v7), "weight_version": "7"})
+    assert status == 200
+    await asyncio.to_thread(call, engines[0].url, "/continue_generation", {})
+    result = await task
+    assert result.resumes == 1 and len(result.output_ids) == 400 == len(result.logprobs) == len(result.versions)
+    assert result.versions[0] == "0" and result.versions[-1] == "7"
+    switch = result.versions.index("7")
+    assert 0 < switch and set(result.versions[:switch]) == {"0"} and set(result.versions[switch:]) == {"7"}
+    assert result.finish_reason["type"] == "length"
+    await client.close()
+    await registry.redis.aclose()
