@@ -1,0 +1,1 @@
+"""The rollout gateway: tasks in, GRPO groups of trajectories out."""

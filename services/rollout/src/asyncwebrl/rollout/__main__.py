@@ -1,0 +1,74 @@
+"""``python -m asyncwebrl.rollout``: run the episode pool for one job until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import transformers
+
+from asyncwebrl.common.blobstore import BlobStore
+from asyncwebrl.common.config import parse_config, redacted
+from asyncwebrl.common.grpcclient import aio_channel
+from asyncwebrl.common.grpcserver import ServiceRunner
+from asyncwebrl.common.inference import InferenceClient
+from asyncwebrl.common.logs import setup_logging
+from asyncwebrl.common.redisclient import make_redis
+from asyncwebrl.common.registry import Registry
+from asyncwebrl.rollout.config import RolloutConfig
+from asyncwebrl.rollout.episode import Policy
+from asyncwebrl.rollout.pool import Gateway
+from asyncwebrl.v1 import buffer_pb2_grpc, env_pb2_grpc
+
+log = logging.getLogger("asyncwebrl.rollout")
+
+
+def load_policy_io(path: str) -> Policy:
+    """The tokenizer and image processor only: the gateway never runs the model."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+    return Policy(tokenizer, processor, tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+
+
+async def serve(config: RolloutConfig) -> None:
+    redis = make_redis(config.redis_url, config.redis_password)
+    await redis.ping()
+    env_channel = aio_channel(config.envfleet_target, config.auth_token)
+    buffer_channel = aio_channel(config.buffer_target, config.auth_token, config.max_message_bytes)
+    client = InferenceClient(Registry(redis, config.key_prefix, config.job_id, ttl_s=config.registry_ttl_s),
+                             api_key=config.engine_api_key, timeout_s=config.generate_timeout_s)
+    gateway = Gateway(config, env_pb2_grpc.EnvServiceStub(env_channel), buffer_pb2_grpc.BufferServiceStub(buffer_channel),
+                      BlobStore(redis, config.key_prefix), client, load_policy_io(config.model_path))
+    await gateway.load_tasks()
+    runner = ServiceRunner(config, [])
+    runner.build_server()
+    runner.install_signal_handlers()
+    await runner.start()
+    log.info("running", extra={"tasks": len(gateway.tasks), "job": config.job_id})
+    work = asyncio.create_task(gateway.run())
+    stopped = asyncio.create_task(runner.wait_stopped())
+    await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    gateway.stop()
+    await work
+    log.info("stopped", extra={"written": gateway.written_groups, "dropped": gateway.dropped})
+    await runner.stop()
+    await client.close()
+    await env_channel.close()
+    await buffer_channel.close()
+    await redis.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(RolloutConfig, argv, prog="python -m asyncwebrl.rollout")
+    setup_logging("rollout", config.log_level, config.log_format)
+    log.info("starting", extra={"config": redacted(config)})
+    try:
+        asyncio.run(serve(config))
+    except (OSError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Rollout gateway configuration: flags, ``ASYNCWEBRL_*`` variables, defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from asyncwebrl.common.config import option, require
+from asyncwebrl.common.keys import is_job_id
+from asyncwebrl.common.models.tiny import SHIPPED
+from asyncwebrl.common.service_config import ServiceConfig
+
+
+@dataclasses.dataclass(kw_only=True)
+class RolloutConfig(ServiceConfig):
+    """Rollout gateway for one job."""
+
+    grpc_port: int = option(50063, "gRPC port (health only); 0 picks a free one.")
+    http_port: int = option(9463, "HTTP port for /metrics, /healthz and /readyz; 0 picks a free one.")
+    job_id: str = option("default", "The job this gateway produces groups for.")
+    gateway_id: str = option("gateway-0", "This gateway's name in the buffer's running counts.")
+    envfleet_target: str = option("127.0.0.1:50061", "envfleet gRPC address.")
+    buffer_target: str = option("127.0.0.1:50062", "buffer gRPC address.")
+    model_path: str = option(str(SHIPPED / "qwen2_5_vl"), "Checkpoint directory for the tokenizer and image processor.")
+    engine_api_key: str = dataclasses.field(
+        default="", metadata={"help": "API key of the inference endpoints.", "secret": True}
+    )
+    tasks: tuple[str, ...] = option((), "Tasks to sample from (comma-separated); empty: every task of --task-source.")
+    task_source: str = option("webgym-lite", "envfleet task source when --tasks is empty.")
+    difficulties: tuple[str, ...] = option(("easy", "medium", "hard"), "Difficulties to sample (comma-separated).")
+    include_held_out: bool = option(False, "Also sample tasks reserved for the out-of-distribution split.")
+    group_size: int = option(8, "Episodes per GRPO group (same task, same seed).")
+    max_concurrent_episodes: int = option(32, "Episodes running at once.")
+    max_groups: int = option(0, "Stop starting groups after this many (0 = run until stopped).")
+    steps_easy: int = option(10, "Step limit of easy tasks.")
+    steps_medium: int = option(20, "Step limit of medium tasks.")
+    steps_hard: int = option(30, "Step limit of hard tasks.")
+    episode_timeout_s: float = option(600.0, "Wall-clock limit of one episode.")
+    history_window: int = option(1, "Earlier screenshots shown with the current one.")
+    max_new_tokens: int = option(256, "Token budget of one step's output.")
+    temperature: float = option(1.0, "Sampling temperature.")
+    generate_timeout_s: float = option(120.0, "Timeout of one call to an inference endpoint.")
+    seed: int = option(0, "Seed of task and task-seed sampling.")
+    registry_ttl_s: float = option(10.0, "An endpoint whose heartbeat is older than this gets no requests.")
+    gate_poll_s: float = option(0.5, "How often a closed staleness gate is checked again.")
+    env_retries: int = option(1, "Times an episode hit by an environment fault is run again.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(is_job_id(self.job_id), "job_id", "must match [A-Za-z0-9_-]{1,64}")
+        require(1 <= self.group_size <= 64, "group_size", "must be in [1, 64]")
+        require(1 <= self.max_concurrent_episodes <= 4096, "max_concurrent_episodes", "must be in [1, 4096]")
+        require(self.max_groups >= 0, "max_groups", "must be >= 0")
+        for name in ("steps_easy", "steps_medium", "steps_hard"):
+            require(1 <= getattr(self, name) <= 500, name, "must be in [1, 500]")
+        require(1 <= self.episode_timeout_s <= 86400, "episode_timeout_s", "must be in [1, 86400]")
+        require(0 <= self.history_window <= 8, "history_window", "must be in [0, 8]")
+        require(1 <= self.max_new_tokens <= 32768, "max_new_tokens", "must be in [1, 32768]")
+        require(0 <= self.temperature <= 10, "temperature", "must be in [0, 10]")
+        require(0 <= self.env_retries <= 5, "env_retries", "must be in [0, 5]")
+        require(set(self.difficulties) <= {"easy", "medium", "hard"} and self.difficulties, "difficulties",
+                "must be among easy, medium, hard")
+
+    def step_limit(self, difficulty: str) -> int:
+        return {"easy": self.steps_easy, "medium": self.steps_medium}.get(difficulty, self.steps_hard)

@@ -1,0 +1,114 @@
+"""One episode, step by step (ARCHITECTURE.md "One episode"), into an EpisodeRecord."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import time
+
+import grpc
+
+from asyncwebrl.common.agent.actions import parse_action
+from asyncwebrl.common.agent.prompt import HistoryStep, prompt_ids, render
+from asyncwebrl.common.blobstore import BlobStore
+from asyncwebrl.common.inference import InferenceClient
+from asyncwebrl.rollout import metrics
+from asyncwebrl.v1 import buffer_pb2, env_pb2
+
+log = logging.getLogger("asyncwebrl.rollout")
+
+# envfleet answers these when the environment, not the policy, failed.
+ENV_FAULT_CODES = (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                   grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class EnvFault(Exception):
+    """The episode is void: a browser crashed or envfleet was unreachable."""
+
+
+@dataclasses.dataclass
+class Policy:
+    """What the gateway needs of the model: its tokenizer and image processor."""
+
+    tokenizer: object
+    image_processor: object
+    image_token_id: int
+
+    def image_tokens(self, ref: env_pb2.ScreenshotRef) -> int:
+        merge = int(self.image_processor.merge_size)
+        return self.image_processor.get_number_of_image_patches(ref.height, ref.width, {}) // (merge * merge)
+
+
+def _versions(raw: list[str]) -> list[int]:
+    try:
+        return [int(v) for v in raw]
+    except ValueError as exc:
+        raise ValueError(f"weight versions must be integers to be trained on, got {raw[:3]}") from exc
+
+
+async def run_episode(
+    *, env, blobs: BlobStore, client: InferenceClient, policy: Policy, job_id: str, task: str, seed: int,
+    difficulty: str, episode_id: str, step_limit: int, timeout_s: float, history_window: int,
+    sampling: dict,
+) -> buffer_pb2.EpisodeRecord:
+    started = time.monotonic()
+    try:
+        lease = await env.Allocate(env_pb2.AllocateRequest(task=task, seed=seed, job_id=job_id), timeout=60)
+    except grpc.aio.AioRpcError as exc:
+        raise EnvFault(f"Allocate: {exc.code().name}: {exc.details()}") from exc
+    session = lease.session_id
+    observation = lease.observation
+    instruction = observation.instruction
+    shots = [observation.screenshot]
+    history: list[HistoryStep] = []
+    steps: list[buffer_pb2.StepRecord] = []
+    reward, finish = 0.0, "step_limit"
+    try:
+        for _ in range(step_limit):
+            if time.monotonic() - started > timeout_s:
+                finish = "timeout"
+                break
+            shown = shots[-(history_window + 1):]
+            data = await blobs.get_many(job_id, [s.sha256 for s in shown])
+            if any(d is None for d in data):
+                raise EnvFault("a screenshot expired from the blob store")
+            text = render(instruction, history, len(shown))
+            ids = prompt_ids(policy.tokenizer, text, policy.image_token_id, [policy.image_tokens(s) for s in shown])
+            images = [f"data:{s.mime};base64,{base64.b64encode(d).decode()}" for s, d in zip(shown, data)]
+            t = time.monotonic()
+            gen = await client.generate(ids, images, sampling)
+            metrics.GENERATE_SECONDS.observe(time.monotonic() - t)
+            metrics.TOKENS_PER_STEP.observe(len(gen.output_ids))
+            output = policy.tokenizer.decode(gen.output_ids, skip_special_tokens=True)
+            action = parse_action(output)
+            steps.append(buffer_pb2.StepRecord(
+                prompt_ids=ids, screenshots=shown, output_ids=gen.output_ids, logprobs=gen.logprobs,
+                versions=_versions(gen.versions), text=output[:65536], action=action.to_json()[:65536],
+                invalid_action=not action.valid,
+            ))
+            try:
+                reply = await env.Step(env_pb2.StepRequest(session_id=session, action=action.to_env()), timeout=60)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # the task ended on its own
+                    finish = "done"
+                    break
+                raise EnvFault(f"Step: {exc.code().name}: {exc.details()}") from exc
+            history.append(HistoryStep(reply.observation.title, action.summary(), reply.info.page_changed))
+            shots.append(reply.observation.screenshot)
+            reward = reply.reward
+            if reply.done:
+                finish = "answer" if action.valid and action.action == "answer" else "done"
+                break
+    finally:
+        try:
+            await env.Release(env_pb2.ReleaseRequest(session_id=session), timeout=10)
+        except grpc.aio.AioRpcError:
+            pass  # the lease expires on its own
+    if not steps:
+        raise EnvFault("the episode ended before its first step")
+    success = reward > 0
+    metrics.EPISODES.labels("success" if success else "failure").inc()
+    metrics.STEPS_PER_EPISODE.labels("success" if success else "failure").observe(len(steps))
+    return buffer_pb2.EpisodeRecord(episode_id=episode_id, steps=steps, reward=reward, success=success,
+                                    length=len(steps), finish_reason=finish)

@@ -1,0 +1,18 @@
+"""The rollout gateway's Prometheus metrics."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EPISODES_RUNNING = Gauge("asyncwebrl_rollout_episodes_running", "Episodes holding a pool slot.")
+GROUPS_RUNNING = Gauge("asyncwebrl_rollout_groups_running", "Groups started and not yet written or dropped.")
+EPISODES = Counter("asyncwebrl_rollout_episodes_total", "Episodes finished, by outcome.", ["outcome"])
+STEPS_PER_EPISODE = Histogram("asyncwebrl_rollout_steps_per_episode", "Steps of finished episodes.", ["outcome"],
+                              buckets=(1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 70))
+GENERATE_SECONDS = Histogram("asyncwebrl_rollout_generate_seconds", "Latency of one step's generation.")
+TOKENS_PER_STEP = Histogram("asyncwebrl_rollout_tokens_per_step", "Output tokens of one step.",
+                            buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096))
+GROUPS_WRITTEN = Counter("asyncwebrl_rollout_groups_written_total", "Groups stored in the buffer.")
+GROUPS_DROPPED = Counter("asyncwebrl_rollout_groups_dropped_total", "Groups dropped, by reason.", ["reason"])
+GATE_WAITS = Counter("asyncwebrl_rollout_gate_waits_total", "Times the staleness gate held a new group back.")
+GATE_CAPACITY = Gauge("asyncwebrl_rollout_gate_capacity", "Last gate capacity read from the buffer.")
+GROUP_STALENESS = Histogram("asyncwebrl_rollout_group_version_span", "Newest minus oldest token version in a group.",
+                            buckets=(0, 1, 2, 3, 4, 6, 8))

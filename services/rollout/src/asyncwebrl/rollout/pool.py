@@ -1,0 +1,196 @@
+"""The everlasting episode pool: groups started within the staleness gate, episodes
+run as slots free up, finished groups written to the buffer.
+
+A group is n episodes of one task instance (same task, same seed; a fresh seed
+per group). Its episodes wait for pool slots, so a finished episode's slot goes
+at once to the next waiting one; a new group is started whenever fewer than n
+episodes are waiting and the gate is open:
+
+    (eta + v + 1) * B - (accepted + running) > 0
+
+as the buffer computes it from every gateway's reported running count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+
+import grpc
+
+from asyncwebrl.rollout import metrics
+from asyncwebrl.rollout.config import RolloutConfig
+from asyncwebrl.rollout.episode import EnvFault, Policy, run_episode
+from asyncwebrl.v1 import buffer_pb2, env_pb2
+
+log = logging.getLogger("asyncwebrl.rollout")
+
+
+class Gateway:
+    def __init__(self, config: RolloutConfig, env, buffer, blobs, client, policy: Policy) -> None:
+        self.config = config
+        self.env = env
+        self.buffer = buffer
+        self.blobs = blobs
+        self.client = client
+        self.policy = policy
+        self.rng = random.Random(config.seed)
+        self.slots = asyncio.Semaphore(config.max_concurrent_episodes)
+        self.running_groups = 0
+        self.waiting_episodes = 0
+        self.started_groups = 0
+        self.written_groups = 0
+        self.dropped: dict[str, int] = {}
+        self.tasks: list[env_pb2.TaskInfo] = []
+        self._groups: set[asyncio.Task] = set()
+        self._stop = asyncio.Event()
+
+    async def load_tasks(self) -> None:
+        reply = await self.env.ListTasks(env_pb2.ListTasksRequest(
+            source="" if self.config.tasks else self.config.task_source), timeout=30)
+        wanted = set(self.config.tasks)
+        self.tasks = [
+            t for t in reply.tasks
+            if (t.name in wanted if wanted else True)
+            and t.difficulty in self.config.difficulties
+            and (self.config.include_held_out or not t.held_out or t.name in wanted)
+        ]
+        missing = wanted - {t.name for t in self.tasks}
+        if missing or not self.tasks:
+            raise ValueError(f"tasks: envfleet does not serve {sorted(missing) or 'any matching task'}")
+
+    async def report_running(self) -> None:
+        await self.buffer.ReportRunning(buffer_pb2.ReportRunningRequest(
+            job_id=self.config.job_id, gateway=self.config.gateway_id, running_groups=self.running_groups,
+            ttl_s=30), timeout=10)
+
+    async def gate_open(self) -> bool:
+        await self.report_running()
+        stats = await self.buffer.Stats(buffer_pb2.BufferStatsRequest(job_id=self.config.job_id), timeout=10)
+        metrics.GATE_CAPACITY.set(stats.gate_capacity)
+        return stats.gate_capacity > 0
+
+    async def run(self) -> None:
+        """Start groups until stopped (or --max-groups), then wait for the running ones."""
+        reporter = asyncio.create_task(self._report_loop())
+        try:
+            while not self._stop.is_set():
+                if self.config.max_groups and self.started_groups >= self.config.max_groups:
+                    break
+                if self.waiting_episodes >= self.config.group_size:
+                    await asyncio.sleep(0.05)
+                    continue
+                try:
+                    is_open = await self.gate_open()
+                except grpc.aio.AioRpcError as exc:
+                    log.warning("buffer unavailable (%s); gate closed", exc.code().name)
+                    is_open = False
+                if not is_open:
+                    metrics.GATE_WAITS.inc()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), self.config.gate_poll_s)
+                    continue
+                self._start_group()
+            if self._groups:
+                await asyncio.gather(*self._groups, return_exceptions=True)
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            self.running_groups = 0
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self.report_running()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self.report_running()
+
+    def _start_group(self) -> None:
+        task = self.rng.choice(self.tasks)
+        seed = self.rng.randrange(1 << 31)
+        self.started_groups += 1
+        self.running_groups += 1
+        self.waiting_episodes += self.config.group_size
+        metrics.GROUPS_RUNNING.set(self.running_groups)
+        group = asyncio.create_task(self._group(task, seed))
+        self._groups.add(group)
+        group.add_done_callback(self._groups.discard)
+
+    async def _group(self, task: env_pb2.TaskInfo, seed: int) -> None:
+        group_id = f"{self.config.gateway_id}-{uuid.uuid4().hex[:16]}"
+        try:
+            episodes = await asyncio.gather(
+                *(self._episode(task, seed, f"{group_id}-e{i}") for i in range(self.config.group_size)),
+                return_exceptions=True,
+            )
+            faults = [e for e in episodes if isinstance(e, BaseException)]
+            if faults:
+                self._drop("env_error" if all(isinstance(e, EnvFault) for e in faults) else "error", faults[0])
+                return
+            versions = [v for e in episodes for s in e.steps for v in s.versions]
+            group = buffer_pb2.Group(
+                group_id=group_id, job_id=self.config.job_id, task=task.name, seed=seed,
+                difficulty=task.difficulty, episodes=episodes, created_unix_ms=int(time.time() * 1000),
+            )
+            try:
+                await self._put(group)
+            except grpc.aio.AioRpcError as exc:
+                self._drop("buffer_refused", exc)
+                return
+            self.written_groups += 1
+            metrics.GROUPS_WRITTEN.inc()
+            metrics.GROUP_STALENESS.observe(max(versions) - min(versions))
+        finally:
+            self.running_groups -= 1
+            metrics.GROUPS_RUNNING.set(self.running_groups)
+
+    async def _put(self, group: buffer_pb2.Group) -> None:
+        request = buffer_pb2.PutGroupRequest()
+        request.group.CopyFrom(group)
+        for attempt in range(5):
+            try:
+                await self.buffer.PutGroup(request, timeout=60)
+                return
+            except grpc.aio.AioRpcError as exc:
+                # Retries are safe: PutGroup is idempotent by group id.
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED) or attempt == 4:
+                    raise
+                await asyncio.sleep(0.5 * 2**attempt)
+
+    def _drop(self, reason: str, cause: BaseException) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        metrics.GROUPS_DROPPED.labels(reason).inc()
+        log.warning("group dropped (%s): %s", reason, cause)
+
+    async def _episode(self, task: env_pb2.TaskInfo, seed: int, episode_id: str) -> buffer_pb2.EpisodeRecord:
+        async with self.slots:
+            self.waiting_episodes -= 1
+            metrics.EPISODES_RUNNING.inc()
+            try:
+                for attempt in range(self.config.env_retries + 1):
+                    try:
+                        return await run_episode(
+                            env=self.env, blobs=self.blobs, client=self.client, policy=self.policy,
+                            job_id=self.config.job_id, task=task.name, seed=seed, difficulty=task.difficulty,
+                            episode_id=episode_id, step_limit=self.config.step_limit(task.difficulty),
+                            timeout_s=self.config.episode_timeout_s, history_window=self.config.history_window,
+                            sampling={"max_new_tokens": self.config.max_new_tokens,
+                                      "temperature": self.config.temperature},
+                        )
+                    except EnvFault as exc:
+                        metrics.EPISODES.labels("env_error").inc()
+                        if attempt == self.config.env_retries:
+                            raise
+                        log.info("episode %s hit an environment fault (%s); running it again", episode_id, exc)
+            finally:
+                metrics.EPISODES_RUNNING.dec()
+        raise AssertionError("unreachable")
