@@ -9,79 +9,18 @@ import grpc
 import pytest
 from transformers import Qwen2VLImageProcessorPil
 
-from asyncwebrl.common.grpcclient import channel
-from asyncwebrl.common.localstack import EngineProcess, ServiceProcess
 from asyncwebrl.common.models.tiny import SHIPPED
-from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
-
-TOKEN = "rollout-token"
-PREFIX = "rollout-test:"
-TASK = "miniwob/click-test"
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server, tmp_path_factory, chromium_path):
-    """envfleet, buffer and one registered engine, shared by the module's jobs."""
-    logs = tmp_path_factory.mktemp("rollout")
-    env = {"ASYNCWEBRL_AUTH_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": redis_server.password}
-    common = ["--redis-url", redis_server.url, "--key-prefix", PREFIX, "--log-format", "text"]
-    envfleet = ServiceProcess("envfleet", [*common, "--browsers", "1", "--contexts-per-browser", "4",
-                                           "--task-sources", "miniwob", "--chromium-path", chromium_path],
-                              env, logs / "envfleet.log")
-    buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0"], env, logs / "buffer.log")
-    envfleet.wait_ready()
-    buffer.wait_ready()
-    yield {"envfleet": envfleet, "buffer": buffer, "logs": logs, "env": env, "common": common}
-    for svc in (buffer, envfleet):
-        svc.stop()
-
-
-def _engine(stack, redis_server, job: str) -> EngineProcess:
-    engine = EngineProcess(
-        ["--model-path", str(SHIPPED / "qwen2_5_vl"), "--device", "cpu", "--registry-redis-url", redis_server.url,
-         "--key-prefix", PREFIX, "--job-id", job, "--endpoint-id", f"engine-{job}", "--heartbeat-s", "0.5"],
-        stack["logs"] / f"engine-{job}.log",
-        env={"ASYNCWEBRL_REGISTRY_REDIS_PASSWORD": redis_server.password},
-    )
-    engine.wait_ready()
-    return engine
-
-
-def _gateway(stack, job: str, *extra: str) -> ServiceProcess:
-    svc = ServiceProcess(
-        "rollout",
-        [*stack["common"], "--job-id", job, "--envfleet-target", stack["envfleet"].target,
-         "--buffer-target", stack["buffer"].target, "--tasks", TASK, "--group-size", "2",
-         "--max-concurrent-episodes", "4", "--steps-easy", "2", "--max-new-tokens", "12", *extra],
-        stack["env"], stack["logs"] / f"rollout-{job}.log",
-    )
-    svc.wait_ready()
-    return svc
-
-
-def _buffer(stack):
-    ch = channel(stack["buffer"].target, TOKEN)
-    return ch, buffer_pb2_grpc.BufferServiceStub(ch)
-
-
-def _wait(predicate, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
+from asyncwebrl.v1 import buffer_pb2
+from tests.rollout.conftest import PREFIX, TASK, buffer_for, engine_for, gateway_for, wait_until
 
 def test_a_short_run_writes_complete_consistent_groups(stack, redis_server):
     job = f"run-{uuid.uuid4().hex[:6]}"
-    ch, buf = _buffer(stack)
+    ch, buf = buffer_for(stack)
     # A random policy fails alike in every episode: keep zero-variance groups to look at them.
     buf.ConfigureJob(buffer_pb2.ConfigureJobRequest(job_id=job, batch_groups=2, max_staleness=2,
                                                     keep_zero_variance=True))
-    engine = _engine(stack, redis_server, job)
-    gateway = _gateway(stack, job, "--max-groups", "2")
+    engine = engine_for(stack, redis_server, job)
+    gateway = gateway_for(stack, job, "--max-groups", "2")
     try:
         assert gateway.proc.wait(180) == 0, gateway.logs()[-3000:]
     finally:
@@ -114,20 +53,59 @@ def test_a_short_run_writes_complete_consistent_groups(stack, redis_server):
 
 def test_the_gate_holds_until_the_version_moves(stack, redis_server):
     job = f"gate-{uuid.uuid4().hex[:6]}"
-    ch, buf = _buffer(stack)
+    ch, buf = buffer_for(stack)
     # B = 1, eta = 0: (0 + v + 1) * 1 - (accepted + running) > 0 admits one group per version.
     buf.ConfigureJob(buffer_pb2.ConfigureJobRequest(job_id=job, batch_groups=1, max_staleness=0))
-    engine = _engine(stack, redis_server, job)
-    gateway = _gateway(stack, job, "--gate-poll-s", "0.2")
+    engine = engine_for(stack, redis_server, job)
+    gateway = gateway_for(stack, job, "--gate-poll-s", "0.2")
     try:
-        _wait(lambda: buf.Stats(buffer_pb2.BufferStatsRequest(job_id=job)).groups_accepted == 1)
+        wait_until(lambda: buf.Stats(buffer_pb2.BufferStatsRequest(job_id=job)).groups_accepted == 1)
         time.sleep(3)
         s = buf.Stats(buffer_pb2.BufferStatsRequest(job_id=job))
         assert s.groups_accepted == 1 and s.groups_running == 0 and s.gate_capacity == 0, "held at the bound"
         buf.SetTrainerVersion(buffer_pb2.SetTrainerVersionRequest(job_id=job, version=1))
-        _wait(lambda: buf.Stats(buffer_pb2.BufferStatsRequest(job_id=job)).groups_accepted == 2)
+        wait_until(lambda: buf.Stats(buffer_pb2.BufferStatsRequest(job_id=job)).groups_accepted == 2)
         time.sleep(2)
         assert buf.Stats(buffer_pb2.BufferStatsRequest(job_id=job)).groups_accepted == 2
+    finally:
+        assert gateway.stop() == 0, gateway.logs()[-3000:]
+        engine.stop()
+        ch.close()
+
+
+def test_synchronous_mode_makes_b_groups_per_version_behind_a_barrier(stack, redis_server, tmp_path):
+    from asyncwebrl.common.models.loading import load_policy
+
+    job = f"sync-{uuid.uuid4().hex[:6]}"
+    ch, buf = buffer_for(stack)
+    buf.ConfigureJob(buffer_pb2.ConfigureJobRequest(job_id=job, batch_groups=2, max_staleness=0,
+                                                    keep_zero_variance=True))
+    engine = engine_for(stack, redis_server, job, "--model-roots", str(tmp_path))
+    gateway = gateway_for(stack, job, "--sync", "--gate-poll-s", "0.2")
+    stats = lambda: buf.Stats(buffer_pb2.BufferStatsRequest(job_id=job))  # noqa: E731
+    try:
+        wait_until(lambda: stats().groups_accepted == 2)
+        time.sleep(2)
+        assert stats().groups_accepted == 2, "exactly B groups for version 0"
+        # The trainer moves to version 1, but the engine still serves 0: the barrier holds.
+        buf.SetTrainerVersion(buffer_pb2.SetTrainerVersionRequest(job_id=job, version=1))
+        time.sleep(3)
+        assert stats().groups_accepted == 2 and stats().groups_running == 0
+        # Version 1 is served: exactly B more.
+        copy = tmp_path / "v1"
+        load_policy(SHIPPED / "qwen2_5_vl", device="cpu").model.save_pretrained(copy)
+        from tests.engine.conftest import call
+
+        status, out = call(engine.url, "/update_weights_from_disk", {"model_path": str(copy), "weight_version": "1"},
+                           key=None)
+        assert status == 200, out
+        wait_until(lambda: stats().groups_accepted == 4)
+        time.sleep(2)
+        assert stats().groups_accepted == 4
+        items = list(buf.GetBatch(buffer_pb2.GetBatchRequest(job_id=job, consumer="t", groups=4,
+                                                             current_version=1, max_staleness=1)))
+        versions = sorted({v for i in items[1:] for e in i.group.episodes for s in e.steps for v in s.versions})
+        assert versions == [0, 1]
     finally:
         assert gateway.stop() == 0, gateway.logs()[-3000:]
         engine.stop()

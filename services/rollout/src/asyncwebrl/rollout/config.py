@@ -43,6 +43,10 @@ class RolloutConfig(ServiceConfig):
     registry_ttl_s: float = option(10.0, "An endpoint whose heartbeat is older than this gets no requests.")
     gate_poll_s: float = option(0.5, "How often a closed staleness gate is checked again.")
     env_retries: int = option(1, "Times an episode hit by an environment fault is run again.")
+    sync: bool = option(
+        False, "Synchronous mode (use with the job's eta = 0): after each version's groups, wait until every "
+        "ready endpoint serves the trainer's version before starting more.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

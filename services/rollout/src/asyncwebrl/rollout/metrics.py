@@ -16,3 +16,5 @@ GATE_WAITS = Counter("asyncwebrl_rollout_gate_waits_total", "Times the staleness
 GATE_CAPACITY = Gauge("asyncwebrl_rollout_gate_capacity", "Last gate capacity read from the buffer.")
 GROUP_STALENESS = Histogram("asyncwebrl_rollout_group_version_span", "Newest minus oldest token version in a group.",
                             buckets=(0, 1, 2, 3, 4, 6, 8))
+BARRIER_WAITS = Counter("asyncwebrl_rollout_barrier_waits_total",
+                        "Synchronous mode: times new groups waited for the endpoints to serve the trainer's version.")

@@ -72,7 +72,16 @@ class Gateway:
         await self.report_running()
         stats = await self.buffer.Stats(buffer_pb2.BufferStatsRequest(job_id=self.config.job_id), timeout=10)
         metrics.GATE_CAPACITY.set(stats.gate_capacity)
-        return stats.gate_capacity > 0
+        if stats.gate_capacity <= 0:
+            return False
+        if self.config.sync:
+            # The barrier: no group of version v before the endpoints serve v.
+            live = await self.client.registry.live()
+            served = [_version(e.weight_version) for e in live]
+            if not served or min(served) < stats.trainer_version:
+                metrics.BARRIER_WAITS.inc()
+                return False
+        return True
 
     async def run(self) -> None:
         """Start groups until stopped (or --max-groups), then wait for the running ones."""
@@ -194,3 +203,10 @@ class Gateway:
             finally:
                 metrics.EPISODES_RUNNING.dec()
         raise AssertionError("unreachable")
+
+
+def _version(label: str) -> int:
+    try:
+        return int(label)
+    except ValueError:
+        return -1
