@@ -102,6 +102,7 @@ def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -
             or not np.isfinite(episode.reward)
             or abs(episode.reward) > MAX_REWARD
             or not FINISH_REASON.match(episode.finish_reason)
+            or len(episode.judge_text) > limits.max_text_chars
             or not 1 <= n_steps <= limits.max_steps
             or episode.length != n_steps
         ):
@@ -191,6 +192,8 @@ def _check_slowly(group: buffer_pb2.Group, limits: Limits, trainer_version: int)
             raise InvalidArgument(f"{where}.reward", f"must be finite with magnitude <= {MAX_REWARD:g}")
         if not FINISH_REASON.match(episode.finish_reason):
             raise InvalidArgument(f"{where}.finish_reason", "must match [a-z_]{0,32}")
+        if len(episode.judge_text) > limits.max_text_chars:
+            raise InvalidArgument(f"{where}.judge_text", f"longer than {limits.max_text_chars} characters")
         if not 1 <= len(episode.steps) <= limits.max_steps:
             raise InvalidArgument(f"{where}.steps", f"count {len(episode.steps)} outside [1, {limits.max_steps}]")
         if episode.length != len(episode.steps):

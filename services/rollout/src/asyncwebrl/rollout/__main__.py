@@ -18,6 +18,7 @@ from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.common.registry import Registry
 from asyncwebrl.rollout.config import RolloutConfig
 from asyncwebrl.rollout.episode import Policy
+from asyncwebrl.rollout.judge import Judge, load_rubrics
 from asyncwebrl.rollout.pool import Gateway
 from asyncwebrl.v1 import buffer_pb2_grpc, env_pb2_grpc
 
@@ -38,8 +39,11 @@ async def serve(config: RolloutConfig) -> None:
     buffer_channel = aio_channel(config.buffer_target, config.auth_token, config.max_message_bytes)
     client = InferenceClient(Registry(redis, config.key_prefix, config.job_id, ttl_s=config.registry_ttl_s),
                              api_key=config.engine_api_key, timeout_s=config.generate_timeout_s)
+    rubrics = load_rubrics(config.rubrics) if config.rubrics else {}
+    judge = Judge(config.judge_url, config.judge_kind, config.judge_api_key, config.judge_model) \
+        if config.judge_url else None
     gateway = Gateway(config, env_pb2_grpc.EnvServiceStub(env_channel), buffer_pb2_grpc.BufferServiceStub(buffer_channel),
-                      BlobStore(redis, config.key_prefix), client, load_policy_io(config.model_path))
+                      BlobStore(redis, config.key_prefix), client, load_policy_io(config.model_path), judge, rubrics)
     await gateway.load_tasks()
     runner = ServiceRunner(config, [])
     runner.build_server()
@@ -54,6 +58,8 @@ async def serve(config: RolloutConfig) -> None:
     log.info("stopped", extra={"written": gateway.written_groups, "dropped": gateway.dropped})
     await runner.stop()
     await client.close()
+    if judge is not None:
+        await judge.close()
     await env_channel.close()
     await buffer_channel.close()
     await redis.aclose()

@@ -43,6 +43,11 @@ class RolloutConfig(ServiceConfig):
     registry_ttl_s: float = option(10.0, "An endpoint whose heartbeat is older than this gets no requests.")
     gate_poll_s: float = option(0.5, "How often a closed staleness gate is checked again.")
     env_retries: int = option(1, "Times an episode hit by an environment fault is run again.")
+    rubrics: str = option("", "JSONL of rubric tasks ({task, evaluator_reference, reference_answer}); judged.")
+    judge_url: str = option("", "Judge endpoint for rubric tasks (SGLang /generate or OpenAI-compatible).")
+    judge_kind: str = option("sglang", "sglang or openai.")
+    judge_model: str = option("", "Model name sent to an OpenAI-compatible judge.")
+    judge_api_key: str = dataclasses.field(default="", metadata={"help": "API key of the judge.", "secret": True})
     sync: bool = option(
         False, "Synchronous mode (use with the job's eta = 0): after each version's groups, wait until every "
         "ready endpoint serves the trainer's version before starting more.",
@@ -61,6 +66,8 @@ class RolloutConfig(ServiceConfig):
         require(1 <= self.max_new_tokens <= 32768, "max_new_tokens", "must be in [1, 32768]")
         require(0 <= self.temperature <= 10, "temperature", "must be in [0, 10]")
         require(0 <= self.env_retries <= 5, "env_retries", "must be in [0, 5]")
+        require(self.judge_kind in ("sglang", "openai"), "judge_kind", "must be sglang or openai")
+        require(not self.rubrics or bool(self.judge_url), "judge_url", "rubric tasks need a judge endpoint")
         require(set(self.difficulties) <= {"easy", "medium", "hard"} and self.difficulties, "difficulties",
                 "must be among easy, medium, hard")
 

@@ -14,6 +14,7 @@ from asyncwebrl.common.agent.prompt import HistoryStep, prompt_ids, render
 from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.common.inference import InferenceClient
 from asyncwebrl.rollout import metrics
+from asyncwebrl.rollout.judge import Judge, Rubric
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
 log = logging.getLogger("asyncwebrl.rollout")
@@ -50,7 +51,7 @@ def _versions(raw: list[str]) -> list[int]:
 async def run_episode(
     *, env, blobs: BlobStore, client: InferenceClient, policy: Policy, job_id: str, task: str, seed: int,
     difficulty: str, episode_id: str, step_limit: int, timeout_s: float, history_window: int,
-    sampling: dict,
+    sampling: dict, judge: Judge | None = None, rubric: Rubric | None = None,
 ) -> buffer_pb2.EpisodeRecord:
     started = time.monotonic()
     try:
@@ -63,7 +64,7 @@ async def run_episode(
     shots = [observation.screenshot]
     history: list[HistoryStep] = []
     steps: list[buffer_pb2.StepRecord] = []
-    reward, finish = 0.0, "step_limit"
+    reward, finish, answer = 0.0, "step_limit", ""
     try:
         for _ in range(step_limit):
             if time.monotonic() - started > timeout_s:
@@ -97,8 +98,10 @@ async def run_episode(
             history.append(HistoryStep(reply.observation.title, action.summary(), reply.info.page_changed))
             shots.append(reply.observation.screenshot)
             reward = reply.reward
+            if action.valid and action.action == "answer":
+                answer = action.arguments["text"]
             if reply.done:
-                finish = "answer" if action.valid and action.action == "answer" else "done"
+                finish = "answer" if answer else "done"
                 break
     finally:
         try:
@@ -107,8 +110,21 @@ async def run_episode(
             pass  # the lease expires on its own
     if not steps:
         raise EnvFault("the episode ended before its first step")
+    judged, judge_text = False, ""
+    if rubric is not None:
+        # Only an answered episode is judged; any other end is a failure.
+        reward = 0.0
+        if finish == "answer" and judge is not None:
+            last = shots[-2:]
+            data = await blobs.get_many(job_id, [s.sha256 for s in last])
+            if any(d is None for d in data):
+                raise EnvFault("a final screenshot expired before judging")
+            verdict = await judge.judge(instruction, rubric, answer, [(s.mime, d) for s, d in zip(last, data)])
+            reward, judged, judge_text = float(verdict.passed), True, verdict.text
+            metrics.JUDGED.labels("pass" if verdict.passed else "fail").inc()
     success = reward > 0
     metrics.EPISODES.labels("success" if success else "failure").inc()
     metrics.STEPS_PER_EPISODE.labels("success" if success else "failure").observe(len(steps))
     return buffer_pb2.EpisodeRecord(episode_id=episode_id, steps=steps, reward=reward, success=success,
-                                    length=len(steps), finish_reason=finish)
+                                    length=len(steps), finish_reason=finish, judged=judged,
+                                    judge_text=judge_text)

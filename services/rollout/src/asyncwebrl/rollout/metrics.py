@@ -18,3 +18,5 @@ GROUP_STALENESS = Histogram("asyncwebrl_rollout_group_version_span", "Newest min
                             buckets=(0, 1, 2, 3, 4, 6, 8))
 BARRIER_WAITS = Counter("asyncwebrl_rollout_barrier_waits_total",
                         "Synchronous mode: times new groups waited for the endpoints to serve the trainer's version.")
+JUDGED = Counter("asyncwebrl_rollout_judged_total", "Answered episodes judged against their rubric, by verdict.",
+                 ["verdict"])

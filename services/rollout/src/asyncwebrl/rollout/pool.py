@@ -25,19 +25,23 @@ import grpc
 from asyncwebrl.rollout import metrics
 from asyncwebrl.rollout.config import RolloutConfig
 from asyncwebrl.rollout.episode import EnvFault, Policy, run_episode
+from asyncwebrl.rollout.judge import Judge, JudgeError, Rubric
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
 log = logging.getLogger("asyncwebrl.rollout")
 
 
 class Gateway:
-    def __init__(self, config: RolloutConfig, env, buffer, blobs, client, policy: Policy) -> None:
+    def __init__(self, config: RolloutConfig, env, buffer, blobs, client, policy: Policy,
+                 judge: Judge | None = None, rubrics: dict[str, Rubric] | None = None) -> None:
         self.config = config
         self.env = env
         self.buffer = buffer
         self.blobs = blobs
         self.client = client
         self.policy = policy
+        self.judge = judge
+        self.rubrics = rubrics or {}
         self.rng = random.Random(config.seed)
         self.slots = asyncio.Semaphore(config.max_concurrent_episodes)
         self.running_groups = 0
@@ -143,7 +147,9 @@ class Gateway:
             )
             faults = [e for e in episodes if isinstance(e, BaseException)]
             if faults:
-                self._drop("env_error" if all(isinstance(e, EnvFault) for e in faults) else "error", faults[0])
+                kinds = {"env_error" if isinstance(e, EnvFault) else "judge_error" if isinstance(e, JudgeError)
+                         else "error" for e in faults}
+                self._drop(sorted(kinds)[0] if len(kinds) == 1 else "error", faults[0])
                 return
             versions = [v for e in episodes for s in e.steps for v in s.versions]
             group = buffer_pb2.Group(
@@ -194,6 +200,7 @@ class Gateway:
                             timeout_s=self.config.episode_timeout_s, history_window=self.config.history_window,
                             sampling={"max_new_tokens": self.config.max_new_tokens,
                                       "temperature": self.config.temperature},
+                            judge=self.judge, rubric=self.rubrics.get(task.name),
                         )
                     except EnvFault as exc:
                         metrics.EPISODES.labels("env_error").inc()
