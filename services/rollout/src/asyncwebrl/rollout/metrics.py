@@ -14,7 +14,10 @@ GROUPS_WRITTEN = Counter("asyncwebrl_rollout_groups_written_total", "Groups stor
 GROUPS_DROPPED = Counter("asyncwebrl_rollout_groups_dropped_total", "Groups dropped, by reason.", ["reason"])
 GATE_WAITS = Counter("asyncwebrl_rollout_gate_waits_total", "Times the staleness gate held a new group back.")
 GATE_CAPACITY = Gauge("asyncwebrl_rollout_gate_capacity", "Last gate capacity read from the buffer.")
-GROUP_STALENESS = Histogram("asyncwebrl_rollout_group_version_span", "Newest minus oldest token version in a group.",
+GROUP_VERSION_SPAN = Histogram("asyncwebrl_rollout_group_version_span",
+                               "Newest minus oldest token version in a written group.", buckets=(0, 1, 2, 3, 4, 6, 8))
+GROUP_STALENESS = Histogram("asyncwebrl_rollout_group_staleness",
+                            "Trainer version (last read) minus the oldest token version of a written group.",
                             buckets=(0, 1, 2, 3, 4, 6, 8))
 BARRIER_WAITS = Counter("asyncwebrl_rollout_barrier_waits_total",
                         "Synchronous mode: times new groups waited for the endpoints to serve the trainer's version.")

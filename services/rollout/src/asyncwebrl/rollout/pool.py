@@ -47,6 +47,7 @@ class Gateway:
         self.running_groups = 0
         self.waiting_episodes = 0
         self.started_groups = 0
+        self.trainer_version = 0
         self.written_groups = 0
         self.dropped: dict[str, int] = {}
         self.tasks: list[env_pb2.TaskInfo] = []
@@ -76,6 +77,7 @@ class Gateway:
         await self.report_running()
         stats = await self.buffer.Stats(buffer_pb2.BufferStatsRequest(job_id=self.config.job_id), timeout=10)
         metrics.GATE_CAPACITY.set(stats.gate_capacity)
+        self.trainer_version = stats.trainer_version
         if stats.gate_capacity <= 0:
             return False
         if self.config.sync:
@@ -163,7 +165,8 @@ class Gateway:
                 return
             self.written_groups += 1
             metrics.GROUPS_WRITTEN.inc()
-            metrics.GROUP_STALENESS.observe(max(versions) - min(versions))
+            metrics.GROUP_VERSION_SPAN.observe(max(versions) - min(versions))
+            metrics.GROUP_STALENESS.observe(max(0, self.trainer_version - min(versions)))
         finally:
             self.running_groups -= 1
             metrics.GROUPS_RUNNING.set(self.running_groups)
