@@ -1,0 +1,1 @@
+"""The learner: multi-step GRPO with constant 1/k normalisation."""
