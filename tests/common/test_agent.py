@@ -135,7 +135,7 @@ def test_prompt_ids_match_the_image_grid(family):
     batch = process_images(processor, images)
     merge = processor.merge_size
     assert batch.token_counts == [int(t * h * w) // merge**2 for t, h, w in batch.grid_thw]
-    assert batch.token_counts == [image_tokens(processor, im) for im in images]
+    assert batch.token_counts == [image_tokens(processor, im.height, im.width) for im in images]
     pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     ids = prompt_ids(tokenizer, render("Find the price", [], 2), pad, batch.token_counts)
     assert ids.count(pad) == sum(batch.token_counts)

@@ -44,6 +44,16 @@ def call(url: str, path: str, body: dict | None = None, key: str | None = API_KE
         return exc.code, json.loads(text) if text.startswith(b"{") else {"text": text.decode()}
 
 
+def wait_running(url: str, timeout: float = 60) -> None:
+    """Until the engine has a request in its running batch."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while call(url, "/model_info")[1]["running"] == 0:
+        assert time.monotonic() < deadline, "no request started"
+        time.sleep(0.02)
+
+
 def prompt(text: str = "Click the button", images: int = 1) -> str:
     return (
         "<|im_start|>user\n" + text + "<|vision_start|><|image_pad|><|vision_end|>" * images

@@ -14,7 +14,7 @@ from asyncwebrl.common.agent.prompt import prompt_ids
 from asyncwebrl.common.agent.vision import decode_image, process_images
 from asyncwebrl.common.models.loading import load_policy
 from asyncwebrl.common.models.logprobs import Sample, output_logprobs
-from tests.engine.conftest import API_KEY, call, data_uri, png, prompt, start_engine
+from tests.engine.conftest import API_KEY, call, data_uri, png, prompt, start_engine, wait_running
 
 REQUESTS = [  # (prompt text, image seeds, temperature)
     ("Click the submit button", [1], 0.0),
@@ -147,18 +147,11 @@ def _long_request(url: str, results: list, rid: str, tokens: int = 400) -> threa
     return thread
 
 
-def _wait_running(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while call(url, "/model_info")[1]["running"] == 0:
-        assert time.monotonic() < deadline, "the request never started"
-        time.sleep(0.02)
-
-
 def test_pause_in_place_update_continue_resumes_with_new_versions(engine, models_root):
     v2 = _perturbed_checkpoint(models_root, "v2", 0.3)
     results: list = []
     thread = _long_request(engine.url, results, "long-1")
-    _wait_running(engine.url)
+    wait_running(engine.url)
     assert call(engine.url, "/pause_generation", {"mode": "in_place"})[0] == 200
     # While paused, a new request waits.
     waiting: list = []
@@ -183,7 +176,7 @@ def test_pause_abort_and_abort_request_return_partial_outputs(engine):
     for how in ("pause", "abort_request"):
         results: list = []
         thread = _long_request(engine.url, results, f"victim-{how}", tokens=4000)
-        _wait_running(engine.url)
+        wait_running(engine.url)
         time.sleep(0.2)
         if how == "pause":
             assert call(engine.url, "/pause_generation", {"mode": "abort"})[1]["aborted"] == 1

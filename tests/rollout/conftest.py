@@ -10,7 +10,7 @@ import pytest
 from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.common.localstack import EngineProcess, ServiceProcess
 from asyncwebrl.common.models.tiny import SHIPPED
-from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
+from asyncwebrl.v1 import buffer_pb2_grpc
 
 TOKEN = "rollout-token"
 PREFIX = "rollout-test:"

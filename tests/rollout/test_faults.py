@@ -11,7 +11,7 @@ from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.common.models.loading import load_policy
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.v1 import buffer_pb2, env_pb2, env_pb2_grpc
-from tests.engine.conftest import call
+from tests.engine.conftest import call, wait_running
 from tests.rollout.conftest import TOKEN, buffer_for, engine_for, gateway_for, metric, wait_until
 
 
@@ -24,10 +24,6 @@ def _groups(buf, job: str, n: int) -> list[buffer_pb2.Group]:
     items = list(buf.GetBatch(buffer_pb2.GetBatchRequest(job_id=job, consumer="t", groups=n, current_version=1,
                                                          max_staleness=8)))
     return [i.group for i in items[1:]]
-
-
-def _wait_running(engine) -> None:
-    wait_until(lambda: call(engine.url, "/model_info", key=None)[1]["running"] > 0, timeout=60)
 
 
 def test_chromium_killed_mid_run_is_an_environment_fault_not_a_failure(stack, redis_server):
@@ -68,7 +64,7 @@ def test_an_engine_killed_mid_run_loses_no_group(stack, redis_server):
     engines = [engine_for(stack, redis_server, job, name=f"{job}-e{i}") for i in range(2)]
     gateway = gateway_for(stack, job, "--max-groups", "4", "--max-new-tokens", "64")
     try:
-        _wait_running(engines[0])
+        wait_running(engines[0].url)
         engines[0].stop(signal.SIGKILL)
         assert gateway.proc.wait(240) == 0, gateway.logs()[-3000:]
     finally:
@@ -91,7 +87,7 @@ def test_weights_updated_mid_generation_leave_both_versions_in_the_record(stack,
     load_policy(SHIPPED / "qwen2_5_vl", device="cpu").model.save_pretrained(v1)
     gateway = gateway_for(stack, job, "--max-groups", "1", "--max-new-tokens", "600", "--steps-easy", "1")
     try:
-        _wait_running(engine)
+        wait_running(engine.url)
         time.sleep(0.2)
         assert call(engine.url, "/pause_generation", {"mode": "abort"}, key=None)[0] == 200
         assert call(engine.url, "/update_weights_from_disk", {"model_path": str(v1), "weight_version": "1"},

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import grpc
-import pytest
 from transformers import Qwen2VLImageProcessorPil
 
 from asyncwebrl.common.models.tiny import SHIPPED

@@ -6,8 +6,7 @@ import asyncio
 import logging
 import sys
 
-import transformers
-
+from asyncwebrl.common.agent.vision import load_processors
 from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.grpcclient import aio_channel
@@ -27,8 +26,7 @@ log = logging.getLogger("asyncwebrl.rollout")
 
 def load_policy_io(path: str) -> Policy:
     """The tokenizer and image processor only: the gateway never runs the model."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+    tokenizer, processor = load_processors(path)
     return Policy(tokenizer, processor, tokenizer.convert_tokens_to_ids("<|image_pad|>"))
 
 

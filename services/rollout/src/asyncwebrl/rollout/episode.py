@@ -11,6 +11,7 @@ import grpc
 
 from asyncwebrl.common.agent.actions import parse_action
 from asyncwebrl.common.agent.prompt import HistoryStep, prompt_ids, render
+from asyncwebrl.common.agent.vision import image_tokens
 from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.common.inference import InferenceClient
 from asyncwebrl.rollout import metrics
@@ -37,8 +38,7 @@ class Policy:
     image_token_id: int
 
     def image_tokens(self, ref: env_pb2.ScreenshotRef) -> int:
-        merge = int(self.image_processor.merge_size)
-        return self.image_processor.get_number_of_image_patches(ref.height, ref.width, {}) // (merge * merge)
+        return image_tokens(self.image_processor, ref.height, ref.width)
 
 
 def _versions(raw: list[str]) -> list[int]:

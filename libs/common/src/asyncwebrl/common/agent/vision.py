@@ -53,10 +53,19 @@ class ImageBatch:
     token_counts: list[int]   # image placeholder tokens per image, in order
 
 
-def image_tokens(processor, image: Image.Image) -> int:
-    """How many placeholder tokens the image takes in the prompt."""
+def load_processors(path):
+    """A checkpoint directory's tokenizer and image processor, never downloaded."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+    return tokenizer, processor
+
+
+def image_tokens(processor, height: int, width: int) -> int:
+    """How many placeholder tokens an image of this size takes in the prompt (no decoding needed)."""
     merge = int(processor.merge_size)
-    return processor.get_number_of_image_patches(image.height, image.width, {}) // (merge * merge)
+    return processor.get_number_of_image_patches(height, width, {}) // (merge * merge)
 
 
 def process_images(processor, images: list[Image.Image]) -> ImageBatch:

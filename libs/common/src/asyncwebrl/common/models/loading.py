@@ -17,6 +17,8 @@ import pathlib
 import torch
 import transformers
 
+from asyncwebrl.common.agent.vision import load_processors
+
 MODEL_CLASSES = {
     "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
     "qwen3_vl": transformers.Qwen3VLForConditionalGeneration,
@@ -77,8 +79,7 @@ def load_policy(path: str | pathlib.Path, device: str = "auto", dtype: str = "au
     model = MODEL_CLASSES[family].from_pretrained(
         path, local_files_only=True, dtype=resolve_dtype(dtype, dev), attn_implementation="sdpa"
     ).to(dev).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+    tokenizer, processor = load_processors(path)
     config = model.config
     eos = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
     text_eos = getattr(config.get_text_config(), "eos_token_id", None)
