@@ -86,10 +86,14 @@ class Registry:
                 out.append(ep)
         return sorted(out, key=lambda e: e.endpoint_id)
 
+    async def fresh(self) -> list[Endpoint]:
+        """Endpoints whose heartbeat is within the TTL, ready or not."""
+        now = await self._now_ms()
+        return [e for e in await self.all() if now - e.heartbeat_ms <= self.ttl_ms]
+
     async def live(self) -> list[Endpoint]:
         """Ready endpoints whose heartbeat is within the TTL."""
-        now = await self._now_ms()
-        return [e for e in await self.all() if e.ready and now - e.heartbeat_ms <= self.ttl_ms]
+        return [e for e in await self.fresh() if e.ready]
 
 
 class Heartbeat:

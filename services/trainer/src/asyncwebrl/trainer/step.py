@@ -1,5 +1,13 @@
 """One training step on a batch of rows: proximal logprobs first, then PPO epochs
-over minibatches of micro-batches, with gradient clipping and AdamW."""
+over minibatches of micro-batches, with gradient clipping and AdamW.
+
+Under FSDP2 every rank holds the whole batch and takes every ``world``-th row
+of each minibatch. Each rank must run the same number of forward and backward
+passes (each one is a collective), so a rank with fewer micro-batches runs a
+zero-weighted one. FSDP averages gradients over ranks, so the local loss is
+scaled by ``world``: the gradient is that of the global token mean, exactly as
+one process would compute it.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +22,16 @@ import torch
 from asyncwebrl.common.models.logprobs import Sample, output_logprobs
 from asyncwebrl.trainer.algorithm import decoupled_ppo_loss
 from asyncwebrl.trainer.batching import Row, micro_batches
+from asyncwebrl.trainer.dist import Dist
 
 # refs -> (pixel_values, image_grid_thw) of the row's screenshots, in order.
 ImageResolver = Callable[[list], tuple[np.ndarray, np.ndarray] | None]
+OBJECTIVES = ("grpo", "sft")
 
 
 @dataclasses.dataclass
 class StepConfig:
+    objective: str = "grpo"        # grpo: decoupled PPO on advantages; sft: likelihood of the outputs
     epochs: int = 1
     minibatches: int = 1
     token_budget: int = 16384
@@ -40,6 +51,7 @@ class StepMetrics:
     clip_fraction: float = 0.0
     cap_fraction: float = 0.0
     approx_kl: float = 0.0
+    kl_ref: float = 0.0
     micro_batches: int = 0
     tokens: int = 0
     seconds_forward_backward: float = 0.0
@@ -64,69 +76,112 @@ def _padded(values: list[list[float]] | list[torch.Tensor], width: int, device) 
     return out
 
 
-def proximal_logprobs(model, rows: list[Row], images: ImageResolver, cfg: StepConfig) -> list[torch.Tensor]:
-    """The proximal policy: the current weights, before this step changes them."""
-    out: list[torch.Tensor] = []
+def local_micro_batches(rows: list[Row], d: Dist, budget: int) -> list[tuple[list[Row], float]]:
+    """This rank's micro-batches with their weight (0 for the padding that keeps
+    the ranks' forward counts equal)."""
+    per_rank = [micro_batches(rows[r::d.world], budget) if rows[r::d.world] else [] for r in range(d.world)]
+    mine = [(m, 1.0) for m in per_rank[d.rank]]
+    filler = rows[:1]
+    while len(mine) < max(len(p) for p in per_rank):
+        mine.append((filler, 0.0))
+    return mine
+
+
+def _logprobs(model, rows: list[Row], images: ImageResolver, cfg: StepConfig, d: Dist) -> dict[int, torch.Tensor]:
+    out: dict[int, torch.Tensor] = {}
     with torch.no_grad():
-        for batch in micro_batches(rows, cfg.token_budget):
-            out.extend(t.detach() for t in output_logprobs(model, _samples(batch, images), cfg.temperature))
+        for batch, weight in local_micro_batches(rows, d, cfg.token_budget):
+            logps = output_logprobs(model, _samples(batch, images), cfg.temperature)
+            if weight:
+                out.update({id(r): t.detach().float() for r, t in zip(batch, logps)})
     return out
 
 
+def proximal_logprobs(model, rows: list[Row], images: ImageResolver, cfg: StepConfig,
+                      d: Dist | None = None) -> list[torch.Tensor]:
+    """The proximal policy: the current weights, before this step changes them."""
+    found = _logprobs(model, rows, images, cfg, d or Dist())
+    return [found[id(r)] for r in rows if id(r) in found]
+
+
+def _grad_norm(model, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    return float(norm)
+
+
 def train_step(model, optimizer: torch.optim.Optimizer, rows: list[Row], images: ImageResolver,
-               cfg: StepConfig) -> StepMetrics:
+               cfg: StepConfig, d: Dist | None = None, ref_model=None) -> StepMetrics:
+    """``rows`` is the whole batch, the same on every rank."""
+    d = d or Dist()
     metrics = StepMetrics()
     if not rows:
         return metrics
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"objective: must be one of {OBJECTIVES}")
     device = next(model.parameters()).device
+    grpo = cfg.objective == "grpo"
     started = time.monotonic()
-    prox = proximal_logprobs(model, rows, images, cfg)
+    prox = _logprobs(model, rows, images, cfg, d) if grpo else {}
+    ref = _logprobs(ref_model, rows, images, cfg, d) if grpo and ref_model is not None and cfg.kl_coef > 0 else None
     metrics.seconds_proximal = time.monotonic() - started
     order = list(range(len(rows)))
     rng = random.Random(cfg.seed)
-    losses, clip, cap, kl, norms = [], [], [], [], []
+    # Local sums, reduced over ranks at the end: loss, clipped, kept, capped, tokens, kl, kl rows, ref kl.
+    sums = [0.0] * 8
+    norms: list[float] = []
     model.train()
     for _ in range(cfg.epochs):
         rng.shuffle(order)
         size = max(1, -(-len(order) // cfg.minibatches))
         for start in range(0, len(order), size):
-            chosen = order[start:start + size]
-            minibatch = [rows[i] for i in chosen]
+            minibatch = [rows[i] for i in order[start:start + size]]
             total = sum(len(r.output_ids) for r in minibatch)
             optimizer.zero_grad(set_to_none=True)
             t = time.monotonic()
-            position = {id(r): i for r, i in zip(minibatch, chosen)}
-            for micro in micro_batches(minibatch, cfg.token_budget):
+            for micro, weight in local_micro_batches(minibatch, d, cfg.token_budget):
                 logp_list = output_logprobs(model, _samples(micro, images), cfg.temperature)
                 width = max(len(r.output_ids) for r in micro)
                 logp = torch.nn.utils.rnn.pad_sequence(logp_list, batch_first=True)
                 mask = _padded([[1.0] * len(r.output_ids) for r in micro], width, device)
-                loss, stats = decoupled_ppo_loss(
-                    logp,
-                    _padded([prox[position[id(r)]] for r in micro], width, device),
-                    _padded([r.behav_logprobs for r in micro], width, device),
-                    _padded([[r.advantage] * len(r.output_ids) for r in micro], width, device),
-                    mask,
-                    clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip, behav_cap=cfg.behav_cap, total_tokens=total,
-                )
-                loss.backward()
-                losses.append(float(loss.detach()))
-                clip.append((stats.clipped, stats.kept))
-                cap.append((stats.capped, sum(len(r.output_ids) for r in micro)))
-                kl.append(stats.approx_kl)
-                metrics.micro_batches += 1
+                if grpo:
+                    loss, stats = decoupled_ppo_loss(
+                        logp,
+                        _padded([prox[id(r)] for r in micro], width, device) if weight else logp.detach(),
+                        _padded([r.behav_logprobs for r in micro], width, device),
+                        _padded([[r.advantage] * len(r.output_ids) for r in micro], width, device),
+                        mask,
+                        clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip, behav_cap=cfg.behav_cap, total_tokens=total,
+                        logp_ref=_padded([ref[id(r)] for r in micro], width, device) if ref and weight else None,
+                        kl_coef=cfg.kl_coef,
+                    )
+                    if weight:
+                        n = sum(len(r.output_ids) for r in micro)
+                        sums[1:7] = [a + b for a, b in zip(sums[1:7], (
+                            stats.clipped, stats.kept, stats.capped, n, stats.approx_kl, 1))]
+                        if ref:
+                            with torch.no_grad():
+                                log_r = _padded([ref[id(r)] for r in micro], width, device) - logp.detach()
+                                sums[7] += float(((torch.exp(log_r) - log_r - 1) * mask).sum())
+                else:
+                    loss = -(logp * mask).sum() / total
+                (loss * weight * d.world).backward()
+                if weight:
+                    sums[0] += float(loss.detach())
+                    metrics.micro_batches += 1
             metrics.seconds_forward_backward += time.monotonic() - t
             t = time.monotonic()
-            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)))
+            norms.append(_grad_norm(model, cfg.max_grad_norm))
             optimizer.step()
             metrics.seconds_optimizer += time.monotonic() - t
             metrics.tokens += total
     model.eval()
-    metrics.loss = sum(losses)
+    loss, clipped, kept, capped, tokens, kl, kl_rows, kl_ref = d.all_reduce_sum(sums)
+    metrics.micro_batches = int(d.all_reduce_sum([metrics.micro_batches])[0])
+    metrics.loss = loss
     metrics.grad_norm = max(norms) if norms else 0.0
-    kept = sum(k for _, k in clip)
-    metrics.clip_fraction = sum(c for c, _ in clip) / kept if kept else 0.0
-    tokens = sum(n for _, n in cap)
-    metrics.cap_fraction = sum(c for c, _ in cap) / tokens if tokens else 0.0
-    metrics.approx_kl = sum(kl) / len(kl) if kl else 0.0
+    metrics.clip_fraction = clipped / kept if kept else 0.0
+    metrics.cap_fraction = capped / tokens if tokens else 0.0
+    metrics.approx_kl = kl / kl_rows if kl_rows else 0.0
+    metrics.kl_ref = kl_ref / tokens if tokens else 0.0
     return metrics

@@ -1,0 +1,286 @@
+"""The trainer's loop for one job.
+
+Rank 0 talks to the world: it gathers a batch from the buffer (complete GRPO
+groups, fresh enough for the staleness bound), fetches their screenshots, and
+broadcasts both to the other ranks. Every rank then trains on the same batch
+(its share of the rows) and takes part in gathering the weights; rank 0 writes
+version v+1, loads it into the job's inference endpoints, and acks the batch
+with the new version, which is what the buffer's staleness gate reads.
+
+The version directory's manifest names the batches trained into it, so a
+trainer killed between writing a version and acking its batch acks it on
+restart instead of training it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import pathlib
+import time
+
+import grpc
+import numpy as np
+
+from asyncwebrl.common import fanout, weights
+from asyncwebrl.common.agent.vision import BadImage, decode_image, process_images
+from asyncwebrl.common.registry import Registry
+from asyncwebrl.trainer import metrics
+from asyncwebrl.trainer.batching import Row, rows_from_groups
+from asyncwebrl.trainer.config import TrainerConfig
+from asyncwebrl.trainer.learner import Learner
+from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
+
+log = logging.getLogger("asyncwebrl.trainer")
+BLOBS_PER_CALL = 256
+
+
+@dataclasses.dataclass
+class Batch:
+    """What rank 0 broadcasts: the groups (serialised) and their screenshots."""
+
+    version: int                       # the version this batch trains into
+    batch_ids: list[str]
+    groups: list[bytes]
+    blobs: dict[str, bytes]
+    rejected: dict[str, int]
+    wait_s: float
+
+
+class Images:
+    """Screenshot refs -> (pixel_values, grid) for the model, each image processed once."""
+
+    def __init__(self, processor, blobs: dict[str, bytes]) -> None:
+        self.processor = processor
+        self.blobs = blobs
+        self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def one(self, sha: str) -> tuple[np.ndarray, np.ndarray]:
+        if sha not in self.cache:
+            if sha not in self.blobs:
+                raise KeyError(sha)
+            batch = process_images(self.processor, [decode_image(self.blobs[sha])])
+            self.cache[sha] = (batch.pixel_values, batch.grid_thw)
+        return self.cache[sha]
+
+    def __call__(self, refs) -> tuple[np.ndarray, np.ndarray] | None:
+        if not refs:
+            return None
+        parts = [self.one(r.sha256) for r in refs]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([g for _, g in parts])
+
+
+def usable_rows(rows: list[Row], images: Images, image_token_id: int, merge: int) -> tuple[list[Row], dict[str, int]]:
+    """Drop every group with a row the model cannot take: a missing or undecodable
+    screenshot, or image placeholders that do not match the images."""
+    bad: dict[str, str] = {}
+    for row in rows:
+        if row.group_id in bad:
+            continue
+        try:
+            resolved = images(row.screenshots)
+        except KeyError:
+            bad[row.group_id] = "missing_blob"
+            continue
+        except BadImage:
+            bad[row.group_id] = "bad_image"
+            continue
+        expected = int(sum(int(np.prod(g)) for g in resolved[1]) // (merge * merge)) if resolved else 0
+        if sum(1 for t in row.prompt_ids if t == image_token_id) != expected:
+            bad[row.group_id] = "image_tokens"
+    if bad:
+        log.warning("dropping groups the model cannot take", extra={"groups": bad})
+    counts: dict[str, int] = {}
+    for reason in bad.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    return [r for r in rows if r.group_id not in bad], counts
+
+
+def train_on(learner: Learner, batch: Batch) -> dict:
+    """Every rank: train on the batch, write the version (rank 0), full checkpoint when due."""
+    config = learner.config
+    groups = [buffer_pb2.Group.FromString(g) for g in batch.groups]
+    keep = config.keep_zero_variance or config.objective == "sft"
+    rows, row_stats = rows_from_groups(groups, config.step_norm, config.k, keep, learner.vocab_size)
+    images = Images(learner.policy.image_processor, batch.blobs)
+    rows, dropped = usable_rows(rows, images, learner.policy.image_token_id, learner.policy.merge_size)
+    lr = learner.lr
+    step_metrics = learner.train(rows, images)
+    started = time.monotonic()
+    manifest = learner.write_version(batch.version, ",".join(batch.batch_ids))
+    learner.version = batch.version
+    full = batch.version % config.full_every == 0
+    if full:
+        learner.save_full()
+    checkpoint_s = time.monotonic() - started
+    compute_s = step_metrics.seconds_proximal + step_metrics.seconds_forward_backward + step_metrics.seconds_optimizer
+    tokens = sum(r.tokens for r in rows) * (config.epochs + (1 if config.objective == "grpo" else 0))
+    entry = metrics.batch_metrics(groups, batch.version - 1)
+    entry |= {
+        "step": learner.step,
+        "version": batch.version,
+        "rows": len(rows),
+        "zero_variance_dropped": row_stats.zero_variance_dropped,
+        "rejected": {**batch.rejected, **{f"trainer_{k}": v for k, v in dropped.items()}},
+        "loss": step_metrics.loss,
+        "grad_norm": step_metrics.grad_norm,
+        "clip_fraction": step_metrics.clip_fraction,
+        "cap_fraction": step_metrics.cap_fraction,
+        "approx_kl": step_metrics.approx_kl,
+        "kl_ref": step_metrics.kl_ref,
+        "lr": lr,
+        "micro_batches": step_metrics.micro_batches,
+        "train_tokens": tokens,
+        "train_tokens_per_s": tokens / compute_s if compute_s > 0 else 0.0,
+        "full_checkpoint": full,
+        "seconds": {
+            "wait": batch.wait_s,
+            "proximal": step_metrics.seconds_proximal,
+            "forward_backward": step_metrics.seconds_forward_backward,
+            "optimizer": step_metrics.seconds_optimizer,
+            "checkpoint": checkpoint_s,
+            "publish": 0.0,
+        },
+    }
+    return {"entry": entry, "manifest": manifest}
+
+
+class Trainer:
+    """Rank 0's side: buffer, blobs, endpoints."""
+
+    def __init__(self, config: TrainerConfig, learner: Learner, channel: grpc.aio.Channel, redis=None) -> None:
+        self.config = config
+        self.learner = learner
+        self.stub = buffer_pb2_grpc.BufferServiceStub(channel)
+        self.registry = Registry(redis, config.key_prefix, config.job_id, config.registry_ttl_s) if redis else None
+        self.stopping = asyncio.Event()
+        self.log = metrics.JsonlLog(config.metrics_log or pathlib.Path(config.checkpoint_dir) / "metrics.jsonl")
+        self.published: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Configure the job, then reconcile storage, buffer and endpoints after a restart."""
+        c = self.config
+        await self.stub.ConfigureJob(buffer_pb2.ConfigureJobRequest(
+            job_id=c.job_id, batch_groups=c.batch_groups, max_staleness=c.max_staleness,
+            keep_zero_variance=c.keep_zero_variance or c.objective == "sft"))
+        manifest = await asyncio.to_thread(self.learner.restore)
+        stats = await self.stub.Stats(buffer_pb2.BufferStatsRequest(job_id=c.job_id))
+        version = self.learner.version
+        if stats.trainer_version > version:
+            raise ValueError(f"checkpoint_dir: holds version {version} but job {c.job_id} is at version "
+                             f"{stats.trainer_version} in the buffer; point --checkpoint-dir at the job's storage")
+        for batch_id in filter(None, (manifest.batch_id if manifest else "").split(",")):
+            try:
+                reply = await self.stub.Ack(buffer_pb2.AckRequest(job_id=c.job_id, batch_id=batch_id,
+                                                                  consumer=c.consumer, trainer_version=version))
+                log.info("acked the batch of the last version after a restart",
+                         extra={"batch_id": batch_id, "groups": reply.groups, "already_acked": reply.already_acked})
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+        await self.stub.SetTrainerVersion(buffer_pb2.SetTrainerVersionRequest(job_id=c.job_id, version=version))
+        if manifest is not None:
+            await self.publish(manifest.version, only_behind=True)
+        log.info("ready at version %d, step %d%s", version, self.learner.step,
+                 f" (resumed from {self.learner.resumed_from})" if self.learner.resumed_from else "")
+        metrics.VERSION.set(version)
+
+    async def gather(self) -> Batch | None:
+        """Groups for one batch (several GetBatch calls if they come in slowly); None when stopping."""
+        c = self.config
+        need = c.min_batch_groups or c.batch_groups
+        started = time.monotonic()
+        batch = Batch(self.learner.version + 1, [], [], {}, {}, 0.0)
+        while len(batch.groups) < need and not self.stopping.is_set():
+            header = None
+            call = self.stub.GetBatch(buffer_pb2.GetBatchRequest(
+                job_id=c.job_id, consumer=c.consumer, groups=c.batch_groups - len(batch.groups),
+                current_version=self.learner.version, max_staleness=-1, wait_ms=int(c.batch_wait_s * 1000)))
+            async for item in call:
+                if item.WhichOneof("item") == "header":
+                    header = item.header
+                else:
+                    batch.groups.append(item.group.SerializeToString())
+            if header is None:
+                raise RuntimeError("GetBatch: the stream had no header")
+            if header.batch_id:
+                batch.batch_ids.append(header.batch_id)
+            for r in header.rejected:
+                batch.rejected[r.reason] = batch.rejected.get(r.reason, 0) + int(r.groups)
+        if self.stopping.is_set() and len(batch.groups) < need:
+            return None  # unacked groups go back to the stream after the buffer's idle timeout
+        shas = sorted({ref.sha256 for g in batch.groups for e in buffer_pb2.Group.FromString(g).episodes
+                       for s in e.steps for ref in s.screenshots})
+        for i in range(0, len(shas), BLOBS_PER_CALL):
+            async for item in self.stub.GetBlobs(buffer_pb2.GetBlobsRequest(job_id=c.job_id,
+                                                                            sha256=shas[i:i + BLOBS_PER_CALL])):
+                if item.found:
+                    batch.blobs[item.sha256] = item.blob.data
+        batch.wait_s = time.monotonic() - started
+        return batch
+
+    async def publish(self, version: int, only_behind: bool = False) -> float:
+        if self.config.publish == "none" or self.registry is None:
+            return 0.0
+        started = time.monotonic()
+        endpoints = await self.registry.fresh()
+        if only_behind:
+            endpoints = [e for e in endpoints if e.weight_version != str(version)]
+        path = str(weights.version_dir(self.config.checkpoint_dir, version).resolve())
+        results = await fanout.fan_out(endpoints, path, version, self.config.engine_api_key,
+                                       self.config.publish_timeout_s)
+        for r in results:
+            if r.ok:
+                self.published[r.endpoint_id] = str(version)
+            else:
+                metrics.PUBLISH_FAILURES.inc()
+                log.error("endpoint %s failed to load version %d: %s", r.endpoint_id, version, r.error)
+        return time.monotonic() - started
+
+    async def step(self) -> bool:
+        batch = await self.gather()
+        if batch is None:
+            return False
+        result = await asyncio.to_thread(self._train, batch)
+        entry = result["entry"]
+        entry["seconds"]["publish"] = await self.publish(batch.version)
+        for batch_id in batch.batch_ids:
+            reply = await self.stub.Ack(buffer_pb2.AckRequest(job_id=self.config.job_id, batch_id=batch_id,
+                                                              consumer=self.config.consumer,
+                                                              trainer_version=batch.version))
+            if reply.lost:
+                log.warning("groups of a batch were taken over by another consumer", extra={"lost": reply.lost})
+        total = sum(entry["seconds"].values())
+        entry["trajectories_per_hour"] = entry["episodes"] * 3600 / total if total else 0.0
+        entry["env_steps_per_s"] = entry["env_steps"] / total if total else 0.0
+        entry["unix"] = time.time()
+        metrics.record(entry)
+        self.log.write(entry)
+        log.info("step", extra={k: entry[k] for k in ("step", "version", "groups", "loss", "success", "grad_norm")})
+        return True
+
+    def _train(self, batch: Batch) -> dict:
+        self.learner.d.broadcast(batch)
+        return train_on(self.learner, batch)
+
+    async def run(self) -> None:
+        c = self.config
+        while not self.stopping.is_set() and (c.max_steps == 0 or self.learner.step < c.max_steps):
+            if not await self.step():
+                break
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def release_followers(self) -> None:
+        self.learner.d.broadcast(None)
+
+
+def follow(learner: Learner) -> None:
+    """Ranks other than 0: train on what rank 0 broadcasts until it says stop."""
+    while True:
+        batch = learner.d.broadcast(None)
+        if batch is None:
+            return
+        train_on(learner, batch)

@@ -1,0 +1,129 @@
+"""A buffer and an engine registered for the job, and groups made from the engine's real outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import shutil
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from asyncwebrl.common.agent.prompt import prompt_ids, render
+from asyncwebrl.common.agent.vision import decode_image, image_tokens, load_processors
+from asyncwebrl.common.grpcclient import channel
+from asyncwebrl.common.localstack import EngineProcess, ServiceProcess
+from asyncwebrl.common.models.tiny import SHIPPED
+from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
+
+TOKEN = "trainer-token"
+PREFIX = "trainer-test:"
+
+
+def png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((np.random.RandomState(seed).rand(90, 120, 3) * 255).astype("uint8")).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def post(url: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"},
+                                 method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("trainer")
+    models = tmp_path_factory.mktemp("models")
+    shutil.copytree(SHIPPED / "qwen2_5_vl", models / "base")
+    env = {"ASYNCWEBRL_AUTH_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": redis_server.password}
+    common = ["--redis-url", redis_server.url, "--key-prefix", PREFIX, "--log-format", "text"]
+    buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0", "--claim-idle-s", "2"], env,
+                            logs / "buffer.log")
+    buffer.wait_ready()
+    ch = channel(buffer.target, TOKEN)
+    yield {"buffer": buffer, "stub": buffer_pb2_grpc.BufferServiceStub(ch), "logs": logs, "env": env,
+           "common": common, "models": models, "redis": redis_server}
+    ch.close()
+    buffer.stop()
+
+
+def engine_for(stack, job: str) -> EngineProcess:
+    r = stack["redis"]
+    engine = EngineProcess(
+        ["--model-path", str(stack["models"] / "base"), "--model-roots", str(stack["models"]), "--device", "cpu",
+         "--registry-redis-url", r.url, "--key-prefix", PREFIX, "--job-id", job, "--endpoint-id", f"engine-{job}",
+         "--heartbeat-s", "0.5", "--seed", "1"],
+        stack["logs"] / f"engine-{job}.log", env={"ASYNCWEBRL_REGISTRY_REDIS_PASSWORD": r.password},
+    )
+    engine.wait_ready()
+    return engine
+
+
+def trainer_for(stack, job: str, checkpoints: pathlib.Path, *extra: str) -> ServiceProcess:
+    svc = ServiceProcess(
+        "trainer",
+        [*stack["common"], "--job-id", job, "--buffer-target", stack["buffer"].target,
+         "--model-path", str(stack["models"] / "base"), "--checkpoint-dir", str(checkpoints), "--device", "cpu",
+         "--batch-groups", "2", "--batch-wait-s", "0.5", "--lr", "1e-3", *extra],
+        stack["env"], stack["logs"] / f"trainer-{job}.log",
+    )
+    return svc
+
+
+class GroupMaker:
+    """Groups whose steps are the engine's own samples: prompt ids with the screenshot's
+    placeholders, output ids, behaviour logprobs and versions, as the gateway writes them."""
+
+    def __init__(self, stack, engine: EngineProcess, job: str) -> None:
+        self.stack, self.engine, self.job = stack, engine, job
+        self.tokenizer, self.processor = load_processors(stack["models"] / "base")
+        self.image_token = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+    def step(self, seed: int) -> buffer_pb2.StepRecord:
+        data = png(seed)
+        ref = self.stack["stub"].PutBlobs(buffer_pb2.PutBlobsRequest(
+            job_id=self.job, blobs=[buffer_pb2.BlobData(data=data, mime="image/png", width=120, height=90)])).refs[0]
+        image = decode_image(data)
+        ids = prompt_ids(self.tokenizer, render("Click the button.", [], 1), self.image_token,
+                         [image_tokens(self.processor, image.height, image.width)])
+        import base64
+
+        out = post(self.engine.url, "/generate", {
+            "input_ids": ids, "image_data": ["data:image/png;base64," + base64.b64encode(data).decode()],
+            "sampling_params": {"max_new_tokens": 6, "temperature": 1.0}, "return_logprob": True})
+        meta = out["meta_info"]
+        lps = [float(lp) for lp, _, _ in meta["output_token_logprobs"]]
+        toks = [int(t) for _, t, _ in meta["output_token_logprobs"]]
+        version = int(meta.get("weight_version", "0"))
+        return buffer_pb2.StepRecord(prompt_ids=ids, screenshots=[ref], output_ids=toks, logprobs=lps,
+                                     versions=[version] * len(toks), text=out["text"][:100])
+
+    def group(self, seed: int, rewards=(1.0, 0.0)) -> buffer_pb2.Group:
+        episodes = []
+        for i, reward in enumerate(rewards):
+            n = 1 if reward > 0 else 2
+            episodes.append(buffer_pb2.EpisodeRecord(
+                episode_id=f"e{i}", steps=[self.step(seed * 10 + i) for _ in range(n)], reward=reward,
+                success=reward > 0, length=n, finish_reason="done"))
+        return buffer_pb2.Group(group_id=f"g-{uuid.uuid4().hex[:12]}", job_id=self.job, task="t", seed=seed,
+                                difficulty="easy", episodes=episodes)
+
+    def put(self, n: int, seed: int = 0) -> list[str]:
+        ids = []
+        for i in range(n):
+            g = self.group(seed + i)
+            self.stack["stub"].PutGroup(buffer_pb2.PutGroupRequest(group=g))
+            ids.append(g.group_id)
+        return ids
+
+
+def stats(stack, job: str) -> buffer_pb2.BufferStatsResponse:
+    return stack["stub"].Stats(buffer_pb2.BufferStatsRequest(job_id=job))

@@ -1,0 +1,175 @@
+"""The trainer as a process against a real buffer (Redis) and a real engine: batches in,
+versions out, engines updated, batches acked; killed and restarted, it resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+
+import numpy as np
+import torch
+
+from asyncwebrl.common import weights
+from asyncwebrl.common.agent.vision import decode_image, process_images
+from asyncwebrl.common.models.loading import load_policy
+from asyncwebrl.common.models.logprobs import Sample, output_logprobs
+from asyncwebrl.v1 import buffer_pb2
+from tests.trainer.conftest import GroupMaker, engine_for, png, post, stats, trainer_for
+
+
+def wait_until(predicate, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not met in {timeout}s")
+
+
+def journal(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_engine_logprobs_match_the_trainers(stack):
+    """The engine's behaviour logprobs and the trainer's recomputation are one function
+    on the same weights: equal to float tolerance on a real sampled step."""
+    job = "lp"
+    engine = engine_for(stack, job)
+    try:
+        maker = GroupMaker(stack, engine, job)
+        step = maker.step(3)
+        policy = load_policy(stack["models"] / "base", device="cpu")
+        batch = process_images(policy.image_processor, [decode_image(png(3))])
+        with torch.no_grad():
+            (lp,) = output_logprobs(policy.model, [Sample(list(step.prompt_ids), list(step.output_ids),
+                                                          batch.pixel_values, batch.grid_thw)])
+        assert len(step.output_ids) > 0
+        np.testing.assert_allclose(lp.numpy(), np.array(step.logprobs), atol=2e-4)
+    finally:
+        engine.stop()
+
+
+def test_trains_publishes_acks_and_logs(stack):
+    job = "train"
+    tmp_path = stack["models"] / job  # where the engine may load from (--model-roots)
+    engine = engine_for(stack, job)
+    try:
+        maker = GroupMaker(stack, engine, job)
+        probe = maker.step(99)
+        maker.put(4)
+        trainer = trainer_for(stack, job, tmp_path, "--max-steps", "2", "--full-every", "1", "--keep-versions", "2")
+        assert trainer.proc.wait(timeout=240) == 0, trainer.logs()[-3000:]
+        s = stats(stack, job)
+        assert s.trainer_version == 2 and s.groups_consumed == 4 and s.stream_length == 0
+        versions = weights.list_versions(tmp_path)
+        assert [v for v, _ in versions] == [1, 2]
+        manifest = weights.read_manifest(versions[-1][1])
+        assert manifest.version == 2 and manifest.step == 2 and "lm_head.weight" in " ".join(manifest.tensors)
+        assert (versions[-1][1] / "tokenizer.json").is_file(), "a version is a complete checkpoint"
+        info = post(engine.url, "/model_info")
+        assert info["weight_version"] == "2", "the engine serves the new version"
+        # The engine's policy moved: the same sampled step has other logprobs now.
+        again = post(engine.url, "/generate", {
+            "input_ids": list(probe.prompt_ids), "image_data": [_uri(png(990))],
+            "sampling_params": {"max_new_tokens": 1, "temperature": 0.0}, "return_logprob": True})
+        assert again["meta_info"]["weight_version"] == "2"
+        entries = journal(tmp_path / "metrics.jsonl")
+        assert [e["version"] for e in entries] == [1, 2]
+        first = entries[0]
+        assert first["groups"] == 2 and first["episodes"] == 4 and first["success"] == 0.5
+        assert first["length_success"] == 1 and first["length_failure"] == 2
+        assert math.isfinite(first["loss"]) and first["grad_norm"] > 0 and first["micro_batches"] >= 1
+        assert first["staleness"] == {"0": 2} and first["cap_fraction"] == 0.0
+        assert set(first["seconds"]) == {"wait", "proximal", "forward_backward", "optimizer", "checkpoint", "publish"}
+        assert first["seconds"]["publish"] > 0 and first["train_tokens_per_s"] > 0
+        assert len(list((tmp_path / "full").iterdir())) == 2
+    finally:
+        engine.stop()
+
+
+def _uri(data: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def test_killed_and_restarted_it_resumes_without_training_a_batch_twice(stack):
+    job = "resume"
+    tmp_path = stack["models"] / job
+    engine = engine_for(stack, job)
+    log = tmp_path / "metrics.jsonl"
+    try:
+        maker = GroupMaker(stack, engine, job)
+        args = ("--full-every", "2", "--consumer", "t0")
+        trainer = trainer_for(stack, job, tmp_path, *args)
+        trainer.wait_ready(120)
+        for version in (1, 2, 3):
+            maker.put(2, seed=10 * version)
+            wait_until(lambda: stats(stack, job).trainer_version == version, what=f"version {version}")
+        # A batch is in the trainer's hands when it dies.
+        maker.put(2, seed=40)
+        wait_until(lambda: stats(stack, job).stream_pending > 0 or stats(stack, job).trainer_version == 4,
+                   what="batch taken")
+        trainer.proc.send_signal(signal.SIGKILL)
+        trainer.proc.wait(timeout=30)
+        assert [v for v, _ in weights.list_versions(tmp_path)][-1] >= 3
+        assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["s00000002"]
+
+        restarted = trainer_for(stack, job, tmp_path, *args)
+        restarted.wait_ready(120)
+        wait_until(lambda: stats(stack, job).trainer_version == 4, what="the interrupted batch trained")
+        maker.put(2, seed=50)
+        wait_until(lambda: stats(stack, job).trainer_version == 5, what="version 5")
+        assert restarted.stop() == 0, "SIGTERM: a clean exit"
+        s = stats(stack, job)
+        assert s.groups_consumed == 10 and s.stream_length == 0 and s.groups_accepted == 10
+        trained = [e["version"] for e in journal(log)]
+        assert len(trained) == len(set(trained)), f"a version trained twice: {trained}"
+        assert set(trained) >= {1, 2, 3, 5} and max(trained) == 5
+        assert weights.read_manifest(weights.version_dir(tmp_path, 5)).step == 5
+        assert "resum" in restarted.logs() and "s00000002" in restarted.logs()
+        assert post(engine.url, "/model_info")["weight_version"] == "5"
+    finally:
+        engine.stop()
+
+
+def test_a_version_written_but_not_acked_is_acked_on_restart(stack, tmp_path):
+    """The crash window between writing v+1 and acking its batch: on restart the
+    manifest's batch is acked, not trained again."""
+    job = "window"
+    engine = engine_for(stack, job)
+    try:
+        maker = GroupMaker(stack, engine, job)
+        maker.put(2)
+        items = list(stack["stub"].GetBatch(buffer_pb2.GetBatchRequest(
+            job_id=job, consumer="t1", groups=2, current_version=0, max_staleness=-1, wait_ms=1000)))
+        batch_id = items[0].header.batch_id
+        assert items[0].header.groups == 2
+        # What the trainer had written before it died: version 1 naming that batch.
+        from asyncwebrl.trainer.config import TrainerConfig
+        from asyncwebrl.trainer.dist import Dist
+        from asyncwebrl.trainer.learner import Learner
+
+        learner = Learner(TrainerConfig(model_path=str(stack["models"] / "base"), checkpoint_dir=str(tmp_path),
+                                        device="cpu"), Dist())
+        learner.step = 1
+        learner.write_version(1, batch_id)
+        trainer = trainer_for(stack, job, tmp_path, "--consumer", "t1", "--publish", "none")
+        trainer.wait_ready(120)
+        wait_until(lambda: stats(stack, job).groups_consumed == 2, what="acked at start")
+        s = stats(stack, job)
+        assert s.trainer_version == 1 and s.stream_length == 0
+        time.sleep(1.0)
+        assert trainer.stop() == 0
+        assert not journal(tmp_path / "metrics.jsonl"), "nothing trained twice"
+    finally:
+        engine.stop()
+
+
+def test_bad_flags_name_the_field(stack, tmp_path):
+    bad = trainer_for(stack, "bad", tmp_path, "--step-norm", "sideways")
+    assert bad.proc.wait(timeout=60) != 0
+    assert "step_norm" in bad.logs()
