@@ -257,7 +257,8 @@ class Trainer:
         entry["unix"] = time.time()
         metrics.record(entry)
         self.log.write(entry)
-        log.info("step", extra={k: entry[k] for k in ("step", "version", "groups", "loss", "success", "grad_norm")})
+        log.info("step %d -> version %d: %d groups, success %.3f, loss %.5f, grad norm %.4f", entry["step"],
+                 entry["version"], entry["groups"], entry["success"] or 0.0, entry["loss"], entry["grad_norm"])
         return True
 
     def _train(self, batch: Batch) -> dict:

@@ -76,10 +76,14 @@ def _padded(values: list[list[float]] | list[torch.Tensor], width: int, device) 
     return out
 
 
-def local_micro_batches(rows: list[Row], d: Dist, budget: int) -> list[tuple[list[Row], float]]:
+def local_micro_batches(rows: list[Row], d: Dist, budget: int,
+                        owner: dict[int, int] | None = None) -> list[tuple[list[Row], float]]:
     """This rank's micro-batches with their weight (0 for the padding that keeps
-    the ranks' forward counts equal)."""
-    per_rank = [micro_batches(rows[r::d.world], budget) if rows[r::d.world] else [] for r in range(d.world)]
+    the ranks' forward counts equal). ``owner`` (id(row) -> rank) keeps a row on
+    one rank for the whole step; by default rows are dealt round-robin."""
+    owner = owner or {id(r): i % d.world for i, r in enumerate(rows)}
+    shards = [[r for r in rows if owner[id(r)] == k] for k in range(d.world)]
+    per_rank = [micro_batches(shard, budget) if shard else [] for shard in shards]
     mine = [(m, 1.0) for m in per_rank[d.rank]]
     filler = rows[:1]
     while len(mine) < max(len(p) for p in per_rank):
@@ -125,6 +129,7 @@ def train_step(model, optimizer: torch.optim.Optimizer, rows: list[Row], images:
     prox = _logprobs(model, rows, images, cfg, d) if grpo else {}
     ref = _logprobs(ref_model, rows, images, cfg, d) if grpo and ref_model is not None and cfg.kl_coef > 0 else None
     metrics.seconds_proximal = time.monotonic() - started
+    owner = {id(r): i % d.world for i, r in enumerate(rows)}  # the proximal pass's split
     order = list(range(len(rows)))
     rng = random.Random(cfg.seed)
     # Local sums, reduced over ranks at the end: loss, clipped, kept, capped, tokens, kl, kl rows, ref kl.
@@ -139,7 +144,7 @@ def train_step(model, optimizer: torch.optim.Optimizer, rows: list[Row], images:
             total = sum(len(r.output_ids) for r in minibatch)
             optimizer.zero_grad(set_to_none=True)
             t = time.monotonic()
-            for micro, weight in local_micro_batches(minibatch, d, cfg.token_budget):
+            for micro, weight in local_micro_batches(minibatch, d, cfg.token_budget, owner):
                 logp_list = output_logprobs(model, _samples(micro, images), cfg.temperature)
                 width = max(len(r.output_ids) for r in micro)
                 logp = torch.nn.utils.rnn.pad_sequence(logp_list, batch_first=True)
