@@ -173,3 +173,16 @@ def test_bad_flags_name_the_field(stack, tmp_path):
     bad = trainer_for(stack, "bad", tmp_path, "--step-norm", "sideways")
     assert bad.proc.wait(timeout=60) != 0
     assert "step_norm" in bad.logs()
+
+
+def test_help_prints_every_field():
+    import dataclasses
+    import subprocess
+    import sys
+
+    from asyncwebrl.trainer.config import TrainerConfig
+
+    out = subprocess.run([sys.executable, "-m", "asyncwebrl.trainer", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for f in dataclasses.fields(TrainerConfig):
+        assert "--" + f.name.replace("_", "-") in out and "ASYNCWEBRL_" + f.name.upper() in out
