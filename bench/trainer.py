@@ -102,21 +102,13 @@ def worker(args) -> None:
     d.close()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_mode(args, world: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--family", args.family, "--rows", str(args.rows),
            "--output-tokens", str(args.output_tokens), "--steps", str(args.steps), "--images", str(args.images),
            "--token-budget", str(args.token_budget)]
     if world > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
-               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *cmd[1:]]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
+               *cmd[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world))}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 from safetensors.numpy import load_file
 
-from asyncwebrl.common.localstack import free_port
 from asyncwebrl.common.weights import version_dir
 
 WORKER = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
@@ -26,8 +25,8 @@ def _run(prefix: list[str], out) -> dict:
 
 def test_two_gloo_processes_match_one(tmp_path):
     one = _run([sys.executable], tmp_path / "one")
-    two = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                "--master-port", str(free_port())], tmp_path / "two")
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+               tmp_path / "two")
     assert two["world"] == 2 and one["world"] == 1
     # Tolerance: float32 sums in another order (per rank, then all-reduced): 1e-5 relative.
     assert abs(two["loss"] - one["loss"]) <= 1e-5 * max(1.0, abs(one["loss"])), (one, two)
