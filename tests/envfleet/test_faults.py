@@ -16,6 +16,7 @@ from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.envfleet import scripted
 from asyncwebrl.v1 import env_pb2, env_pb2_grpc
 from tests.envfleet.conftest import TOKEN, click, start_envfleet
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -29,13 +30,7 @@ def fleet(redis_server, tmp_path):
 
 
 def _wait(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+    return wait_until(predicate, timeout, interval=0.1)
 
 
 def test_chromium_killed_mid_episode(fleet):

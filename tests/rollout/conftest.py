@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 
 import pytest
@@ -11,6 +10,7 @@ from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.common.localstack import EngineProcess, ServiceProcess
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.v1 import buffer_pb2_grpc
+from tests.helpers import wait_until  # noqa: F401 - re-exported to the rollout tests
 
 TOKEN = "rollout-token"
 PREFIX = "rollout-test:"
@@ -63,14 +63,6 @@ def buffer_for(stack):
     return ch, buffer_pb2_grpc.BufferServiceStub(ch)
 
 
-def wait_until(predicate, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 

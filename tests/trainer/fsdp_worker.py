@@ -8,7 +8,6 @@ import json
 import sys
 
 import numpy as np
-import torch
 from PIL import Image
 
 from asyncwebrl.common.agent.vision import decode_image, process_images

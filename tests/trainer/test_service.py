@@ -16,17 +16,8 @@ from asyncwebrl.common.agent.vision import decode_image, process_images
 from asyncwebrl.common.models.loading import load_policy
 from asyncwebrl.common.models.logprobs import Sample, output_logprobs
 from asyncwebrl.v1 import buffer_pb2
+from tests.helpers import wait_until
 from tests.trainer.conftest import GroupMaker, engine_for, png, post, stats, trainer_for
-
-
-def wait_until(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not met in {timeout}s")
 
 
 def journal(path) -> list[dict]:
