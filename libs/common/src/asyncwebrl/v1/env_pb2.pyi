@@ -300,6 +300,22 @@ class StepResponse(_message.Message):
     info: StepInfo
     def __init__(self, observation: _Optional[_Union[Observation, _Mapping]] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., info: _Optional[_Union[StepInfo, _Mapping]] = ...) -> None: ...
 
+class OracleRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class OracleResponse(_message.Message):
+    __slots__ = ("available", "action", "reason")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    available: bool
+    action: Action
+    reason: str
+    def __init__(self, available: _Optional[bool] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ReleaseRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]

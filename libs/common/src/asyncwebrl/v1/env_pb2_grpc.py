@@ -59,6 +59,11 @@ class EnvServiceStub:
                 request_serializer=asyncwebrl_dot_v1_dot_env__pb2.StatsRequest.SerializeToString,
                 response_deserializer=asyncwebrl_dot_v1_dot_env__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Oracle = channel.unary_unary(
+                '/asyncwebrl.v1.EnvService/Oracle',
+                request_serializer=asyncwebrl_dot_v1_dot_env__pb2.OracleRequest.SerializeToString,
+                response_deserializer=asyncwebrl_dot_v1_dot_env__pb2.OracleResponse.FromString,
+                _registered_method=True)
 
 
 class EnvServiceServicer:
@@ -104,6 +109,16 @@ class EnvServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Oracle(self, request, context):
+        """The reference agent's next action in this session, for tasks that have
+        one (the built-in sites, a few MiniWoB tasks): demonstrations for a
+        supervised warm-start. available=false (with the reason) elsewhere;
+        FAILED_PRECONDITION after the episode ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnvServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +146,11 @@ def add_EnvServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=asyncwebrl_dot_v1_dot_env__pb2.StatsRequest.FromString,
                     response_serializer=asyncwebrl_dot_v1_dot_env__pb2.StatsResponse.SerializeToString,
+            ),
+            'Oracle': grpc.unary_unary_rpc_method_handler(
+                    servicer.Oracle,
+                    request_deserializer=asyncwebrl_dot_v1_dot_env__pb2.OracleRequest.FromString,
+                    response_serializer=asyncwebrl_dot_v1_dot_env__pb2.OracleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +288,33 @@ class EnvService:
             '/asyncwebrl.v1.EnvService/Stats',
             asyncwebrl_dot_v1_dot_env__pb2.StatsRequest.SerializeToString,
             asyncwebrl_dot_v1_dot_env__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Oracle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncwebrl.v1.EnvService/Oracle',
+            asyncwebrl_dot_v1_dot_env__pb2.OracleRequest.SerializeToString,
+            asyncwebrl_dot_v1_dot_env__pb2.OracleResponse.FromString,
             options,
             channel_credentials,
             insecure,

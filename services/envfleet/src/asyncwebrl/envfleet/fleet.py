@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from asyncwebrl.common.blobstore import BlobBudgetExceeded, BlobRef, BlobStore
 from asyncwebrl.common.keys import DEFAULT_JOB
-from asyncwebrl.envfleet import metrics, security
+from asyncwebrl.envfleet import metrics, oracle, security
 from asyncwebrl.envfleet.actions import Checked, check
 from asyncwebrl.envfleet.config import CHROMIUM_FLAGS, EnvfleetConfig
 from asyncwebrl.envfleet.errors import (
@@ -651,22 +651,46 @@ class Fleet:
             step_index=session.step_index + (info is not None),
         )
         if session.include_elements and self.config.max_elements:
-            raw = await page.evaluate(_ELEMENTS_JS, self.config.max_elements)
-            # The page runs our script in its own world and could have tampered with it.
-            for item in raw[: self.config.max_elements] if isinstance(raw, list) else ():
-                try:
-                    tag, el_id, text, kind, x, y, w, h = item
-                    observation.elements.add(
-                        tag=str(tag)[:32], id=str(el_id)[:128], text=str(text)[:200], type=str(kind)[:32],
-                        x=float(x), y=float(y), width=float(w), height=float(h),
-                    )
-                except (TypeError, ValueError):
-                    continue
+            await self._elements(session, observation)
         if info is not None:
             info.page_changed = ref.sha256 != session.last_sha
             session.step_index += 1
         session.last_sha = ref.sha256
         return observation
+
+    async def _elements(self, session: Session, observation: env_pb2.Observation) -> None:
+        raw = await session.page.evaluate(_ELEMENTS_JS, self.config.max_elements or 200)
+        # The page runs our script in its own world and could have tampered with it.
+        for item in raw[: self.config.max_elements or 200] if isinstance(raw, list) else ():
+            try:
+                tag, el_id, text, kind, x, y, w, h = item
+                observation.elements.add(
+                    tag=str(tag)[:32], id=str(el_id)[:128], text=str(text)[:200], type=str(kind)[:32],
+                    x=float(x), y=float(y), width=float(w), height=float(h),
+                )
+            except (TypeError, ValueError):
+                continue
+
+    async def oracle(self, session_id: str) -> env_pb2.OracleResponse:
+        """The reference agent's next action, planned from the page as it is now."""
+        session = self._lookup(session_id)
+        async with session.lock:
+            if session.id not in self.sessions:
+                self._lookup(session_id)
+            if session.done:
+                raise EpisodeOver(f"session {session_id}: the episode is over")
+            session.last_used = time.monotonic()
+            observation = env_pb2.Observation(instruction=session.instruction, step_index=session.step_index)
+            try:
+                await self._elements(session, observation)
+            except (PlaywrightError, asyncio.TimeoutError) as exc:
+                raise self._fault(session, exc) from exc
+        try:
+            action = oracle.next_action(session.task.name, session.episode, session.step_index, observation,
+                                        session.width, session.height)
+        except oracle.NoOracle as exc:
+            return env_pb2.OracleResponse(available=False, reason=str(exc)[:300])
+        return env_pb2.OracleResponse(available=True, action=action)
 
     async def release(self, session_id: str) -> bool:
         _check_session_id(session_id)

@@ -111,5 +111,11 @@ class EnvServicer(env_pb2_grpc.EnvServiceServicer):
         except InvalidArgument as exc:
             await self._fail(context, exc)
 
+    async def Oracle(self, request, context):
+        try:
+            return await self.fleet.oracle(request.session_id)
+        except EnvError as exc:
+            await self._fail(context, exc)
+
     async def Stats(self, request, context):
         return self.fleet.stats()

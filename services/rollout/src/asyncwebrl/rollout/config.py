@@ -48,6 +48,10 @@ class RolloutConfig(ServiceConfig):
     judge_kind: str = option("sglang", "sglang or openai.")
     judge_model: str = option("", "Model name sent to an OpenAI-compatible judge.")
     judge_api_key: str = dataclasses.field(default="", metadata={"help": "API key of the judge.", "secret": True})
+    demonstrations: bool = option(
+        False, "Write the reference agent's episodes (envfleet's Oracle) as the tool calls the policy should "
+        "have written, instead of sampling the policy: data for a trainer with --objective sft.",
+    )
     sync: bool = option(
         False, "Synchronous mode (use with the job's eta = 0): after each version's groups, wait until every "
         "ready endpoint serves the trainer's version before starting more.",

@@ -9,7 +9,7 @@ import time
 
 import grpc
 
-from asyncwebrl.common.agent.actions import parse_action
+from asyncwebrl.common.agent.actions import format_action, parse_action
 from asyncwebrl.common.agent.prompt import HistoryStep, prompt_ids, render
 from asyncwebrl.common.agent.vision import image_tokens
 from asyncwebrl.common.blobstore import BlobStore
@@ -27,6 +27,10 @@ ENV_FAULT_CODES = (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE, grpc.St
 
 class EnvFault(Exception):
     """The episode is void: a browser crashed or envfleet was unreachable."""
+
+
+class NoDemonstration(Exception):
+    """Demonstration mode: the reference agent has no action for this task or page."""
 
 
 @dataclasses.dataclass
@@ -48,11 +52,27 @@ def _versions(raw: list[str]) -> list[int]:
         raise ValueError(f"weight versions must be integers to be trained on, got {raw[:3]}") from exc
 
 
+async def _demonstration(env, session: str, policy: Policy) -> tuple[str, list[int]]:
+    try:
+        reply = await env.Oracle(env_pb2.OracleRequest(session_id=session), timeout=60)
+    except grpc.aio.AioRpcError as exc:
+        raise EnvFault(f"Oracle: {exc.code().name}: {exc.details()}") from exc
+    if not reply.available:
+        raise NoDemonstration(reply.reason)
+    text = format_action(reply.action)
+    ids = policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text, [*ids, policy.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+
 async def run_episode(
     *, env, blobs: BlobStore, client: InferenceClient, policy: Policy, job_id: str, task: str, seed: int,
     difficulty: str, episode_id: str, step_limit: int, timeout_s: float, history_window: int,
     sampling: dict, judge: Judge | None = None, rubric: Rubric | None = None,
+    demonstrate: bool = False, version: int = 0,
 ) -> buffer_pb2.EpisodeRecord:
+    """``demonstrate``: the reference agent (envfleet's Oracle) acts instead of the
+    policy, and its action is recorded as the tool call the policy should have
+    written (logprob 0, the trainer's current ``version``), for supervised warm-starts."""
     started = time.monotonic()
     try:
         lease = await env.Allocate(env_pb2.AllocateRequest(task=task, seed=seed, job_id=job_id), timeout=60)
@@ -77,15 +97,20 @@ async def run_episode(
             text = render(instruction, history, len(shown))
             ids = prompt_ids(policy.tokenizer, text, policy.image_token_id, [policy.image_tokens(s) for s in shown])
             images = [f"data:{s.mime};base64,{base64.b64encode(d).decode()}" for s, d in zip(shown, data)]
-            t = time.monotonic()
-            gen = await client.generate(ids, images, sampling)
-            metrics.GENERATE_SECONDS.observe(time.monotonic() - t)
-            metrics.TOKENS_PER_STEP.observe(len(gen.output_ids))
-            output = policy.tokenizer.decode(gen.output_ids, skip_special_tokens=True)
+            if demonstrate:
+                output, output_ids = await _demonstration(env, session, policy)
+                logprobs, versions = [0.0] * len(output_ids), [version] * len(output_ids)
+            else:
+                t = time.monotonic()
+                gen = await client.generate(ids, images, sampling)
+                metrics.GENERATE_SECONDS.observe(time.monotonic() - t)
+                output_ids, logprobs, versions = gen.output_ids, gen.logprobs, _versions(gen.versions)
+                output = policy.tokenizer.decode(output_ids, skip_special_tokens=True)
+            metrics.TOKENS_PER_STEP.observe(len(output_ids))
             action = parse_action(output)
             steps.append(buffer_pb2.StepRecord(
-                prompt_ids=ids, screenshots=shown, output_ids=gen.output_ids, logprobs=gen.logprobs,
-                versions=_versions(gen.versions), text=output[:65536], action=action.to_json()[:65536],
+                prompt_ids=ids, screenshots=shown, output_ids=output_ids, logprobs=logprobs,
+                versions=versions, text=output[:65536], action=action.to_json()[:65536],
                 invalid_action=not action.valid,
             ))
             try:

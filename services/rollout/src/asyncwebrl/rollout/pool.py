@@ -24,7 +24,7 @@ import grpc
 
 from asyncwebrl.rollout import metrics
 from asyncwebrl.rollout.config import RolloutConfig
-from asyncwebrl.rollout.episode import EnvFault, Policy, run_episode
+from asyncwebrl.rollout.episode import EnvFault, NoDemonstration, Policy, run_episode
 from asyncwebrl.rollout.judge import Judge, JudgeError, Rubric
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
@@ -150,7 +150,7 @@ class Gateway:
             faults = [e for e in episodes if isinstance(e, BaseException)]
             if faults:
                 kinds = {"env_error" if isinstance(e, EnvFault) else "judge_error" if isinstance(e, JudgeError)
-                         else "error" for e in faults}
+                         else "no_demonstration" if isinstance(e, NoDemonstration) else "error" for e in faults}
                 self._drop(sorted(kinds)[0] if len(kinds) == 1 else "error", faults[0])
                 return
             versions = [v for e in episodes for s in e.steps for v in s.versions]
@@ -204,6 +204,7 @@ class Gateway:
                             sampling={"max_new_tokens": self.config.max_new_tokens,
                                       "temperature": self.config.temperature},
                             judge=self.judge, rubric=self.rubrics.get(task.name),
+                            demonstrate=self.config.demonstrations, version=self.trainer_version,
                         )
                     except EnvFault as exc:
                         metrics.EPISODES.labels("env_error").inc()

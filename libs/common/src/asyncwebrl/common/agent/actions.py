@@ -245,3 +245,42 @@ _ARGUMENTS = {
     "wait": _wait,
     "answer": _answer,
 }
+
+
+def _point_1000(point: env_pb2.Point) -> list[int]:
+    return [min(1000, max(0, round(point.x))), min(1000, max(0, round(point.y)))]
+
+
+def format_action(action: env_pb2.Action) -> str:
+    """An envfleet Action (coordinates in 0-1000) as the tool call a model would write:
+    the inverse of ``parse_action``, used to turn demonstrations into training text."""
+    kind = action.WhichOneof("kind")
+    args: dict = {"action": kind}
+    if kind in ("click", "double_click"):
+        args["coordinate"] = _point_1000(getattr(action, kind).at)
+    elif kind == "type":
+        t = action.type
+        args["text"] = t.text
+        if t.HasField("at"):
+            args["coordinate"] = _point_1000(t.at)
+        if t.clear:
+            args["clear"] = True
+        if t.enter:
+            args["enter"] = True
+    elif kind == "press":
+        args["key"] = action.press.key
+    elif kind == "scroll":
+        names = {v: k for k, v in SCROLL_DIRECTIONS.items()}
+        args["direction"] = names.get(action.scroll.direction, "down")
+        if action.scroll.HasField("at"):
+            args["coordinate"] = _point_1000(action.scroll.at)
+    elif kind == "navigate":
+        args["url"] = action.navigate.url
+    elif kind == "wait":
+        args["seconds"] = round(action.wait.ms / 1000, 3)
+    elif kind == "answer":
+        args["text"] = action.answer.text
+    elif kind != "go_back":
+        raise ValueError(f"action: cannot format {kind!r}")
+    call = {"name": TOOL_NAME, "arguments": args}
+    return f"<tool_call>{json.dumps(call, ensure_ascii=False)}</tool_call>"
