@@ -25,6 +25,9 @@ ENV_FAULT_CODES = (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE, grpc.St
                    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+END_MARKERS = ("<|im_end|>", "<|endoftext|>")
+
+
 class EnvFault(Exception):
     """The episode is void: a browser crashed or envfleet was unreachable."""
 
@@ -43,6 +46,15 @@ class Policy:
 
     def image_tokens(self, ref: env_pb2.ScreenshotRef) -> int:
         return image_tokens(self.image_processor, ref.height, ref.width)
+
+    def decode(self, ids: list[int]) -> str:
+        """Output text for the parser. Special tokens are kept (a tokenizer may mark
+        ``<tool_call>`` special, and skipping it would hide the call); only the
+        end-of-turn markers go."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        for marker in END_MARKERS:
+            text = text.replace(marker, "")
+        return text
 
 
 def _versions(raw: list[str]) -> list[int]:
@@ -105,7 +117,7 @@ async def run_episode(
                 gen = await client.generate(ids, images, sampling)
                 metrics.GENERATE_SECONDS.observe(time.monotonic() - t)
                 output_ids, logprobs, versions = gen.output_ids, gen.logprobs, _versions(gen.versions)
-                output = policy.tokenizer.decode(output_ids, skip_special_tokens=True)
+                output = policy.decode(output_ids)
             metrics.TOKENS_PER_STEP.observe(len(output_ids))
             action = parse_action(output)
             steps.append(buffer_pb2.StepRecord(
