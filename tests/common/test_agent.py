@@ -160,3 +160,31 @@ def test_huge_dimensions_are_refused_before_decoding():
     Image.new("L", (9000, 10)).save(buf, "PNG")
     with pytest.raises(BadImage, match="size"):
         decode_image(buf.getvalue())
+
+
+def test_format_action_is_the_parsers_inverse():
+    from asyncwebrl.common.agent.actions import format_action
+
+    P = env_pb2.Point
+    actions = [
+        env_pb2.Action(click=env_pb2.Click(at=P(x=123.4, y=998.7))),
+        env_pb2.Action(double_click=env_pb2.Click(at=P(x=0, y=1000))),
+        env_pb2.Action(type=env_pb2.TypeText(text='say "hi"', at=P(x=1, y=2), clear=True, enter=True)),
+        env_pb2.Action(press=env_pb2.Press(key="Control+a")),
+        env_pb2.Action(scroll=env_pb2.Scroll(direction=env_pb2.SCROLL_DIRECTION_UP, at=P(x=5, y=6))),
+        env_pb2.Action(go_back=env_pb2.GoBack()),
+        env_pb2.Action(navigate=env_pb2.Navigate(url="https://example.com/a")),
+        env_pb2.Action(wait=env_pb2.Wait(ms=1500)),
+        env_pb2.Action(answer=env_pb2.Answer(text="Lyon")),
+    ]
+    for action in actions:
+        parsed = parse_action(format_action(action))
+        assert parsed.valid, (format_action(action), parsed.error)
+        back = parsed.to_env()
+        assert back.WhichOneof("kind") == action.WhichOneof("kind")
+        if action.HasField("click"):
+            assert (back.click.at.x, back.click.at.y) == (123, 999), "rounded into 0-1000"
+        if action.HasField("type"):
+            assert back.type.text == 'say "hi"' and back.type.clear and back.type.enter
+        if action.HasField("wait"):
+            assert back.wait.ms == 1500

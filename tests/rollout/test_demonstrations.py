@@ -64,3 +64,14 @@ def test_the_gateway_writes_demonstrations(stack, redis_server):
         assert s.output_ids[-1] == 2, "ends with <|im_end|>, as a generation would"
         assert set(s.logprobs) == {0.0} and len(s.versions) == len(s.output_ids)
     ch.close()
+
+
+def test_outputs_keep_tool_call_markers_even_when_the_tokenizer_marks_them_special():
+    from asyncwebrl.common.models.tiny import SHIPPED
+    from asyncwebrl.rollout.__main__ import load_policy_io
+
+    policy = load_policy_io(str(SHIPPED / "qwen2_5_vl"))
+    text = '<tool_call>{"name": "computer_use", "arguments": {"action": "go_back"}}</tool_call>'
+    ids = policy.tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert policy.tokenizer.decode(ids, skip_special_tokens=True) != text, "the tiny tokenizer marks them special"
+    assert policy.decode(ids) == text and parse_action(policy.decode(ids)).valid
