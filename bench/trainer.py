@@ -38,12 +38,13 @@ RESULTS = ROOT / "bench" / "results"
 
 def worker(args) -> None:
     from asyncwebrl.common.agent.prompt import HistoryStep, prompt_ids, render
-    from asyncwebrl.common.agent.vision import decode_image, image_tokens, process_images
+    from asyncwebrl.common.agent.vision import image_tokens
     from asyncwebrl.common.models.tiny import SHIPPED
     from asyncwebrl.trainer.batching import Row
     from asyncwebrl.trainer.config import TrainerConfig
     from asyncwebrl.trainer.dist import init_from_env
     from asyncwebrl.trainer.learner import Learner
+    from asyncwebrl.trainer.service import Images
     from asyncwebrl.v1 import env_pb2
 
     d = init_from_env("cpu")
@@ -57,14 +58,7 @@ def worker(args) -> None:
             buf = io.BytesIO()
             Image.fromarray((rng.rand(720, 1280, 3) * 255).astype("uint8")).save(buf, "JPEG", quality=80)
             blobs[f"{i:064x}"] = buf.getvalue()
-        cache = {}
-
-        def images(refs):
-            key = tuple(r.sha256 for r in refs)
-            if key not in cache:
-                batch = process_images(policy.image_processor, [decode_image(blobs[s]) for s in key])
-                cache[key] = (batch.pixel_values, batch.grid_thw)
-            return cache[key]
+        images = Images(policy.image_processor, blobs)
 
         n_img = image_tokens(policy.image_processor, 720, 1280)
         history = [HistoryStep("Shop", '{"action": "click", "coordinate": [412, 230]}', True)] * 2

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import io
-import json
 import pathlib
 import shutil
-import urllib.request
 import uuid
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from asyncwebrl.common.agent.prompt import prompt_ids, render
 from asyncwebrl.common.agent.vision import decode_image, image_tokens, load_processors
@@ -19,23 +14,21 @@ from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.common.localstack import EngineProcess, ServiceProcess
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
+from tests.engine.conftest import call, data_uri
+from tests.engine.conftest import png as engine_png
 
 TOKEN = "trainer-token"
 PREFIX = "trainer-test:"
 
 
 def png(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray((np.random.RandomState(seed).rand(90, 120, 3) * 255).astype("uint8")).save(buf, "PNG")
-    return buf.getvalue()
+    return engine_png(seed, 90, 120)
 
 
 def post(url: str, path: str, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"},
-                                 method="POST" if data is not None else "GET")
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        return json.loads(resp.read())
+    status, reply = call(url, path, body, key=None)
+    assert status == 200, reply
+    return reply
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +87,8 @@ class GroupMaker:
         image = decode_image(data)
         ids = prompt_ids(self.tokenizer, render("Click the button.", [], 1), self.image_token,
                          [image_tokens(self.processor, image.height, image.width)])
-        import base64
-
         out = post(self.engine.url, "/generate", {
-            "input_ids": ids, "image_data": ["data:image/png;base64," + base64.b64encode(data).decode()],
+            "input_ids": ids, "image_data": [data_uri(data)],
             "sampling_params": {"max_new_tokens": 6, "temperature": 1.0}, "return_logprob": True})
         meta = out["meta_info"]
         lps = [float(lp) for lp, _, _ in meta["output_token_logprobs"]]

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 from PIL import Image
 
-from asyncwebrl.common.agent.vision import decode_image, process_images
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.trainer.batching import Row
 from asyncwebrl.trainer.config import TrainerConfig
 from asyncwebrl.trainer.dist import init_from_env
 from asyncwebrl.trainer.learner import Learner
+from asyncwebrl.trainer.service import Images
 from asyncwebrl.v1 import env_pb2
 
 
@@ -32,10 +32,7 @@ def main(checkpoints: str) -> None:
     policy = learner.policy
     blobs = {f"{i:064x}": png(i) for i in range(3)}
 
-    def images(refs):
-        batch = process_images(policy.image_processor, [decode_image(blobs[r.sha256]) for r in refs])
-        return batch.pixel_values, batch.grid_thw
-
+    images = Images(policy.image_processor, blobs)
     rng = np.random.RandomState(0)
     rows = []
     for i in range(7):  # odd: the ranks get different numbers of rows and micro-batches

@@ -16,6 +16,7 @@ from asyncwebrl.common.agent.vision import decode_image, process_images
 from asyncwebrl.common.models.loading import load_policy
 from asyncwebrl.common.models.logprobs import Sample, output_logprobs
 from asyncwebrl.v1 import buffer_pb2
+from tests.engine.conftest import data_uri
 from tests.helpers import wait_until
 from tests.trainer.conftest import GroupMaker, engine_for, png, post, stats, trainer_for
 
@@ -64,7 +65,7 @@ def test_trains_publishes_acks_and_logs(stack):
         assert info["weight_version"] == "2", "the engine serves the new version"
         # The engine's policy moved: the same sampled step has other logprobs now.
         again = post(engine.url, "/generate", {
-            "input_ids": list(probe.prompt_ids), "image_data": [_uri(png(990))],
+            "input_ids": list(probe.prompt_ids), "image_data": [data_uri(png(990))],
             "sampling_params": {"max_new_tokens": 1, "temperature": 0.0}, "return_logprob": True})
         assert again["meta_info"]["weight_version"] == "2"
         entries = journal(tmp_path / "metrics.jsonl")
@@ -79,12 +80,6 @@ def test_trains_publishes_acks_and_logs(stack):
         assert len(list((tmp_path / "full").iterdir())) == 2
     finally:
         engine.stop()
-
-
-def _uri(data: bytes) -> str:
-    import base64
-
-    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 def test_killed_and_restarted_it_resumes_without_training_a_batch_twice(stack):

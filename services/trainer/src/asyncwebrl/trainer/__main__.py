@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> None:
             learner = Learner(config, d)
             learner.restore()
             follow(learner)
-    except (OSError, ValueError, grpc.aio.AioRpcError) as exc:
+    except grpc.aio.AioRpcError as exc:
+        log.error("cannot continue: the buffer at %s answered %s: %s", config.buffer_target, exc.code().name,
+                  exc.details())
+        sys.exit(1)
+    except (OSError, ValueError) as exc:
         log.error("cannot continue: %s", exc)
         sys.exit(1)
     finally:

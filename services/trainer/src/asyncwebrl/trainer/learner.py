@@ -73,7 +73,6 @@ class Learner:
         self.root = pathlib.Path(config.checkpoint_dir)
         self.step = 0
         self.version = 0
-        self.last_full_version = 0
         self.resumed_from = ""
 
     @property
@@ -138,6 +137,7 @@ class Learner:
         tmp = base / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        py_version, py_state, py_gauss = random.getstate()
         np_state = np.random.get_state()
         torch.save({
             "model": model_state,
@@ -145,7 +145,8 @@ class Learner:
             "step": self.step,
             "version": self.version,
             "rng": {
-                "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2] or 0.0],
+                # Plain lists and tensors, so the file loads with weights_only=True.
+                "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
                 "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -156,7 +157,6 @@ class Learner:
         weights.commit_dir(tmp, final)
         for _, old in self._full_dirs()[: -self.config.keep_full]:
             shutil.rmtree(old, ignore_errors=True)
-        self.last_full_version = self.version
         return final
 
     def _restore_full(self, path: pathlib.Path) -> None:
@@ -171,13 +171,12 @@ class Learner:
         if state:
             rng = state["rng"]
             py = rng["python"]
-            random.setstate((int(py[-2]), tuple(int(x) for x in py[:-2]), py[-1] or None))
+            random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
             np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy().astype(np.uint32), *rng["numpy"][2:]))
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
         self.step, self.version = int(meta["step"]), int(meta["version"])
-        self.last_full_version = self.version
 
     def _roll_forward(self, path: pathlib.Path) -> None:
         """Weights of a published version (read by transformers, so its key naming is the one saved)."""

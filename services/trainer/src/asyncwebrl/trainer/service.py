@@ -24,7 +24,7 @@ import grpc
 import numpy as np
 
 from asyncwebrl.common import fanout, weights
-from asyncwebrl.common.agent.vision import BadImage, decode_image, process_images
+from asyncwebrl.common.agent.vision import BadImage, ImageBatch, decode_image, process_images
 from asyncwebrl.common.registry import Registry
 from asyncwebrl.trainer import metrics
 from asyncwebrl.trainer.batching import Row, rows_from_groups
@@ -54,24 +54,27 @@ class Images:
     def __init__(self, processor, blobs: dict[str, bytes]) -> None:
         self.processor = processor
         self.blobs = blobs
-        self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.cache: dict[str, ImageBatch] = {}
 
-    def one(self, sha: str) -> tuple[np.ndarray, np.ndarray]:
+    def one(self, sha: str) -> ImageBatch:
         if sha not in self.cache:
             if sha not in self.blobs:
                 raise KeyError(sha)
-            batch = process_images(self.processor, [decode_image(self.blobs[sha])])
-            self.cache[sha] = (batch.pixel_values, batch.grid_thw)
+            self.cache[sha] = process_images(self.processor, [decode_image(self.blobs[sha])])
         return self.cache[sha]
 
     def __call__(self, refs) -> tuple[np.ndarray, np.ndarray] | None:
         if not refs:
             return None
         parts = [self.one(r.sha256) for r in refs]
-        return np.concatenate([p for p, _ in parts]), np.concatenate([g for _, g in parts])
+        return np.concatenate([p.pixel_values for p in parts]), np.concatenate([p.grid_thw for p in parts])
+
+    def tokens(self, refs) -> int:
+        """Image placeholders the prompt must hold for these screenshots."""
+        return sum(sum(self.one(r.sha256).token_counts) for r in refs)
 
 
-def usable_rows(rows: list[Row], images: Images, image_token_id: int, merge: int) -> tuple[list[Row], dict[str, int]]:
+def usable_rows(rows: list[Row], images: Images, image_token_id: int) -> tuple[list[Row], dict[str, int]]:
     """Drop every group with a row the model cannot take: a missing or undecodable
     screenshot, or image placeholders that do not match the images."""
     bad: dict[str, str] = {}
@@ -79,14 +82,13 @@ def usable_rows(rows: list[Row], images: Images, image_token_id: int, merge: int
         if row.group_id in bad:
             continue
         try:
-            resolved = images(row.screenshots)
+            expected = images.tokens(row.screenshots)
         except KeyError:
             bad[row.group_id] = "missing_blob"
             continue
         except BadImage:
             bad[row.group_id] = "bad_image"
             continue
-        expected = int(sum(int(np.prod(g)) for g in resolved[1]) // (merge * merge)) if resolved else 0
         if sum(1 for t in row.prompt_ids if t == image_token_id) != expected:
             bad[row.group_id] = "image_tokens"
     if bad:
@@ -104,7 +106,7 @@ def train_on(learner: Learner, batch: Batch) -> dict:
     keep = config.keep_zero_variance or config.objective == "sft"
     rows, row_stats = rows_from_groups(groups, config.step_norm, config.k, keep, learner.vocab_size)
     images = Images(learner.policy.image_processor, batch.blobs)
-    rows, dropped = usable_rows(rows, images, learner.policy.image_token_id, learner.policy.merge_size)
+    rows, dropped = usable_rows(rows, images, learner.policy.image_token_id)
     lr = learner.lr
     step_metrics = learner.train(rows, images)
     started = time.monotonic()
@@ -156,7 +158,6 @@ class Trainer:
         self.registry = Registry(redis, config.key_prefix, config.job_id, config.registry_ttl_s) if redis else None
         self.stopping = asyncio.Event()
         self.log = metrics.JsonlLog(config.metrics_log or pathlib.Path(config.checkpoint_dir) / "metrics.jsonl")
-        self.published: dict[str, str] = {}
 
     async def start(self) -> None:
         """Configure the job, then reconcile storage, buffer and endpoints after a restart."""
@@ -231,9 +232,7 @@ class Trainer:
         results = await fanout.fan_out(endpoints, path, version, self.config.engine_api_key,
                                        self.config.publish_timeout_s)
         for r in results:
-            if r.ok:
-                self.published[r.endpoint_id] = str(version)
-            else:
+            if not r.ok:
                 metrics.PUBLISH_FAILURES.inc()
                 log.error("endpoint %s failed to load version %d: %s", r.endpoint_id, version, r.error)
         return time.monotonic() - started

@@ -77,11 +77,10 @@ def _padded(values: list[list[float]] | list[torch.Tensor], width: int, device) 
 
 
 def local_micro_batches(rows: list[Row], d: Dist, budget: int,
-                        owner: dict[int, int] | None = None) -> list[tuple[list[Row], float]]:
+                        owner: dict[int, int]) -> list[tuple[list[Row], float]]:
     """This rank's micro-batches with their weight (0 for the padding that keeps
     the ranks' forward counts equal). ``owner`` (id(row) -> rank) keeps a row on
-    one rank for the whole step; by default rows are dealt round-robin."""
-    owner = owner or {id(r): i % d.world for i, r in enumerate(rows)}
+    one rank for the whole step."""
     shards = [[r for r in rows if owner[id(r)] == k] for k in range(d.world)]
     per_rank = [micro_batches(shard, budget) if shard else [] for shard in shards]
     mine = [(m, 1.0) for m in per_rank[d.rank]]
@@ -91,21 +90,16 @@ def local_micro_batches(rows: list[Row], d: Dist, budget: int,
     return mine
 
 
-def _logprobs(model, rows: list[Row], images: ImageResolver, cfg: StepConfig, d: Dist) -> dict[int, torch.Tensor]:
+def _logprobs(model, rows: list[Row], images: ImageResolver, cfg: StepConfig, d: Dist,
+              owner: dict[int, int]) -> dict[int, torch.Tensor]:
+    """Logprobs of this rank's rows under ``model`` (no gradient), by id(row)."""
     out: dict[int, torch.Tensor] = {}
     with torch.no_grad():
-        for batch, weight in local_micro_batches(rows, d, cfg.token_budget):
+        for batch, weight in local_micro_batches(rows, d, cfg.token_budget, owner):
             logps = output_logprobs(model, _samples(batch, images), cfg.temperature)
             if weight:
                 out.update({id(r): t.detach().float() for r, t in zip(batch, logps)})
     return out
-
-
-def proximal_logprobs(model, rows: list[Row], images: ImageResolver, cfg: StepConfig,
-                      d: Dist | None = None) -> list[torch.Tensor]:
-    """The proximal policy: the current weights, before this step changes them."""
-    found = _logprobs(model, rows, images, cfg, d or Dist())
-    return [found[id(r)] for r in rows if id(r) in found]
 
 
 def _grad_norm(model, max_norm: float) -> float:
@@ -125,11 +119,13 @@ def train_step(model, optimizer: torch.optim.Optimizer, rows: list[Row], images:
         raise ValueError(f"objective: must be one of {OBJECTIVES}")
     device = next(model.parameters()).device
     grpo = cfg.objective == "grpo"
+    owner = {id(r): i % d.world for i, r in enumerate(rows)}  # a row's rank for the whole step
     started = time.monotonic()
-    prox = _logprobs(model, rows, images, cfg, d) if grpo else {}
-    ref = _logprobs(ref_model, rows, images, cfg, d) if grpo and ref_model is not None and cfg.kl_coef > 0 else None
+    # The proximal policy: the current weights, before this step changes them.
+    prox = _logprobs(model, rows, images, cfg, d, owner) if grpo else {}
+    ref = _logprobs(ref_model, rows, images, cfg, d, owner) if grpo and ref_model is not None and cfg.kl_coef > 0 \
+        else None
     metrics.seconds_proximal = time.monotonic() - started
-    owner = {id(r): i % d.world for i, r in enumerate(rows)}  # the proximal pass's split
     order = list(range(len(rows)))
     rng = random.Random(cfg.seed)
     # Local sums, reduced over ranks at the end: loss, clipped, kept, capped, tokens, kl, kl rows, ref kl.
