@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTO_OUT := libs/common/src
 
-.PHONY: setup test demo protos bench bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer sites-report gallery clean
+.PHONY: setup test demo protos bench bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync sites-report gallery clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -19,7 +19,10 @@ protos: setup
 	$(PY) -m grpc_tools.protoc -I protos --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
 		--grpc_python_out=$(PROTO_OUT) $$(find protos -name '*.proto' | sort)
 
-bench: bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer
+bench: bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync
+
+bench-weightsync: setup
+	$(PY) bench/weightsync.py
 
 bench-trainer: setup
 	$(PY) bench/trainer.py

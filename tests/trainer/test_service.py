@@ -15,10 +15,12 @@ from asyncwebrl.common import weights
 from asyncwebrl.common.agent.vision import decode_image, process_images
 from asyncwebrl.common.models.loading import load_policy
 from asyncwebrl.common.models.logprobs import Sample, output_logprobs
-from asyncwebrl.v1 import buffer_pb2
+from asyncwebrl.common.grpcclient import channel
+from asyncwebrl.common.localstack import ServiceProcess
+from asyncwebrl.v1 import buffer_pb2, weightsync_pb2, weightsync_pb2_grpc
 from tests.engine.conftest import data_uri
 from tests.helpers import wait_until
-from tests.trainer.conftest import GroupMaker, engine_for, png, post, stats, trainer_for
+from tests.trainer.conftest import TOKEN, GroupMaker, engine_for, png, post, stats, trainer_for
 
 
 def journal(path) -> list[dict]:
@@ -80,6 +82,32 @@ def test_trains_publishes_acks_and_logs(stack):
         assert len(list((tmp_path / "full").iterdir())) == 2
     finally:
         engine.stop()
+
+
+def test_publishes_through_weightsync(stack):
+    job = "wsync"
+    checkpoints = stack["models"] / job
+    sync = ServiceProcess("weightsync", [*stack["common"], "--registry-ttl-s", "5", "--reconcile-interval-s", "0.5",
+                                         "--checkpoint-roots", str(stack["models"])], stack["env"],
+                          stack["logs"] / "weightsync.log")
+    engine = engine_for(stack, job)
+    try:
+        sync.wait_ready()
+        GroupMaker(stack, engine, job).put(4)
+        trainer = trainer_for(stack, job, checkpoints, "--max-steps", "2", "--publish", "weightsync",
+                              "--weightsync-target", sync.target)
+        assert trainer.proc.wait(timeout=240) == 0, trainer.logs()[-3000:]
+        assert post(engine.url, "/model_info")["weight_version"] == "2"
+        ch = channel(sync.target, TOKEN)
+        status = weightsync_pb2_grpc.WeightSyncServiceStub(ch).Status(weightsync_pb2.StatusRequest(job_id=job))
+        ch.close()
+        assert status.published_version == 2
+        assert status.published_path == str(weights.version_dir(checkpoints, 2).resolve())
+        assert [e.endpoint_id for e in status.endpoints] == [f"engine-{job}"]
+        assert journal(checkpoints / "metrics.jsonl")[-1]["seconds"]["publish"] > 0
+    finally:
+        engine.stop()
+        assert sync.stop() == 0
 
 
 def test_killed_and_restarted_it_resumes_without_training_a_batch_twice(stack):

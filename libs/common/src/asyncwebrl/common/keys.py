@@ -32,6 +32,13 @@ key                          type      what
 ``J running``                hash      gateway -> "groups:expires_ms"
 ``J endpoints``              hash      endpoint id -> JSON {url, ready, weight_version,
                                        heartbeat_ms, kind}: the inference registry
+``J endpoints:held``         hash      endpoint id -> why weightsync keeps the gateway
+                                       off it (behind, failed); absent = not held
+``J weights``                hash      version, path, checksum, at_ms of the published
+                                       version (weightsync); never decreases
+``J weights:endpoints``      hash      endpoint id -> JSON {version, ok, seconds,
+                                       error, failures, at_ms}: last sync per endpoint
+``J weights:lock``           string    weightsync's publish lock (token, expires)
 ===========================  ========  ===============================================
 
 Deployment-wide (``P``):

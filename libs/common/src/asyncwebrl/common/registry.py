@@ -6,6 +6,12 @@ id) every few seconds. A record whose heartbeat is older than the TTL is dead;
 one with ``ready`` false is alive but must get no new requests (loading weights,
 paused, failed an update). Times are Redis's clock, so skew between hosts does
 not matter.
+
+weightsync adds two things the gateway also reads: endpoints it holds back
+(``J endpoints:held``: failed an update, or behind and catching up) and the
+job's published version (``J weights``). An endpoint is routable when it is
+fresh, ready, not held, and serves at least the published version, so a
+(re)joining engine gets no work until it has caught up.
 """
 
 from __future__ import annotations
@@ -55,10 +61,25 @@ def endpoints_key(prefix: str, job_id: str) -> str:
     return job_prefix(prefix, job_id) + "endpoints"
 
 
+def version_number(text: str) -> int | None:
+    """An endpoint's weight_version as a number; None for labels that are not one."""
+    return int(text) if text.isdigit() and len(text) <= 18 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    version: int
+    path: str
+    checksum: str
+    at_ms: int
+
+
 class Registry:
     def __init__(self, redis: aioredis.Redis, prefix: str, job_id: str, ttl_s: float = 10.0) -> None:
         self.redis = redis
         self.key = endpoints_key(prefix, job_id)
+        self.held_key = self.key + ":held"
+        self.weights_key = job_prefix(prefix, job_id) + "weights"
         self.ttl_ms = int(ttl_s * 1000)
 
     async def _now_ms(self) -> int:
@@ -91,9 +112,40 @@ class Registry:
         now = await self._now_ms()
         return [e for e in await self.all() if now - e.heartbeat_ms <= self.ttl_ms]
 
+    async def held(self) -> dict[str, str]:
+        rows = await self.redis.hgetall(self.held_key)
+        return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in rows.items()}
+
+    async def hold(self, endpoint_id: str, reason: str) -> None:
+        await self.redis.hset(self.held_key, endpoint_id, reason[:200])
+
+    async def release(self, endpoint_id: str) -> None:
+        await self.redis.hdel(self.held_key, endpoint_id)
+
+    async def published(self) -> Published | None:
+        raw = {k.decode(): v.decode(errors="replace") for k, v in (await self.redis.hgetall(self.weights_key)).items()}
+        try:
+            return Published(int(raw["version"]), raw.get("path", ""), raw.get("checksum", ""),
+                             int(raw.get("at_ms", 0)))
+        except (KeyError, ValueError):
+            return None
+
+    @staticmethod
+    def routable(ep: Endpoint, held: dict[str, str], published: Published | None) -> bool:
+        if not ep.ready or ep.endpoint_id in held:
+            return False
+        if published is None:
+            return True
+        served = version_number(ep.weight_version)
+        return served is not None and served >= published.version
+
     async def live(self) -> list[Endpoint]:
-        """Ready endpoints whose heartbeat is within the TTL."""
-        return [e for e in await self.fresh() if e.ready]
+        """Endpoints the gateway may send work to: fresh, ready, not held, not behind."""
+        fresh = await self.fresh()
+        if not fresh:
+            return []
+        held, published = await self.held(), await self.published()
+        return [e for e in fresh if self.routable(e, held, published)]
 
 
 class Heartbeat:

@@ -173,3 +173,31 @@ def prune(root: str | pathlib.Path, keep: int) -> list[int]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(version)
     return removed
+
+
+def write_version_from(source: str | pathlib.Path, root: str | pathlib.Path, version: int,
+                       transform=None) -> tuple[Manifest, pathlib.Path]:
+    """Publish a Hugging Face checkpoint directory as ``<root>/v<version>/`` with its manifest.
+
+    ``transform(name, tensor) -> tensor`` rewrites the weights on the way (tests
+    and benchmarks make distinct versions of one model this way).
+    """
+    from safetensors.torch import load_file, save_file
+
+    source, root = pathlib.Path(source), pathlib.Path(root)
+    final = version_dir(root, version)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in source.iterdir():
+        if not f.is_file() or f.name == MANIFEST:
+            continue
+        if f.suffix == ".safetensors" and transform is not None:
+            tensors = load_file(f)
+            save_file({k: transform(k, v).contiguous() for k, v in tensors.items()}, tmp / f.name,
+                      metadata={"format": "pt"})
+        else:
+            shutil.copy2(f, tmp / f.name)
+    manifest = write_manifest(tmp, version)
+    commit_dir(tmp, final)
+    return manifest, final

@@ -5,6 +5,7 @@ from prometheus_client import Counter, Gauge, Histogram
 RUNNING = Gauge("asyncwebrl_engine_running_requests", "Requests in the running batch.")
 QUEUED = Gauge("asyncwebrl_engine_queued_requests", "Requests waiting for a batch slot (or for continue).")
 PAUSED = Gauge("asyncwebrl_engine_paused", "1 while generation is paused.")
+PAUSES = Counter("asyncwebrl_engine_pauses_total", "pause_generation calls served.")
 PROMPT_TOKENS = Counter("asyncwebrl_engine_prompt_tokens_total", "Prompt tokens prefilled.")
 GENERATED_TOKENS = Counter("asyncwebrl_engine_generated_tokens_total", "Output tokens generated.")
 FINISHED = Counter("asyncwebrl_engine_requests_finished_total", "Requests finished, by finish reason.", ["reason"])

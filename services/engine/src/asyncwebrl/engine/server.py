@@ -433,6 +433,7 @@ class Server:
             raise BadRequest("mode", "must be abort or in_place")
         result = await asyncio.wrap_future(self.engine.command(lambda: self.engine.pause(mode)))
         metrics.PAUSED.set(1)
+        metrics.PAUSES.inc()
         return web.json_response({"success": True, **result})
 
     async def resume(self, request: web.Request) -> web.Response:

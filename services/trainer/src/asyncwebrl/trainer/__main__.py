@@ -31,10 +31,11 @@ async def serve(config: TrainerConfig, d: Dist) -> None:
     await runner.start()
     redis = make_redis(config.redis_url, config.redis_password) if config.publish == "endpoints" else None
     channel = aio_channel(config.buffer_target, config.auth_token, config.max_message_bytes)
+    sync = aio_channel(config.weightsync_target, config.auth_token) if config.publish == "weightsync" else None
     trainer = None
     try:
         learner = await asyncio.to_thread(Learner, config, d)
-        trainer = Trainer(config, learner, channel, redis)
+        trainer = Trainer(config, learner, channel, redis, sync)
         await trainer.start()
         ready = True
         work = asyncio.create_task(trainer.run())
@@ -49,6 +50,8 @@ async def serve(config: TrainerConfig, d: Dist) -> None:
             await asyncio.to_thread(trainer.release_followers)
         await runner.stop()
         await channel.close()
+        if sync is not None:
+            await sync.close()
         if redis is not None:
             await redis.aclose()
 

@@ -11,7 +11,7 @@ from asyncwebrl.common.service_config import ServiceConfig
 from asyncwebrl.trainer.algorithm import STEP_NORMS
 from asyncwebrl.trainer.step import OBJECTIVES, StepConfig
 
-PUBLISH_MODES = ("endpoints", "none")
+PUBLISH_MODES = ("endpoints", "weightsync", "none")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -57,7 +57,10 @@ class TrainerConfig(ServiceConfig):
     full_every: int = option(10, "Full checkpoint (weights, optimizer, RNG) every N versions.")
     keep_versions: int = option(3, "Published versions kept on disk.")
     keep_full: int = option(2, "Full checkpoints kept on disk.")
-    publish: str = option("endpoints", "endpoints: update the job's registered engines; none: only write versions.")
+    publish: str = option("endpoints", "endpoints: load each version into the job's registered engines directly; "
+                                       "weightsync: Publish through the weight-sync service (--weightsync-target); "
+                                       "none: only write versions.")
+    weightsync_target: str = option("", "host:port of the weight-sync service (with --publish weightsync).")
     engine_api_key: str = dataclasses.field(default="", metadata={"help": "API key of the engines.", "secret": True})
     publish_timeout_s: float = option(600.0, "Longest wait for one engine to load a version.")
     registry_ttl_s: float = option(10.0, "An endpoint whose heartbeat is older than this is not updated.")
@@ -94,6 +97,8 @@ class TrainerConfig(ServiceConfig):
         require(self.full_every >= 1 and self.keep_versions >= 1 and self.keep_full >= 1, "full_every",
                 "full_every, keep_versions and keep_full must be >= 1")
         require(self.publish in PUBLISH_MODES, "publish", f"must be one of {PUBLISH_MODES}")
+        require((self.publish == "weightsync") == bool(self.weightsync_target), "weightsync_target",
+                "is required with --publish weightsync, and only read then")
 
     def step_config(self, step: int) -> StepConfig:
         return StepConfig(

@@ -30,7 +30,7 @@ from asyncwebrl.trainer import metrics
 from asyncwebrl.trainer.batching import Row, rows_from_groups
 from asyncwebrl.trainer.config import TrainerConfig
 from asyncwebrl.trainer.learner import Learner
-from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
+from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc, weightsync_pb2, weightsync_pb2_grpc
 
 log = logging.getLogger("asyncwebrl.trainer")
 BLOBS_PER_CALL = 256
@@ -151,10 +151,12 @@ def train_on(learner: Learner, batch: Batch) -> dict:
 class Trainer:
     """Rank 0's side: buffer, blobs, endpoints."""
 
-    def __init__(self, config: TrainerConfig, learner: Learner, channel: grpc.aio.Channel, redis=None) -> None:
+    def __init__(self, config: TrainerConfig, learner: Learner, channel: grpc.aio.Channel, redis=None,
+                 weightsync: grpc.aio.Channel | None = None) -> None:
         self.config = config
         self.learner = learner
         self.stub = buffer_pb2_grpc.BufferServiceStub(channel)
+        self.weightsync = weightsync_pb2_grpc.WeightSyncServiceStub(weightsync) if weightsync is not None else None
         self.registry = Registry(redis, config.key_prefix, config.job_id, config.registry_ttl_s) if redis else None
         self.stopping = asyncio.Event()
         self.log = metrics.JsonlLog(config.metrics_log or pathlib.Path(config.checkpoint_dir) / "metrics.jsonl")
@@ -222,6 +224,8 @@ class Trainer:
         return batch
 
     async def publish(self, version: int, only_behind: bool = False) -> float:
+        if self.weightsync is not None:
+            return await self._publish_via_weightsync(version)
         if self.config.publish == "none" or self.registry is None:
             return 0.0
         started = time.monotonic()
@@ -235,6 +239,32 @@ class Trainer:
             if not r.ok:
                 metrics.PUBLISH_FAILURES.inc()
                 log.error("endpoint %s failed to load version %d: %s", r.endpoint_id, version, r.error)
+        return time.monotonic() - started
+
+    async def _publish_via_weightsync(self, version: int) -> float:
+        """Publish through weightsync (it verifies, fans out, holds failed endpoints); retried while it is away.
+        Training goes on if it stays away: the engines lag, and the staleness gate bounds what that costs."""
+        c = self.config
+        started = time.monotonic()
+        path = weights.version_dir(c.checkpoint_dir, version).resolve()
+        manifest = await asyncio.to_thread(weights.read_manifest, path, False)
+        request = weightsync_pb2.PublishRequest(job_id=c.job_id, version=version, path=str(path),
+                                                manifest_checksum=manifest.checksum)
+        for attempt in range(5):
+            try:
+                reply = await self.weightsync.Publish(request, timeout=c.publish_timeout_s)
+                for r in reply.results:
+                    if not r.ok:
+                        metrics.PUBLISH_FAILURES.inc()
+                        log.error("endpoint %s failed to load version %d: %s", r.endpoint_id, version, r.error)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED) and attempt < 4:
+                    await asyncio.sleep(2 ** attempt)
+                    continue
+                metrics.PUBLISH_FAILURES.inc()
+                log.error("weightsync did not publish version %d: %s %s", version, exc.code().name, exc.details())
+                break
         return time.monotonic() - started
 
     async def step(self) -> bool:

@@ -80,8 +80,9 @@ def build_tokenizer():
     )
 
 
-def tiny_config(family: str, tokenizer):
-    """The configuration of a ~0.3M-parameter model of ``family``."""
+def tiny_config(family: str, tokenizer, **text_overrides):
+    """The configuration of a ~0.3M-parameter model of ``family``; ``text_overrides`` (hidden_size,
+    intermediate_size, num_hidden_layers) make bigger ones of the same shape for benchmarks."""
     import transformers
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -91,12 +92,13 @@ def tiny_config(family: str, tokenizer):
         num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=ids["<|im_end|>"],
         bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
     )
+    text.update(text_overrides)
     common = dict(
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, spatial_merge_size=2,
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=text["hidden_size"], spatial_merge_size=2,
                   temporal_patch_size=2)
     if family == "qwen2_5_vl":
         text["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
@@ -119,7 +121,7 @@ def patch_size(family: str) -> int:
     return 16 if family == "qwen3_vl" else 14
 
 
-def write_tiny(family: str, out: pathlib.Path, seed: int = SEED) -> pathlib.Path:
+def write_tiny(family: str, out: pathlib.Path, seed: int = SEED, **text_overrides) -> pathlib.Path:
     """Write a complete checkpoint directory; the same seed gives the same bytes."""
     import torch
     from transformers import Qwen2VLImageProcessorPil
@@ -131,7 +133,7 @@ def write_tiny(family: str, out: pathlib.Path, seed: int = SEED) -> pathlib.Path
     transformers.utils.logging.disable_progress_bar()
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    config = tiny_config(family, tokenizer)
+    config = tiny_config(family, tokenizer, **text_overrides)
     torch.manual_seed(seed)
     model = MODEL_CLASSES[family](config).eval()
     model.save_pretrained(out, safe_serialization=True)

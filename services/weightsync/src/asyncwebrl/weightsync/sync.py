@@ -1,0 +1,287 @@
+"""Publishing a version and keeping every endpoint of a job on it.
+
+Publish verifies the checkpoint before touching any endpoint, then, under the
+job's lock in Redis (so racing publishes, from one weightsync replica or
+several, apply in order and the older one is refused), loads it into every
+fresh endpoint, ``concurrency`` at once, retrying each a few times. An
+endpoint that still fails is held (``J endpoints:held``), so the gateway stops
+routing to it. Only after the fan-out is the job's published version raised.
+
+The reconciler catches up endpoints that are behind the published version
+(restarted, newly scaled, failed earlier) under the same lock: it holds them,
+loads the version, and releases them. The registry's routing rule (serving at
+least the published version) keeps a joining endpoint out of rotation even
+before the reconciler has seen it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+
+import aiohttp
+import redis.asyncio as aioredis
+from redis.exceptions import LockError
+
+from asyncwebrl.common import fanout
+from asyncwebrl.common.keys import job_prefix
+from asyncwebrl.common.registry import Endpoint, Published, Registry, version_number
+from asyncwebrl.common.weights import CheckpointError, Manifest, read_manifest
+from asyncwebrl.weightsync import metrics
+from asyncwebrl.weightsync.config import WeightSyncConfig
+
+log = logging.getLogger("asyncwebrl.weightsync")
+
+
+class Refused(Exception):
+    """A request that must not be applied: (kind, field, message)."""
+
+    def __init__(self, kind: str, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.kind = kind  # invalid | old | busy
+        self.field = field
+
+
+@dataclasses.dataclass
+class Outcome:
+    endpoint_id: str
+    ok: bool
+    seconds: float
+    error: str
+    attempts: int
+
+
+@dataclasses.dataclass
+class PublishResult:
+    version: int
+    outcomes: list[Outcome]
+    seconds: float
+    verify_seconds: float
+    bytes: int
+
+
+def _check_path(config: WeightSyncConfig, path: str) -> pathlib.Path:
+    if not path or len(path) > 4096 or not path.startswith("/") or "\x00" in path:
+        raise Refused("invalid", "path", "must be an absolute path of at most 4096 characters")
+    resolved = pathlib.Path(path).resolve()
+    if config.roots and not any(resolved.is_relative_to(root) for root in config.roots):
+        raise Refused("invalid", "path", f"must be inside one of --checkpoint-roots {config.roots}")
+    return resolved
+
+
+class WeightSync:
+    def __init__(self, config: WeightSyncConfig, redis: aioredis.Redis) -> None:
+        self.config = config
+        self.redis = redis
+        self.session: aiohttp.ClientSession | None = None
+        self._retry_at: dict[tuple[str, str], float] = {}  # (job, endpoint) -> monotonic time of next catch-up
+        self.jobs_key = config.key_prefix + "jobs"
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.load_timeout_s))
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def registry(self, job_id: str) -> Registry:
+        return Registry(self.redis, self.config.key_prefix, job_id, self.config.registry_ttl_s)
+
+    def _lock(self, job_id: str, blocking_s: float | None):
+        c = self.config
+        # Outlives the longest fan-out, so a crashed holder's lock still expires.
+        ttl = c.load_timeout_s * (c.retries + 1) + 60
+        return self.redis.lock(job_prefix(c.key_prefix, job_id) + "weights:lock", timeout=ttl,
+                               blocking_timeout=blocking_s)
+
+    # --- publish -------------------------------------------------------------
+
+    async def verify(self, job_id: str, version: int, path: str, checksum: str) -> tuple[pathlib.Path, Manifest]:
+        if version < 0:
+            raise Refused("invalid", "version", "must be >= 0")
+        if checksum and (len(checksum) != 64 or any(ch not in "0123456789abcdef" for ch in checksum)):
+            raise Refused("invalid", "manifest_checksum", "must be empty or 64 lowercase hex digits")
+        resolved = _check_path(self.config, path)
+        try:
+            manifest = await asyncio.to_thread(read_manifest, resolved, True)
+        except CheckpointError as exc:
+            raise Refused("invalid", "path", f"checkpoint failed verification: {exc}") from exc
+        if manifest.version != version:
+            raise Refused("invalid", "version", f"the manifest at path is version {manifest.version}, not {version}")
+        if checksum and manifest.checksum != checksum:
+            raise Refused("invalid", "manifest_checksum", "does not match the manifest at path")
+        return resolved, manifest
+
+    async def publish(self, job_id: str, version: int, path: str, checksum: str) -> PublishResult:
+        started = time.monotonic()
+        resolved, manifest = await self.verify(job_id, version, path, checksum)
+        verify_s = time.monotonic() - started
+        metrics.VERIFY_SECONDS.labels(job_id).observe(verify_s)
+        reg = self.registry(job_id)
+        try:
+            async with self._lock(job_id, self.config.load_timeout_s * (self.config.retries + 1)):
+                published = await reg.published()
+                if published is not None and version < published.version:
+                    raise Refused("old", "version", f"{version} is older than the published version "
+                                                    f"{published.version}")
+                targets = [e for e in await reg.fresh() if version_number(e.weight_version) != version]
+                outcomes = await self._load_all(job_id, reg, targets, str(resolved), version, manifest, "publish")
+                await self.redis.sadd(self.jobs_key, job_id)
+                await self.redis.hset(reg.weights_key, mapping={
+                    "version": version, "path": str(resolved), "checksum": manifest.checksum,
+                    "at_ms": int(time.time() * 1000)})
+        except LockError as exc:
+            raise Refused("busy", "job_id", "another publish of this job did not finish in time") from exc
+        metrics.PUBLISHED_VERSION.labels(job_id).set(version)
+        seconds = time.monotonic() - started
+        metrics.PUBLISH_SECONDS.labels(job_id).observe(seconds)
+        failed = [o for o in outcomes if not o.ok]
+        metrics.PUBLISHES.labels(job_id, "partial" if failed else "ok").inc()
+        log.info("published", extra={"job": job_id, "version": version, "endpoints": len(outcomes),
+                                     "failed": len(failed), "seconds": round(seconds, 3)})
+        return PublishResult(version, outcomes, seconds, verify_s, manifest.total_bytes)
+
+    async def _load_all(self, job_id: str, reg: Registry, targets: list[Endpoint], path: str, version: int,
+                        manifest: Manifest, cause: str) -> list[Outcome]:
+        limit = asyncio.Semaphore(self.config.concurrency)
+
+        async def one(ep: Endpoint) -> Outcome:
+            async with limit:
+                return await self._load(job_id, reg, ep, path, version, manifest, cause)
+
+        return list(await asyncio.gather(*(one(ep) for ep in targets)))
+
+    async def _load(self, job_id: str, reg: Registry, ep: Endpoint, path: str, version: int, manifest: Manifest,
+                    cause: str) -> Outcome:
+        c = self.config
+        started = time.monotonic()
+        result = None
+        attempts = 0
+        for attempts in range(1, c.retries + 2):
+            result = await fanout.load_version(self.session, ep, path, version, c.engine_api_key)
+            if result.ok:
+                break
+            if attempts <= c.retries:
+                await asyncio.sleep(c.retry_backoff_s * 2 ** (attempts - 1))
+        seconds = time.monotonic() - started
+        metrics.LOAD_SECONDS.labels(job_id).observe(seconds)
+        metrics.LOADS.labels(job_id, cause, "ok" if result.ok else "failed").inc()
+        if result.ok:
+            metrics.BYTES_LOADED.labels(job_id).inc(manifest.total_bytes)
+            await reg.release(ep.endpoint_id)
+            self._retry_at.pop((job_id, ep.endpoint_id), None)
+        else:
+            metrics.LOAD_FAILURES.labels(job_id).inc()
+            await reg.hold(ep.endpoint_id, f"failed to load version {version}: {result.error}")
+            log.warning("endpoint failed to load", extra={"job": job_id, "endpoint": ep.endpoint_id,
+                                                          "version": version, "error": result.error})
+        await self._record(job_id, ep.endpoint_id, version, result.ok, seconds, result.error)
+        return Outcome(ep.endpoint_id, result.ok, seconds, result.error, attempts)
+
+    async def _record(self, job_id: str, endpoint_id: str, version: int, ok: bool, seconds: float,
+                      error: str) -> None:
+        key = job_prefix(self.config.key_prefix, job_id) + "weights:endpoints"
+        old = await self.redis.hget(key, endpoint_id)
+        failures = 0
+        if old:
+            try:
+                failures = int(json.loads(old).get("failures", 0))
+            except (ValueError, AttributeError, TypeError):
+                failures = 0
+        record = {"version": version, "ok": ok, "seconds": round(seconds, 4), "error": error[:500],
+                  "failures": failures + (not ok), "at_ms": int(time.time() * 1000)}
+        await self.redis.hset(key, endpoint_id, json.dumps(record))
+
+    async def last_syncs(self, job_id: str) -> dict[str, dict]:
+        rows = await self.redis.hgetall(job_prefix(self.config.key_prefix, job_id) + "weights:endpoints")
+        out = {}
+        for k, v in rows.items():
+            try:
+                record = json.loads(v)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out[k.decode(errors="replace")] = record
+        return out
+
+    # --- catching up ---------------------------------------------------------
+
+    async def jobs(self) -> list[str]:
+        return sorted(m.decode(errors="replace") for m in await self.redis.smembers(self.jobs_key))
+
+    async def reconcile(self, job_id: str) -> list[Outcome]:
+        """Load the published version into fresh endpoints that do not serve it; refresh the gauges."""
+        reg = self.registry(job_id)
+        fresh = await reg.fresh()
+        published = await reg.published()
+        self._gauges(job_id, fresh, await reg.held())
+        if published is None:
+            return []
+        now = time.monotonic()
+        behind = [e for e in fresh if (version_number(e.weight_version) or -1) < published.version
+                  and self._retry_at.get((job_id, e.endpoint_id), 0) <= now]
+        if not behind:
+            return []
+        lock = self._lock(job_id, 0)
+        if not await lock.acquire(blocking=False):
+            return []  # a publish is running; it loads them
+        try:
+            published = await reg.published()  # may have moved while we waited for nothing
+            behind = [e for e in await reg.fresh() if e.endpoint_id in {b.endpoint_id for b in behind}
+                      and (version_number(e.weight_version) or -1) < published.version]
+            for ep in behind:
+                await reg.hold(ep.endpoint_id, f"behind: serves {ep.weight_version}, published {published.version}")
+            try:
+                manifest = await asyncio.to_thread(read_manifest, pathlib.Path(published.path), False)
+            except CheckpointError as exc:
+                log.error("published version is unreadable", extra={"job": job_id, "error": str(exc)})
+                return []
+            outcomes = await self._load_all(job_id, reg, behind, published.path, published.version, manifest,
+                                            "catch_up")
+        finally:
+            try:
+                await lock.release()
+            except LockError:
+                pass
+        for o in outcomes:
+            if not o.ok:
+                failures = (await self.last_syncs(job_id)).get(o.endpoint_id, {}).get("failures", 1)
+                delay = min(300.0, max(1.0, self.config.retry_backoff_s) * 2 ** min(8, int(failures)))
+                self._retry_at[(job_id, o.endpoint_id)] = time.monotonic() + delay
+        log.info("caught up", extra={"job": job_id, "version": published.version,
+                                     "ok": [o.endpoint_id for o in outcomes if o.ok],
+                                     "failed": [o.endpoint_id for o in outcomes if not o.ok]})
+        return outcomes
+
+    def _gauges(self, job_id: str, fresh: list[Endpoint], held: dict[str, str]) -> None:
+        counts: dict[str, int] = {}
+        for e in fresh:
+            counts[e.weight_version] = counts.get(e.weight_version, 0) + 1
+        for labels in list(metrics.ENDPOINTS._metrics):  # versions nobody serves any more
+            if labels[0] == job_id and labels[1] not in counts:
+                metrics.ENDPOINTS.remove(*labels)
+        for version, n in counts.items():
+            metrics.ENDPOINTS.labels(job_id, version).set(n)
+        metrics.HELD.labels(job_id).set(len([e for e in fresh if e.endpoint_id in held]))
+
+    async def status(self, job_id: str) -> tuple[Published | None, list[dict]]:
+        reg = self.registry(job_id)
+        everything = await reg.all()
+        held, published, syncs = await reg.held(), await reg.published(), await self.last_syncs(job_id)
+        sec, usec = await self.redis.time()
+        now_ms = sec * 1000 + usec // 1000
+        rows = []
+        for e in everything:
+            fresh = now_ms - e.heartbeat_ms <= reg.ttl_ms
+            sync = syncs.get(e.endpoint_id, {})
+            rows.append({
+                "endpoint": e, "fresh": fresh, "routable": fresh and reg.routable(e, held, published),
+                "held": held.get(e.endpoint_id, ""), "age_s": max(0.0, (now_ms - e.heartbeat_ms) / 1000),
+                "last_sync_seconds": float(sync.get("seconds", 0.0)), "last_error": str(sync.get("error", "")),
+                "failures": int(sync.get("failures", 0)),
+            })
+        return published, rows
