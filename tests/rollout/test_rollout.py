@@ -9,7 +9,7 @@ from transformers import Qwen2VLImageProcessorPil
 
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.v1 import buffer_pb2
-from tests.rollout.conftest import PREFIX, TASK, buffer_for, engine_for, gateway_for, wait_until
+from tests.rollout.conftest import PREFIX, TASK, buffer_for, engine_for, gateway_for, metric, wait_until
 
 def test_a_short_run_writes_complete_consistent_groups(stack, redis_server):
     job = f"run-{uuid.uuid4().hex[:6]}"
@@ -108,3 +108,27 @@ def test_synchronous_mode_makes_b_groups_per_version_behind_a_barrier(stack, red
         assert gateway.stop() == 0, gateway.logs()[-3000:]
         engine.stop()
         ch.close()
+
+
+def test_more_episodes_than_browser_contexts_wait_for_one_instead_of_failing(stack, redis_server):
+    """envfleet has 4 contexts; 8 episodes at once: the extra Allocate calls are refused as full and
+    retried, not counted as environment faults, and every group completes."""
+    job = f"full-{uuid.uuid4().hex[:6]}"
+    ch, buf = buffer_for(stack)
+    buf.ConfigureJob(buffer_pb2.ConfigureJobRequest(job_id=job, batch_groups=2, max_staleness=2,
+                                                    keep_zero_variance=True))
+    engine = engine_for(stack, redis_server, job)
+    gateway = gateway_for(stack, job, "--max-groups", "2", "--group-size", "4", "--max-concurrent-episodes", "8",
+                          "--env-retries", "0")
+    try:
+        wait_until(lambda: metric(gateway, "asyncwebrl_rollout_allocate_waits_total") > 0, 120,
+                   "an Allocate refused because envfleet is full")
+        assert metric(gateway, "asyncwebrl_rollout_episodes_total", 'outcome="env_error"') == 0
+        assert gateway.proc.wait(300) == 0, gateway.logs()[-3000:]
+        assert "Allocate: RESOURCE_EXHAUSTED" not in gateway.logs()
+    finally:
+        gateway.stop()
+        engine.stop()
+    stats = buf.Stats(buffer_pb2.BufferStatsRequest(job_id=job))
+    assert stats.groups_accepted == 2, stats
+    ch.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import logging
@@ -76,6 +77,21 @@ async def _demonstration(env, session: str, policy: Policy) -> tuple[str, list[i
     return text, [*ids, policy.tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
+async def _allocate(env, request: env_pb2.AllocateRequest, deadline: float) -> env_pb2.AllocateResponse:
+    """A lease; while envfleet is full (RESOURCE_EXHAUSTED: every context leased) wait for one to free
+    up, as that is capacity, not a fault. Anything else, or still full at the deadline, is an EnvFault."""
+    delay = 0.1
+    while True:
+        try:
+            return await env.Allocate(request, timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() + delay > deadline:
+                raise EnvFault(f"Allocate: {exc.code().name}: {exc.details()}") from exc
+            metrics.ALLOCATE_WAITS.inc()
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+
 async def run_episode(
     *, env, blobs: BlobStore, client: InferenceClient, policy: Policy, job_id: str, task: str, seed: int,
     difficulty: str, episode_id: str, step_limit: int, timeout_s: float, history_window: int,
@@ -86,10 +102,7 @@ async def run_episode(
     policy, and its action is recorded as the tool call the policy should have
     written (logprob 0, the trainer's current ``version``), for supervised warm-starts."""
     started = time.monotonic()
-    try:
-        lease = await env.Allocate(env_pb2.AllocateRequest(task=task, seed=seed, job_id=job_id), timeout=60)
-    except grpc.aio.AioRpcError as exc:
-        raise EnvFault(f"Allocate: {exc.code().name}: {exc.details()}") from exc
+    lease = await _allocate(env, env_pb2.AllocateRequest(task=task, seed=seed, job_id=job_id), started + timeout_s)
     session = lease.session_id
     observation = lease.observation
     instruction = observation.instruction

@@ -4,6 +4,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EPISODES_RUNNING = Gauge("asyncwebrl_rollout_episodes_running", "Episodes holding a pool slot.")
 GROUPS_RUNNING = Gauge("asyncwebrl_rollout_groups_running", "Groups started and not yet written or dropped.")
+ALLOCATE_WAITS = Counter("asyncwebrl_rollout_allocate_waits_total", "Allocate calls refused because envfleet "
+                         "was full (every context leased), retried after a pause.")
 EPISODES = Counter("asyncwebrl_rollout_episodes_total", "Episodes finished, by outcome.", ["outcome"])
 STEPS_PER_EPISODE = Histogram("asyncwebrl_rollout_steps_per_episode", "Steps of finished episodes.", ["outcome"],
                               buckets=(1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 70))
