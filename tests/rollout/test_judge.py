@@ -9,6 +9,7 @@ from aiohttp import web
 
 from asyncwebrl.rollout.judge import Judge, JudgeError, Rubric, judge_prompt, load_rubrics, parse_verdict
 from tests.engine.conftest import engine, models_root, png  # noqa: F401 - fixtures
+from tests.helpers import fake_http_server
 
 RUBRIC = Rubric(("The agent opened the order page.", "The answer gives the order number 4412."), "4412")
 
@@ -82,21 +83,15 @@ async def test_openai_compatible_judge_against_a_fake_endpoint():
         return web.json_response({"choices": [{"message": {"role": "assistant",
                                                            "content": "FACT 1: PASS\nFACT 2: PASS\nVERDICT: PASS"}}]})
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    judge = Judge(f"http://127.0.0.1:{port}", "openai", model="judge-vl")
-    try:
-        verdict = await judge.judge("Find the order", RUBRIC, "4412", [("image/png", png(3))])
-        assert verdict.passed and verdict.facts == (True, True)
-        content = seen["messages"][0]["content"]
-        assert seen["model"] == "judge-vl" and seen["temperature"] == 0
-        assert content[0]["type"] == "image_url" and content[0]["image_url"]["url"].startswith("data:image/png;base64,")
-        assert content[-1]["type"] == "text" and "4412" in content[-1]["text"]
-    finally:
-        await judge.close()
-        await runner.cleanup()
+    async with fake_http_server([("POST", "/v1/chat/completions", completions)]) as url:
+        judge = Judge(url, "openai", model="judge-vl")
+        try:
+            verdict = await judge.judge("Find the order", RUBRIC, "4412", [("image/png", png(3))])
+            assert verdict.passed and verdict.facts == (True, True)
+            content = seen["messages"][0]["content"]
+            assert seen["model"] == "judge-vl" and seen["temperature"] == 0
+            assert content[0]["type"] == "image_url" and content[0]["image_url"]["url"].startswith(
+                "data:image/png;base64,")
+            assert content[-1]["type"] == "text" and "4412" in content[-1]["text"]
+        finally:
+            await judge.close()

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from asyncwebrl.weightsync.config import WeightSyncConfig
 from asyncwebrl.weightsync.discovery import kubernetes_endpoints
+from tests.helpers import fake_http_server
 
 
 def pod(name: str, job: str | None, phase: str = "Running", ip: str = "10.0.0.7", deleting: bool = False) -> dict:
@@ -36,22 +37,13 @@ async def test_pods_become_endpoints_of_their_job(tmp_path):
         seen.append((request.path, dict(request.query), request.headers.get("Authorization")))
         return web.json_response(PODS)
 
-    app = web.Application()
-    app.router.add_get("/api/v1/namespaces/{ns}/pods", list_pods)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
     (tmp_path / "token").write_text("sa-token\n")
     (tmp_path / "namespace").write_text("ml\n")
-    config = WeightSyncConfig(discovery="kubernetes", k8s_api=f"http://127.0.0.1:{port}",
-                              k8s_token_file=str(tmp_path / "token"), k8s_ca_file="", k8s_port=30001)
-    try:
+    async with fake_http_server([("GET", "/api/v1/namespaces/{ns}/pods", list_pods)]) as url:
+        config = WeightSyncConfig(discovery="kubernetes", k8s_api=url, k8s_token_file=str(tmp_path / "token"),
+                                  k8s_ca_file="", k8s_port=30001)
         async with aiohttp.ClientSession() as session:
             found = await kubernetes_endpoints(config, session)
-    finally:
-        await runner.cleanup()
     assert seen == [("/api/v1/namespaces/ml/pods",
                      {"labelSelector": "app.kubernetes.io/component=inference", "limit": "4096"}, "Bearer sa-token")]
     assert [(e.job_id, e.endpoint_id, e.url) for e in found] == [
