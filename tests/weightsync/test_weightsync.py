@@ -162,10 +162,17 @@ def test_status_and_metrics_report_the_sync(stack):
     assert {e.endpoint_id for e in status.endpoints} == {"engine-0", "engine-1", "engine-2"}
     assert all(e.fresh and e.routable and e.weight_version == "8" and not e.held for e in status.endpoints)
     assert all(e.last_sync_seconds > 0 for e in status.endpoints)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{stack['ws'].http_port}/metrics", timeout=10).read().decode()
-    metric = {line.split(" ")[0]: float(line.split(" ")[-1]) for line in text.splitlines() if line and line[0] != "#"}
+    def scrape() -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{stack['ws'].http_port}/metrics", timeout=10).read().decode()
+        return {line.split(" ")[0]: float(line.split(" ")[-1]) for line in text.splitlines()
+                if line and line[0] != "#"}
+
+    # The per-version gauge is refreshed by the reconciler, every 0.3 s here.
+    wait_until(lambda: scrape().get(f'asyncwebrl_weightsync_endpoints{{job="{JOB}",version="8"}}') == 3, 10,
+               "three endpoints counted at version 8")
+    metric = scrape()
     assert metric[f'asyncwebrl_weightsync_published_version{{job="{JOB}"}}'] == 8
-    assert metric[f'asyncwebrl_weightsync_endpoints{{job="{JOB}",version="8"}}'] == 3
+    assert not any(k.startswith(f'asyncwebrl_weightsync_endpoints{{job="{JOB}",version="7"') for k in metric)
     assert metric[f'asyncwebrl_weightsync_publish_seconds_count{{job="{JOB}"}}'] >= 7
     assert metric[f'asyncwebrl_weightsync_load_failures_total{{job="{JOB}"}}'] >= 1
     assert metric[f'asyncwebrl_weightsync_loads_total{{cause="catch_up",job="{JOB}",result="ok"}}'] >= 1

@@ -39,6 +39,7 @@ key                          type      what
 ``J weights:endpoints``      hash      endpoint id -> JSON {version, ok, seconds,
                                        error, failures, at_ms}: last sync per endpoint
 ``J weights:lock``           string    weightsync's publish lock (token, expires)
+``J weights:lock:<endpoint>`` string   one load at a time into that endpoint
 ===========================  ========  ===============================================
 
 Deployment-wide (``P``):

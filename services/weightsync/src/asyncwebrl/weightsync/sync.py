@@ -8,8 +8,11 @@ endpoint that still fails is held (``J endpoints:held``), so the gateway stops
 routing to it. Only after the fan-out is the job's published version raised.
 
 The reconciler catches up endpoints that are behind the published version
-(restarted, newly scaled, failed earlier) under the same lock: it holds them,
-loads the version, and releases them. The registry's routing rule (serving at
+(restarted, newly scaled, failed earlier), each in the background: it checks
+what the endpoint really serves (its record may lag a heartbeat), holds it,
+loads the version, and releases it. Loads of one endpoint, by a publish or a
+catch-up, take that endpoint's lock, so they never interleave; a catch-up
+never loads over a newer version a publish has just put there. The registry's routing rule (serving at
 least the published version) keeps a joining endpoint out of rotation even
 before the reconciler has seen it.
 """
@@ -17,6 +20,7 @@ before the reconciler has seen it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,7 +29,7 @@ import time
 
 import aiohttp
 import redis.asyncio as aioredis
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 
 from asyncwebrl.common import fanout
 from asyncwebrl.common.keys import job_prefix
@@ -35,6 +39,7 @@ from asyncwebrl.weightsync import metrics
 from asyncwebrl.weightsync.config import WeightSyncConfig
 
 log = logging.getLogger("asyncwebrl.weightsync")
+LOCK_TTL_S = 30.0
 
 
 class Refused(Exception):
@@ -79,12 +84,17 @@ class WeightSync:
         self.redis = redis
         self.session: aiohttp.ClientSession | None = None
         self._retry_at: dict[tuple[str, str], float] = {}  # (job, endpoint) -> monotonic time of next catch-up
+        self._catching: dict[tuple[str, str], asyncio.Task] = {}
+        self._limits: dict[str, asyncio.Semaphore] = {}
         self.jobs_key = config.key_prefix + "jobs"
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.load_timeout_s))
 
     async def close(self) -> None:
+        for task in list(self._catching.values()):
+            task.cancel()
+        await asyncio.gather(*self._catching.values(), return_exceptions=True)
         if self.session is not None:
             await self.session.close()
 
@@ -92,11 +102,27 @@ class WeightSync:
         return Registry(self.redis, self.config.key_prefix, job_id, self.config.registry_ttl_s)
 
     def _lock(self, job_id: str, blocking_s: float | None):
-        c = self.config
-        # Outlives the longest fan-out, so a crashed holder's lock still expires.
-        ttl = c.load_timeout_s * (c.retries + 1) + 60
-        return self.redis.lock(job_prefix(c.key_prefix, job_id) + "weights:lock", timeout=ttl,
+        # Short enough that a crashed holder's lock frees soon; _kept() renews it while a fan-out runs.
+        return self.redis.lock(job_prefix(self.config.key_prefix, job_id) + "weights:lock", timeout=LOCK_TTL_S,
                                blocking_timeout=blocking_s)
+
+    @contextlib.asynccontextmanager
+    async def _kept(self, lock):
+        """Hold an acquired lock, renewing it until the block ends; then release it."""
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(LOCK_TTL_S / 3)
+                await lock.reacquire()
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LockError, RedisError):
+                await task
+            with contextlib.suppress(LockError, RedisError):
+                await lock.release()
 
     # --- publish -------------------------------------------------------------
 
@@ -122,20 +148,20 @@ class WeightSync:
         verify_s = time.monotonic() - started
         metrics.VERIFY_SECONDS.labels(job_id).observe(verify_s)
         reg = self.registry(job_id)
-        try:
-            async with self._lock(job_id, self.config.load_timeout_s * (self.config.retries + 1)):
-                published = await reg.published()
-                if published is not None and version < published.version:
-                    raise Refused("old", "version", f"{version} is older than the published version "
-                                                    f"{published.version}")
-                targets = [e for e in await reg.fresh() if version_number(e.weight_version) != version]
-                outcomes = await self._load_all(job_id, reg, targets, str(resolved), version, manifest, "publish")
-                await self.redis.sadd(self.jobs_key, job_id)
-                await self.redis.hset(reg.weights_key, mapping={
-                    "version": version, "path": str(resolved), "checksum": manifest.checksum,
-                    "at_ms": int(time.time() * 1000)})
-        except LockError as exc:
-            raise Refused("busy", "job_id", "another publish of this job did not finish in time") from exc
+        lock = self._lock(job_id, self.config.load_timeout_s * (self.config.retries + 1))
+        if not await lock.acquire():
+            raise Refused("busy", "job_id", "another publish of this job did not finish in time")
+        async with self._kept(lock):
+            published = await reg.published()
+            if published is not None and version < published.version:
+                raise Refused("old", "version", f"{version} is older than the published version "
+                                                f"{published.version}")
+            targets = [e for e in await reg.fresh() if version_number(e.weight_version) != version]
+            outcomes = await self._load_all(job_id, reg, targets, str(resolved), version, manifest)
+            await self.redis.sadd(self.jobs_key, job_id)
+            await self.redis.hset(reg.weights_key, mapping={
+                "version": version, "path": str(resolved), "checksum": manifest.checksum,
+                "at_ms": int(time.time() * 1000)})
         metrics.PUBLISHED_VERSION.labels(job_id).set(version)
         seconds = time.monotonic() - started
         metrics.PUBLISH_SECONDS.labels(job_id).observe(seconds)
@@ -145,41 +171,74 @@ class WeightSync:
                                      "failed": len(failed), "seconds": round(seconds, 3)})
         return PublishResult(version, outcomes, seconds, verify_s, manifest.total_bytes)
 
-    async def _load_all(self, job_id: str, reg: Registry, targets: list[Endpoint], path: str, version: int,
-                        manifest: Manifest, cause: str) -> list[Outcome]:
-        limit = asyncio.Semaphore(self.config.concurrency)
+    def _limit(self, job_id: str) -> asyncio.Semaphore:
+        """Loads of one job at once, publishes and catch-ups together (they read the same volume)."""
+        return self._limits.setdefault(job_id, asyncio.Semaphore(self.config.concurrency))
 
+    async def _load_all(self, job_id: str, reg: Registry, targets: list[Endpoint], path: str, version: int,
+                        manifest: Manifest) -> list[Outcome]:
         async def one(ep: Endpoint) -> Outcome:
-            async with limit:
-                return await self._load(job_id, reg, ep, path, version, manifest, cause)
+            async with self._limit(job_id):
+                return await self._load(job_id, reg, ep, path, version, manifest, "publish")
 
         return list(await asyncio.gather(*(one(ep) for ep in targets)))
 
+    def _endpoint_lock(self, job_id: str, endpoint_id: str, blocking_s: float | None):
+        """One load at a time per endpoint: a catch-up and a publish never interleave on it."""
+        return self.redis.lock(job_prefix(self.config.key_prefix, job_id) + f"weights:lock:{endpoint_id}",
+                               timeout=LOCK_TTL_S, blocking_timeout=blocking_s)
+
+    async def _served(self, ep: Endpoint) -> int | None:
+        """The version the endpoint really serves (its registry record may lag by a heartbeat)."""
+        headers = {"Authorization": f"Bearer {self.config.engine_api_key}"} if self.config.engine_api_key else {}
+        try:
+            async with self.session.get(ep.url + "/model_info", headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                info = await resp.json(content_type=None) if resp.status == 200 else {}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+        return version_number(str(info.get("weight_version", ""))) if isinstance(info, dict) else None
+
     async def _load(self, job_id: str, reg: Registry, ep: Endpoint, path: str, version: int, manifest: Manifest,
-                    cause: str) -> Outcome:
+                    cause: str) -> Outcome | None:
+        """Load one endpoint (retried). A catch-up does not wait for the endpoint's lock, and skips an
+        endpoint that already serves the version or a newer one (None then)."""
         c = self.config
-        started = time.monotonic()
-        result = None
-        attempts = 0
-        for attempts in range(1, c.retries + 2):
-            result = await fanout.load_version(self.session, ep, path, version, c.engine_api_key)
+        catch_up = cause == "catch_up"
+        lock = self._endpoint_lock(job_id, ep.endpoint_id, 0 if catch_up else c.load_timeout_s * (c.retries + 1))
+        if not await lock.acquire(blocking=not catch_up):
+            if catch_up:
+                return None
+            return Outcome(ep.endpoint_id, False, 0.0, "another load of this endpoint did not finish in time", 0)
+        async with self._kept(lock):
+            if catch_up:
+                served = await self._served(ep)
+                if served is not None and served >= version:
+                    await reg.release(ep.endpoint_id)
+                    return None
+                await reg.hold(ep.endpoint_id, f"behind: serves {ep.weight_version}, published {version}")
+            started = time.monotonic()
+            result = None
+            attempts = 0
+            for attempts in range(1, c.retries + 2):
+                result = await fanout.load_version(self.session, ep, path, version, c.engine_api_key)
+                if result.ok:
+                    break
+                if attempts <= c.retries:
+                    await asyncio.sleep(c.retry_backoff_s * 2 ** (attempts - 1))
+            seconds = time.monotonic() - started
+            metrics.LOAD_SECONDS.labels(job_id).observe(seconds)
+            metrics.LOADS.labels(job_id, cause, "ok" if result.ok else "failed").inc()
             if result.ok:
-                break
-            if attempts <= c.retries:
-                await asyncio.sleep(c.retry_backoff_s * 2 ** (attempts - 1))
-        seconds = time.monotonic() - started
-        metrics.LOAD_SECONDS.labels(job_id).observe(seconds)
-        metrics.LOADS.labels(job_id, cause, "ok" if result.ok else "failed").inc()
-        if result.ok:
-            metrics.BYTES_LOADED.labels(job_id).inc(manifest.total_bytes)
-            await reg.release(ep.endpoint_id)
-            self._retry_at.pop((job_id, ep.endpoint_id), None)
-        else:
-            metrics.LOAD_FAILURES.labels(job_id).inc()
-            await reg.hold(ep.endpoint_id, f"failed to load version {version}: {result.error}")
-            log.warning("endpoint failed to load", extra={"job": job_id, "endpoint": ep.endpoint_id,
-                                                          "version": version, "error": result.error})
-        await self._record(job_id, ep.endpoint_id, version, result.ok, seconds, result.error)
+                metrics.BYTES_LOADED.labels(job_id).inc(manifest.total_bytes)
+                await reg.release(ep.endpoint_id)
+                self._retry_at.pop((job_id, ep.endpoint_id), None)
+            else:
+                metrics.LOAD_FAILURES.labels(job_id).inc()
+                await reg.hold(ep.endpoint_id, f"failed to load version {version}: {result.error}")
+                log.warning("endpoint failed to load", extra={"job": job_id, "endpoint": ep.endpoint_id,
+                                                              "version": version, "error": result.error})
+            await self._record(job_id, ep.endpoint_id, version, result.ok, seconds, result.error)
         return Outcome(ep.endpoint_id, result.ok, seconds, result.error, attempts)
 
     async def _record(self, job_id: str, endpoint_id: str, version: int, ok: bool, seconds: float,
@@ -213,49 +272,44 @@ class WeightSync:
     async def jobs(self) -> list[str]:
         return sorted(m.decode(errors="replace") for m in await self.redis.smembers(self.jobs_key))
 
-    async def reconcile(self, job_id: str) -> list[Outcome]:
-        """Load the published version into fresh endpoints that do not serve it; refresh the gauges."""
+    async def reconcile(self, job_id: str) -> None:
+        """Start catching up fresh endpoints whose record is behind the published version (in the
+        background: one hung endpoint must not stall the others); refresh the gauges."""
         reg = self.registry(job_id)
         fresh = await reg.fresh()
         published = await reg.published()
         self._gauges(job_id, fresh, await reg.held())
         if published is None:
-            return []
+            return
         now = time.monotonic()
-        behind = [e for e in fresh if (version_number(e.weight_version) or -1) < published.version
-                  and self._retry_at.get((job_id, e.endpoint_id), 0) <= now]
-        if not behind:
-            return []
-        lock = self._lock(job_id, 0)
-        if not await lock.acquire(blocking=False):
-            return []  # a publish is running; it loads them
+        for ep in fresh:
+            key = (job_id, ep.endpoint_id)
+            if (version_number(ep.weight_version) or -1) < published.version and key not in self._catching \
+                    and self._retry_at.get(key, 0) <= now:
+                self._catching[key] = asyncio.create_task(self._catch_up(job_id, reg, ep, published))
+
+    async def _catch_up(self, job_id: str, reg: Registry, ep: Endpoint, published: Published) -> None:
+        key = (job_id, ep.endpoint_id)
         try:
-            published = await reg.published()  # may have moved while we waited for nothing
-            behind = [e for e in await reg.fresh() if e.endpoint_id in {b.endpoint_id for b in behind}
-                      and (version_number(e.weight_version) or -1) < published.version]
-            for ep in behind:
-                await reg.hold(ep.endpoint_id, f"behind: serves {ep.weight_version}, published {published.version}")
-            try:
-                manifest = await asyncio.to_thread(read_manifest, pathlib.Path(published.path), False)
-            except CheckpointError as exc:
-                log.error("published version is unreadable", extra={"job": job_id, "error": str(exc)})
-                return []
-            outcomes = await self._load_all(job_id, reg, behind, published.path, published.version, manifest,
-                                            "catch_up")
+            manifest = await asyncio.to_thread(read_manifest, pathlib.Path(published.path), False)
+            async with self._limit(job_id):
+                outcome = await self._load(job_id, reg, ep, published.path, published.version, manifest,
+                                           "catch_up")
+            if outcome is None:
+                return
+            if not outcome.ok:
+                failures = (await self.last_syncs(job_id)).get(ep.endpoint_id, {}).get("failures", 1)
+                self._retry_at[key] = time.monotonic() + min(
+                    300.0, max(1.0, self.config.retry_backoff_s) * 2 ** min(8, int(failures)))
+            log.info("catch-up", extra={"job": job_id, "endpoint": ep.endpoint_id, "version": published.version,
+                                        "ok": outcome.ok, "seconds": round(outcome.seconds, 3)})
+        except CheckpointError as exc:
+            log.error("the published version is unreadable", extra={"job": job_id, "error": str(exc)})
+            self._retry_at[key] = time.monotonic() + 30
+        except RedisError as exc:
+            log.warning("catch-up interrupted: %s", exc)
         finally:
-            try:
-                await lock.release()
-            except LockError:
-                pass
-        for o in outcomes:
-            if not o.ok:
-                failures = (await self.last_syncs(job_id)).get(o.endpoint_id, {}).get("failures", 1)
-                delay = min(300.0, max(1.0, self.config.retry_backoff_s) * 2 ** min(8, int(failures)))
-                self._retry_at[(job_id, o.endpoint_id)] = time.monotonic() + delay
-        log.info("caught up", extra={"job": job_id, "version": published.version,
-                                     "ok": [o.endpoint_id for o in outcomes if o.ok],
-                                     "failed": [o.endpoint_id for o in outcomes if not o.ok]})
-        return outcomes
+            self._catching.pop(key, None)
 
     def _gauges(self, job_id: str, fresh: list[Endpoint], held: dict[str, str]) -> None:
         counts: dict[str, int] = {}
