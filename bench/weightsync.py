@@ -71,6 +71,7 @@ def main() -> int:
     results: dict = {"sizes": {}}
     with tempfile.TemporaryDirectory(prefix="bench-ws-") as tmp:
         tmp = pathlib.Path(tmp)
+        (tmp / "redis").mkdir()
         redis = RedisServer(tmp / "redis")
         env = {"ASYNCWEBRL_AUTH_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": redis.password,
                "ASYNCWEBRL_ENGINE_API_KEY": KEY}
