@@ -40,9 +40,26 @@ async def _post(session: aiohttp.ClientSession, url: str, body: dict, headers: d
         return reply if isinstance(reply, dict) else {}
 
 
+def admin_headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+async def served_version(session: aiohttp.ClientSession, url: str, api_key: str = "") -> str | None:
+    """``weight_version`` from the endpoint's ``/model_info``; None when it does not answer it."""
+    try:
+        async with session.get(url + "/model_info", headers=admin_headers(api_key),
+                               timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            info = await resp.json(content_type=None) if resp.status == 200 else None
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    return str(info["weight_version"])[:64] if info.get("weight_version") is not None else "unknown"
+
+
 async def load_version(session: aiohttp.ClientSession, endpoint: Endpoint, model_path: str, version: int,
                        api_key: str = "") -> LoadResult:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = admin_headers(api_key)
     started = time.monotonic()
     paused = False
     try:

@@ -17,6 +17,7 @@ import urllib.parse
 
 import aiohttp
 
+from asyncwebrl.common.fanout import admin_headers, served_version
 from asyncwebrl.common.keys import is_job_id
 from asyncwebrl.common.registry import ENDPOINT_ID
 from asyncwebrl.weightsync.config import StaticEndpoint, WeightSyncConfig
@@ -59,17 +60,11 @@ async def kubernetes_endpoints(config: WeightSyncConfig, session: aiohttp.Client
 
 async def probe(session: aiohttp.ClientSession, url: str, api_key: str) -> str | None:
     """The served weight_version, or None when the server is not healthy."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    timeout = aiohttp.ClientTimeout(total=5)
     try:
-        async with session.get(url + "/health", headers=headers, timeout=timeout) as resp:
+        async with session.get(url + "/health", headers=admin_headers(api_key),
+                               timeout=aiohttp.ClientTimeout(total=5)) as resp:
             if resp.status != 200:
                 return None
-        async with session.get(url + "/model_info", headers=headers, timeout=timeout) as resp:
-            if resp.status != 200:
-                return None
-            info = await resp.json(content_type=None)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+    except (aiohttp.ClientError, asyncio.TimeoutError):
         return None
-    version = info.get("weight_version") if isinstance(info, dict) else None
-    return str(version)[:64] if version is not None else "unknown"
+    return await served_version(session, url, api_key)

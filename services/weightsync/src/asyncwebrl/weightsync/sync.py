@@ -190,14 +190,7 @@ class WeightSync:
 
     async def _served(self, ep: Endpoint) -> int | None:
         """The version the endpoint really serves (its registry record may lag by a heartbeat)."""
-        headers = {"Authorization": f"Bearer {self.config.engine_api_key}"} if self.config.engine_api_key else {}
-        try:
-            async with self.session.get(ep.url + "/model_info", headers=headers,
-                                        timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                info = await resp.json(content_type=None) if resp.status == 200 else {}
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return None
-        return version_number(str(info.get("weight_version", ""))) if isinstance(info, dict) else None
+        return version_number(await fanout.served_version(self.session, ep.url, self.config.engine_api_key) or "")
 
     async def _load(self, job_id: str, reg: Registry, ep: Endpoint, path: str, version: int, manifest: Manifest,
                     cause: str) -> Outcome | None:
