@@ -5,13 +5,16 @@ Real processes: redis-server, weightsync, embedded engines on the CPU registered
 checkpoints are Qwen2.5-VL models of the shipped tiny shape made wider and deeper (random weights,
 fp32 safetensors). "single load" is ``/update_weights_from_disk`` on one engine with nothing else
 running: the floor a parallel fan-out can approach. A Publish includes weightsync's verification
-(sha256 of every file), reported separately. Each point is the median of ``--repeats`` publishes.
+(sha256 of every file), reported separately. "parallel load" sends the same update to all n
+engines at once without weightsync: what n simultaneous loads cost on this machine. Each point
+is the median of ``--repeats`` publishes.
 Prints one JSON object on its last line and writes bench/results/weightsync.json and weightsync.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
@@ -87,7 +90,8 @@ def main() -> int:
                 ckpt = tmp / size / "ckpt"
                 version = 0
                 nbytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
-                row: dict = {"bytes": nbytes, "publish_s": {}, "verify_s": {}, "publish_runs_s": {}}
+                row: dict = {"bytes": nbytes, "publish_s": {}, "verify_s": {}, "publish_runs_s": {},
+                             "parallel_load_s": {}}
                 for n in sorted(args.engines):
                     job = f"{size.lower()}-n{n}"
                     engines = [EngineProcess(
@@ -112,6 +116,18 @@ def main() -> int:
                                 singles.append(time.monotonic() - started)
                             row["single_load_s"] = statistics.median(singles)
                             row["single_load_runs_s"] = singles
+                        # This machine's own floor for n loads at once: every engine told directly, no
+                        # weightsync, no verification. Publish can only approach it.
+                        together = []
+                        for _ in range(args.repeats):
+                            version += 1
+                            path = make_version(ckpt, version, base)
+                            started = time.monotonic()
+                            with concurrent.futures.ThreadPoolExecutor(n) as pool:
+                                body = {"model_path": str(path), "weight_version": str(version)}
+                                list(pool.map(lambda e, b=body: post(e.url, "/update_weights_from_disk", b), engines))
+                            together.append(time.monotonic() - started)
+                        row["parallel_load_s"][str(n)] = statistics.median(together)
                         runs, verify = [], []
                         for r in range(args.repeats):
                             version += 1
@@ -136,6 +152,8 @@ def main() -> int:
                         shutil.rmtree(version_dir(ckpt, v), ignore_errors=True)
                 top = str(max(args.engines))
                 row["fanout_over_single"] = row["publish_s"][top] / row["single_load_s"]
+                row["parallel_load_over_single"] = row["parallel_load_s"][top] / row["single_load_s"]
+                row["fanout_over_parallel_load"] = row["publish_s"][top] / row["parallel_load_s"][top]
                 row["fanout_minus_verify_over_single"] = (row["publish_s"][top] - row["verify_s"][top]) / \
                     row["single_load_s"]
                 results["sizes"][size] = row
@@ -151,6 +169,10 @@ def main() -> int:
         "target": f"fan-out to {top} <= 1.5x a single load",
         "fanout_over_single": {s: round(r["fanout_over_single"], 3) for s, r in results["sizes"].items()},
         "target_met": {s: r["fanout_over_single"] <= 1.5 for s, r in results["sizes"].items()},
+        # How far the machine itself is from the target (n loads on shared cores), and what
+        # weightsync adds on top of it.
+        "parallel_load_over_single": {s: round(r["parallel_load_over_single"], 3) for s, r in results["sizes"].items()},
+        "fanout_over_parallel_load": {s: round(r["fanout_over_parallel_load"], 3) for s, r in results["sizes"].items()},
         "command": "make bench-weightsync",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -177,6 +199,8 @@ def plot(results: dict, path: pathlib.Path) -> None:
                       label="load (pause, update, continue)")
         ax.bar(labels, verify, bottom=[v - w for v, w in zip(values, verify, strict=True)], color="#ff7f0e",
                label="verify (sha256)")
+        ax.plot([f"publish x{n}" for n in row["parallel_load_s"]], list(row["parallel_load_s"].values()), "k_",
+                ms=28, mew=2, label="same loads sent directly (no weightsync)")
         ax.axhline(1.5 * row["single_load_s"], color="grey", ls="--", lw=1, label="1.5x single load")
         for bar, v in zip(bars, values, strict=True):
             ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.2f}s", ha="center", va="bottom", fontsize=9)
