@@ -1,0 +1,147 @@
+"""The REST api (FastAPI). Errors are application/problem+json (RFC 9457) and
+name the field; every route but health, metrics and the schemas needs the
+bearer token; bodies are bounded before they are parsed."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+
+from asyncwebrl.api import metrics
+from asyncwebrl.api.config import ApiConfig
+from asyncwebrl.api.jobspec import JobSpec
+from asyncwebrl.api.store import FINAL, BadPageToken, Job, JobStore, StoreFull, decode_token, encode_token
+from asyncwebrl.common.keys import is_job_id
+
+PROBLEM = "application/problem+json"
+
+
+class Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str, **extra) -> None:
+        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+
+
+def problem(status: int, title: str, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def field_name(loc) -> str:
+    """('body', 'algorithm', 'k') -> 'algorithm.k'; list indices as [i]."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path") else loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or str(loc[0] if loc else "body")
+
+
+def job_view(job: Job, progress: dict | None = None) -> dict:
+    view = {"id": job.job_id, "name": job.spec.name, "state": job.state, "reason": job.reason,
+            "created_ms": job.created_ms, "updated_ms": job.updated_ms, "spec": job.spec.model_dump()}
+    if progress is not None:
+        view["progress"] = progress
+    return view
+
+
+def create_app(config: ApiConfig, store: JobStore) -> FastAPI:
+    app = FastAPI(title="asyncwebrl", version="0.1.0", description="Jobs of asynchronous multi-step RL for "
+                  "vision-language web agents.")
+
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
+            return problem(413, "Payload Too Large", f"body: larger than {config.max_body_bytes} bytes")
+        if request.method in ("POST", "PUT", "PATCH") and length is None:
+            # Chunked: read at most the limit + 1 and hand the route what was read.
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > config.max_body_bytes:
+                    return problem(413, "Payload Too Large", f"body: larger than {config.max_body_bytes} bytes")
+            request._body = body
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": field_name(e.get("loc", ())), "message": str(e.get("msg", ""))[:300]}
+                  for e in exc.errors()[:50]]
+        first = errors[0] if errors else {"field": "body", "message": "invalid"}
+        metrics.REJECTED.labels("invalid").inc()
+        return problem(422, "Unprocessable Content", f"{first['field']}: {first['message']}", errors=errors)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail) if exc.status_code != 405 else "Method Not Allowed",
+                       str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Problem)
+    async def our_problem(_request: Request, exc: Problem) -> JSONResponse:
+        return problem(exc.status, exc.title, exc.detail, **exc.extra)
+
+    @app.exception_handler(RedisError)
+    async def redis_down(_request: Request, exc: RedisError) -> JSONResponse:
+        return problem(503, "Service Unavailable", f"redis: {type(exc).__name__}")
+
+    async def authorized(request: Request) -> None:
+        if not config.api_token:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), config.api_token.encode()):
+            metrics.REJECTED.labels("unauthorized").inc()
+            raise HTTPException(401, "authorization: a valid bearer token is required",
+                                headers={"WWW-Authenticate": 'Bearer realm="asyncwebrl"'})
+
+    auth = [Depends(authorized)]
+
+    async def existing(job_id: str) -> Job:
+        job = await store.get(job_id) if is_job_id(job_id) else None
+        if job is None:
+            raise Problem(404, "Not Found", f"job_id: no job {job_id[:80]!r}")
+        return job
+
+    @app.get("/v1/schema/job", tags=["schemas"])
+    async def job_schema() -> dict:
+        """The job document's JSON Schema (the same document the CLI reads from YAML)."""
+        return JobSpec.model_json_schema()
+
+    @app.post("/v1/jobs", status_code=201, dependencies=auth, tags=["jobs"])
+    async def create_job(spec: JobSpec) -> dict:
+        try:
+            job = await store.create(spec)
+        except StoreFull as exc:
+            raise Problem(409, "Conflict", f"jobs: {exc}") from exc
+        metrics.JOBS_CREATED.inc()
+        return job_view(job)
+
+    @app.get("/v1/jobs", dependencies=auth, tags=["jobs"])
+    async def list_jobs(page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+                        page_token: Annotated[str, Query(max_length=200)] = "") -> dict:
+        try:
+            offset = decode_token(page_token) if page_token else 0
+        except BadPageToken as exc:
+            raise Problem(400, "Bad Request", str(exc)) from exc
+        jobs, nxt = await store.list(page_size, offset)
+        return {"jobs": [job_view(j) for j in jobs], "next_page_token": encode_token(nxt) if nxt is not None else ""}
+
+    @app.get("/v1/jobs/{job_id}", dependencies=auth, tags=["jobs"])
+    async def get_job(job_id: str) -> dict:
+        job = await existing(job_id)
+        return job_view(job, await store.progress(job.job_id))
+
+    @app.delete("/v1/jobs/{job_id}", dependencies=auth, tags=["jobs"])
+    async def cancel_job(job_id: str) -> dict:
+        """Cancel: the job's processes stop, its data stays."""
+        job = await existing(job_id)
+        if job.state not in FINAL:
+            await store.set_state(job.job_id, "cancelled", "cancelled by request")
+            metrics.JOBS_CANCELLED.inc()
+        return job_view(await existing(job_id))
+
+    return app

@@ -1,0 +1,105 @@
+"""The job document: one pydantic schema for the REST body, the CLI's YAML and
+the launchers. Every field is bounded; unknown fields are refused so a typo in a
+YAML file is an error, not a silently ignored setting."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
+
+NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"  # also a DNS label, so workloads can carry it
+TASK = r"^[A-Za-z0-9_.-]{1,64}/[A-Za-z0-9_.-]{1,128}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    path: str = Field("tiny/qwen2_5_vl", min_length=1, max_length=512,
+                      description="Checkpoint directory under the model roots, or tiny/<family> for a shipped "
+                                  "tiny model.", pattern=r"^[A-Za-z0-9_./-]+$")
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+    @field_validator("path")
+    @classmethod
+    def _no_escape(cls, path: str) -> str:
+        if path.startswith("/") or ".." in path.split("/"):
+            raise ValueError("must be relative to the model roots, without '..'")
+        return path
+
+
+class TaskSpec(_Strict):
+    tasks: list[Annotated[str, StringConstraints(pattern=TASK)]] = Field(default_factory=list, max_length=256,
+                             description="Task names (source/name); empty: every task of `source`.")
+    source: str = Field("builtin", pattern=r"^[a-z0-9_-]{1,32}$")
+    difficulties: list[Literal["easy", "medium", "hard"]] = Field(
+        default_factory=lambda: ["easy", "medium", "hard"], min_length=1, max_length=3)
+    train_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of task sampling in training.")
+    eval_seed: int = Field(4242, ge=0, le=2**31 - 1, description="Seed of the held-out evaluation episodes.")
+    eval_groups: int = Field(16, ge=1, le=1024, description="Groups of the test split run by evaluate.")
+
+    @field_validator("eval_seed")
+    @classmethod
+    def _held_out(cls, seed: int, info: ValidationInfo) -> int:
+        if seed == info.data.get("train_seed"):
+            raise ValueError("must differ from train_seed (held-out episodes)")
+        return seed
+
+
+class AlgorithmSpec(_Strict):
+    step_norm: Literal["constant", "trajectory"] = "constant"
+    k: float = Field(10.0, gt=0, le=1000)
+    lr: float = Field(1e-6, gt=0, le=1.0)
+    warmup_steps: int = Field(0, ge=0, le=100_000)
+    epochs: int = Field(1, ge=1, le=16)
+    minibatches: int = Field(1, ge=1, le=64)
+    clip_eps: float = Field(0.2, gt=0, le=1.0)
+    kl_coef: float = Field(0.0, ge=0, le=10.0)
+    keep_zero_variance: bool = False
+    max_steps: int = Field(0, ge=0, le=10_000_000, description="Training steps; 0 = until cancelled.")
+    warm_start_steps: int = Field(0, ge=0, le=100_000,
+                                  description="Supervised steps on oracle demonstrations before RL.")
+
+
+class RolloutSpec(_Strict):
+    mode: Literal["async", "sync"] = "async"
+    group_size: int = Field(8, ge=2, le=256)
+    batch_groups: int = Field(4, ge=1, le=1024)
+    max_staleness: int = Field(2, ge=0, le=64)
+    concurrency: int = Field(16, ge=1, le=4096, description="Episodes running at once (per gateway).")
+    temperature: float = Field(1.0, ge=0, le=5.0)
+    max_new_tokens: int = Field(64, ge=1, le=8192)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sync_default(cls, data):
+        # Synchronous means eta = 0; saying "sync" alone should not need it spelled out.
+        if isinstance(data, dict) and data.get("mode") == "sync" and "max_staleness" not in data:
+            return {**data, "max_staleness": 0}
+        return data
+
+    @field_validator("max_staleness")
+    @classmethod
+    def _sync(cls, eta: int, info: ValidationInfo) -> int:
+        if info.data.get("mode") == "sync" and eta != 0:
+            raise ValueError("must be 0 in sync mode")
+        return eta
+
+
+class ResourceSpec(_Strict):
+    engines: int = Field(1, ge=1, le=256, description="Inference endpoints.")
+    engine_kind: Literal["embedded", "sglang"] = "embedded"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    trainer_gpus: int = Field(0, ge=0, le=64)
+    engine_gpus: int = Field(0, ge=0, le=8, description="GPUs per inference endpoint.")
+
+
+class JobSpec(_Strict):
+    name: str = Field(..., pattern=NAME, description="Lower-case DNS label; the job id is derived from it.")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    tasks: TaskSpec = Field(default_factory=TaskSpec)
+    algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
