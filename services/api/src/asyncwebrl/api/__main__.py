@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from asyncwebrl.api.app import create_app
 from asyncwebrl.api.config import ApiConfig
+from asyncwebrl.api.launcher import LocalLauncher
 from asyncwebrl.api.store import JobStore
 from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.grpcserver import ServiceRunner
@@ -23,7 +24,9 @@ log = logging.getLogger("asyncwebrl.api")
 async def serve(config: ApiConfig) -> None:
     redis = make_redis(config.redis_url, config.redis_password)
     await redis.ping()
-    app = create_app(config, JobStore(redis, config.key_prefix, config.max_jobs))
+    store = JobStore(redis, config.key_prefix, config.max_jobs)
+    launcher = LocalLauncher(config, store) if config.launcher == "local" else None
+    app = create_app(config, store, launcher)
     runner = ServiceRunner(config, [])
     runner.build_server()
     runner.install_signal_handlers()
@@ -38,10 +41,14 @@ async def serve(config: ApiConfig) -> None:
     if server.started:
         port = server.servers[0].sockets[0].getsockname()[1]
         log.info("api serving", extra={"api_port": port})
+        if launcher is not None:
+            await launcher.resume()
     await asyncio.wait({api, stop}, return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True
     await api
     stop.cancel()
+    if launcher is not None:
+        await launcher.close()
     await runner.stop()
     await redis.aclose()
 

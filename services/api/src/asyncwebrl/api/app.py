@@ -48,7 +48,8 @@ def job_view(job: Job, progress: dict | None = None) -> dict:
     return view
 
 
-def create_app(config: ApiConfig, store: JobStore) -> FastAPI:
+def create_app(config: ApiConfig, store: JobStore, launcher=None) -> FastAPI:
+    """``launcher``: a LocalLauncher, or None when another launcher acts on stored jobs."""
     app = FastAPI(title="asyncwebrl", version="0.1.0", description="Jobs of asynchronous multi-step RL for "
                   "vision-language web agents.")
 
@@ -118,6 +119,8 @@ def create_app(config: ApiConfig, store: JobStore) -> FastAPI:
         except StoreFull as exc:
             raise Problem(409, "Conflict", f"jobs: {exc}") from exc
         metrics.JOBS_CREATED.inc()
+        if launcher is not None:
+            launcher.start(job)
         return job_view(job)
 
     @app.get("/v1/jobs", dependencies=auth, tags=["jobs"])
@@ -133,14 +136,20 @@ def create_app(config: ApiConfig, store: JobStore) -> FastAPI:
     @app.get("/v1/jobs/{job_id}", dependencies=auth, tags=["jobs"])
     async def get_job(job_id: str) -> dict:
         job = await existing(job_id)
-        return job_view(job, await store.progress(job.job_id))
+        view = job_view(job, await store.progress(job.job_id))
+        if launcher is not None:
+            view["processes"] = launcher.status(job.job_id)
+        return view
 
     @app.delete("/v1/jobs/{job_id}", dependencies=auth, tags=["jobs"])
     async def cancel_job(job_id: str) -> dict:
         """Cancel: the job's processes stop, its data stays."""
         job = await existing(job_id)
         if job.state not in FINAL:
-            await store.set_state(job.job_id, "cancelled", "cancelled by request")
+            if launcher is not None:
+                await launcher.cancel(job.job_id)
+            else:
+                await store.set_state(job.job_id, "cancelled", "cancelled by request")
             metrics.JOBS_CANCELLED.inc()
         return job_view(await existing(job_id))
 

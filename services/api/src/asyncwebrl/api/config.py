@@ -21,6 +21,14 @@ class ApiConfig(ServiceConfig):
     allow_no_token: bool = option(False, "Serve without a token (loopback development only).")
     max_body_bytes: int = option(64 * 1024, "Largest request body accepted (413 above it).")
     max_jobs: int = option(10_000, "Jobs kept; creating more is refused until some are deleted.")
+    launcher: str = option("none", "local: run each job's engines, gateway and trainer as child processes; "
+                                   "none: only store jobs (another launcher acts on them).")
+    run_dir: str = option("runs", "local launcher: <run-dir>/<job>/ holds checkpoints and logs.")
+    envfleet_target: str = option("127.0.0.1:50061", "envfleet gRPC address the job's gateway uses.")
+    buffer_target: str = option("127.0.0.1:50062", "buffer gRPC address of the job's gateway and trainer.")
+    model_roots: tuple[str, ...] = option((), "Directories a job's model.path is looked up in (comma-separated).")
+    max_restarts: int = option(3, "local launcher: times one crashed child is started again before the job fails.")
+    engine_start_timeout_s: float = option(300.0, "local launcher: longest wait for an engine to load its model.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -29,3 +37,6 @@ class ApiConfig(ServiceConfig):
                 "required (or pass --allow-no-token for a loopback development server)")
         require(1024 <= self.max_body_bytes <= 16 * 1024 * 1024, "max_body_bytes", "must be in [1 KiB, 16 MiB]")
         require(1 <= self.max_jobs <= 1_000_000, "max_jobs", "must be in [1, 1000000]")
+        require(self.launcher in ("none", "local"), "launcher", f"must be none or local, got {self.launcher!r}")
+        require(0 <= self.max_restarts <= 100, "max_restarts", "must be in [0, 100]")
+        require(1 <= self.engine_start_timeout_s <= 3600, "engine_start_timeout_s", "must be in [1, 3600]")

@@ -71,6 +71,9 @@ class RolloutSpec(_Strict):
     concurrency: int = Field(16, ge=1, le=4096, description="Episodes running at once (per gateway).")
     temperature: float = Field(1.0, ge=0, le=5.0)
     max_new_tokens: int = Field(64, ge=1, le=8192)
+    steps_easy: int = Field(10, ge=1, le=500, description="Step limit of easy tasks.")
+    steps_medium: int = Field(20, ge=1, le=500, description="Step limit of medium tasks.")
+    steps_hard: int = Field(30, ge=1, le=500, description="Step limit of hard tasks.")
 
     @model_validator(mode="before")
     @classmethod

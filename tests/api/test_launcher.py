@@ -1,0 +1,157 @@
+"""The local launcher end to end: the api (a real process) starts a job's engine,
+gateway and trainer against real envfleet (Chromium), buffer and Redis; the job
+trains, a crashed child is restarted, cancel stops every process and keeps the data."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from asyncwebrl.common.localstack import ServiceProcess, free_port, wait_for_port
+from tests.api.test_api import call
+from tests.helpers import wait_until
+
+TOKEN = "launcher-api-token"
+SHARED = "launcher-shared-token"
+PREFIX = "launcher-test:"
+JOB = {
+    "name": "tiny", "model": {"path": "tiny/qwen2_5_vl"},
+    "tasks": {"tasks": ["miniwob/click-test"], "difficulties": ["easy"]},
+    # A random model fails every episode: keep those groups so versions still come.
+    "algorithm": {"lr": 1e-5, "keep_zero_variance": True},
+    "rollout": {"group_size": 2, "batch_groups": 1, "max_staleness": 1, "concurrency": 4, "max_new_tokens": 16,
+                "steps_easy": 2},
+    "resources": {"engines": 1, "device": "cpu"},
+}
+
+
+@pytest.fixture(scope="module")
+def api(redis_server, tmp_path_factory, chromium_path):
+    logs = tmp_path_factory.mktemp("launcher")
+    env = {"ASYNCWEBRL_AUTH_TOKEN": SHARED, "ASYNCWEBRL_REDIS_PASSWORD": redis_server.password}
+    common = ["--redis-url", redis_server.url, "--key-prefix", PREFIX, "--log-format", "text"]
+    envfleet = ServiceProcess("envfleet", [*common, "--browsers", "1", "--contexts-per-browser", "4",
+                                           "--task-sources", "miniwob", "--chromium-path", chromium_path],
+                              env, logs / "envfleet.log")
+    buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0"], env, logs / "buffer.log")
+    envfleet.wait_ready()
+    buffer.wait_ready()
+    port = free_port()
+    api = ServiceProcess("api", [*common, "--api-port", str(port), "--launcher", "local", "--run-dir",
+                                 str(logs / "runs"), "--envfleet-target", envfleet.target, "--buffer-target",
+                                 buffer.target, "--max-restarts", "2"],
+                         {**env, "ASYNCWEBRL_API_TOKEN": TOKEN}, logs / "api.log")
+    api.wait_ready()
+    wait_for_port(port, 30, api.proc)
+    api.api_port = port
+    api.run_dir = logs / "runs"
+    api.start_args = (common, env, envfleet.target, buffer.target, logs)
+    yield api
+    assert api.stop(timeout=90) == 0, api.logs()[-3000:]
+    buffer.stop()
+    envfleet.stop()
+
+
+def job_get(api, job_id: str) -> dict:
+    status, _, job = call(api, "GET", f"/v1/jobs/{job_id}", token=TOKEN)
+    assert status == 200, job
+    return job
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is not running
+        return f.read().split()[2] != "Z"
+
+
+@pytest.mark.timeout(900)
+def test_job_trains_survives_a_crash_and_cancel_stops_everything(api, redis_server):
+    status, _, job = call(api, "POST", "/v1/jobs", JOB, token=TOKEN)
+    assert status == 201, job
+    jid = job["id"]
+    job = wait_until(lambda: (j := job_get(api, jid))["state"] == "running" and j, 180, "job running")
+    procs = {p["role"]: p for p in job["processes"]}
+    assert set(procs) == {"engine", "trainer", "rollout"} and all(p["running"] for p in procs.values())
+
+    wait_until(lambda: job_get(api, jid)["progress"]["version"] >= 2, 300, "two versions trained")
+
+    # A crashed gateway is started again.
+    os.kill(procs["rollout"]["pid"], signal.SIGKILL)
+    again = wait_until(lambda: next((p for p in job_get(api, jid)["processes"]
+                                     if p["role"] == "rollout" and p["restarts"] == 1 and p["running"]), None), 60,
+                       "gateway restarted")
+    assert again["pid"] != procs["rollout"]["pid"]
+    version = job_get(api, jid)["progress"]["version"]
+    wait_until(lambda: job_get(api, jid)["progress"]["version"] > version, 300, "training goes on")
+
+    status, _, cancelled = call(api, "DELETE", f"/v1/jobs/{jid}", token=TOKEN)
+    assert status == 200 and cancelled["state"] == "cancelled"
+    final = job_get(api, jid)
+    assert final["processes"] and not any(p["running"] for p in final["processes"])
+    assert not any(alive(p["pid"]) for p in final["processes"])
+    # The data stays: checkpoints on disk, counters in Redis.
+    assert list((api.run_dir / jid / "checkpoints").glob("v*"))
+    assert int(redis_server.client().hget(f"{PREFIX}job:{jid}:counters", "version")) >= 3
+    assert (api.run_dir / jid / "logs" / "trainer.log").stat().st_size > 0
+
+
+def test_a_job_ends_when_its_trainer_reaches_max_steps(api):
+    status, _, job = call(api, "POST", "/v1/jobs", {**JOB, "name": "short",
+                                                     "algorithm": {**JOB["algorithm"], "max_steps": 1}}, token=TOKEN)
+    assert status == 201
+    done = wait_until(lambda: (j := job_get(api, job["id"]))["state"] in ("succeeded", "failed") and j, 300,
+                      "job finished")
+    assert done["state"] == "succeeded", done
+    assert not any(p["running"] or alive(p["pid"]) for p in done["processes"])
+
+
+def test_a_job_that_cannot_start_fails_with_the_reason(api):
+    status, _, job = call(api, "POST", "/v1/jobs", {**JOB, "name": "nomodel", "model": {"path": "nowhere/model"}},
+                          token=TOKEN)
+    assert status == 201
+    done = wait_until(lambda: (j := job_get(api, job["id"]))["state"] == "failed" and j, 30, "job failed")
+    assert done["reason"].startswith("launch: model.path")
+
+
+def _another_api(api, name: str) -> ServiceProcess:
+    common, env, envfleet, buffer, logs = api.start_args
+    port = free_port()
+    other = ServiceProcess("api", [*common, "--api-port", str(port), "--launcher", "local", "--run-dir",
+                                   str(api.run_dir), "--envfleet-target", envfleet, "--buffer-target", buffer],
+                           {**env, "ASYNCWEBRL_API_TOKEN": TOKEN}, logs / f"{name}.log")
+    other.wait_ready()
+    wait_for_port(port, 30, other.proc)
+    other.api_port = port
+    return other
+
+
+@pytest.mark.timeout(600)
+def test_a_restarted_api_resumes_its_running_jobs(api):
+    first = _another_api(api, "api-first")
+    status, _, job = call(first, "POST", "/v1/jobs", {**JOB, "name": "resumed"}, token=TOKEN)
+    assert status == 201
+    jid = job["id"]
+    wait_until(lambda: job_get(first, jid)["progress"]["version"] >= 1, 300, "first version")
+    pids = [p["pid"] for p in job_get(first, jid)["processes"]]
+    assert first.stop(timeout=90) == 0, first.logs()[-3000:]
+    assert not any(alive(pid) for pid in pids)  # SIGTERM to the api stops its job's processes
+
+    second = _another_api(api, "api-second")
+    try:
+        wait_until(lambda: (j := job_get(second, jid))["state"] == "running" and j["processes"] and all(
+            p["running"] for p in j["processes"]), 180, "job running again")
+        assert not set(pids) & {p["pid"] for p in job_get(second, jid)["processes"]}
+        # The trainer resumes from its checkpoints at the version it had reached.
+        log = api.run_dir / jid / "logs" / "trainer.log"
+        wait_until(lambda: "resumed from" in log.read_text(), 120, "trainer resumed")
+        resumed = int(log.read_text().split("ready at version ")[-1].split(",")[0])
+        assert resumed >= 1
+        assert call(second, "DELETE", f"/v1/jobs/{jid}", token=TOKEN)[0] == 200
+        assert not any(p["running"] for p in job_get(second, jid)["processes"])
+    finally:
+        assert second.stop(timeout=90) == 0, second.logs()[-3000:]
