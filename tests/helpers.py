@@ -34,3 +34,19 @@ async def fake_http_server(routes):
         yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     finally:
         await runner.cleanup()
+
+
+def start_envfleet_and_buffer(redis_server, prefix: str, token: str, logs, chromium_path: str):
+    """envfleet (one Chromium, 4 contexts, MiniWoB) and a buffer on ``redis_server``, both ready.
+    Returns (envfleet, buffer, env, common flags) for the services a test starts next to them."""
+    from asyncwebrl.common.localstack import ServiceProcess
+
+    env = {"ASYNCWEBRL_AUTH_TOKEN": token, "ASYNCWEBRL_REDIS_PASSWORD": redis_server.password}
+    common = ["--redis-url", redis_server.url, "--key-prefix", prefix, "--log-format", "text"]
+    envfleet = ServiceProcess("envfleet", [*common, "--browsers", "1", "--contexts-per-browser", "4",
+                                           "--task-sources", "miniwob", "--chromium-path", chromium_path],
+                              env, logs / "envfleet.log")
+    buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0"], env, logs / "buffer.log")
+    envfleet.wait_ready()
+    buffer.wait_ready()
+    return envfleet, buffer, env, common

@@ -11,7 +11,7 @@ import pytest
 
 from asyncwebrl.common.localstack import ServiceProcess, free_port, wait_for_port
 from tests.api.test_api import call
-from tests.helpers import wait_until
+from tests.helpers import start_envfleet_and_buffer, wait_until
 
 TOKEN = "launcher-api-token"
 SHARED = "launcher-shared-token"
@@ -30,14 +30,7 @@ JOB = {
 @pytest.fixture(scope="module")
 def api(redis_server, tmp_path_factory, chromium_path):
     logs = tmp_path_factory.mktemp("launcher")
-    env = {"ASYNCWEBRL_AUTH_TOKEN": SHARED, "ASYNCWEBRL_REDIS_PASSWORD": redis_server.password}
-    common = ["--redis-url", redis_server.url, "--key-prefix", PREFIX, "--log-format", "text"]
-    envfleet = ServiceProcess("envfleet", [*common, "--browsers", "1", "--contexts-per-browser", "4",
-                                           "--task-sources", "miniwob", "--chromium-path", chromium_path],
-                              env, logs / "envfleet.log")
-    buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0"], env, logs / "buffer.log")
-    envfleet.wait_ready()
-    buffer.wait_ready()
+    envfleet, buffer, env, common = start_envfleet_and_buffer(redis_server, PREFIX, SHARED, logs, chromium_path)
     port = free_port()
     api = ServiceProcess("api", [*common, "--api-port", str(port), "--launcher", "local", "--run-dir",
                                  str(logs / "runs"), "--envfleet-target", envfleet.target, "--buffer-target",

@@ -10,6 +10,7 @@ from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.common.localstack import EngineProcess, ServiceProcess
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.v1 import buffer_pb2_grpc
+from tests.helpers import start_envfleet_and_buffer
 from tests.helpers import wait_until  # noqa: F401 - re-exported to the rollout tests
 
 TOKEN = "rollout-token"
@@ -21,14 +22,7 @@ TASK = "miniwob/click-test"
 def stack(redis_server, tmp_path_factory, chromium_path):
     """envfleet, buffer and one registered engine, shared by the module's jobs."""
     logs = tmp_path_factory.mktemp("rollout")
-    env = {"ASYNCWEBRL_AUTH_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": redis_server.password}
-    common = ["--redis-url", redis_server.url, "--key-prefix", PREFIX, "--log-format", "text"]
-    envfleet = ServiceProcess("envfleet", [*common, "--browsers", "1", "--contexts-per-browser", "4",
-                                           "--task-sources", "miniwob", "--chromium-path", chromium_path],
-                              env, logs / "envfleet.log")
-    buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0"], env, logs / "buffer.log")
-    envfleet.wait_ready()
-    buffer.wait_ready()
+    envfleet, buffer, env, common = start_envfleet_and_buffer(redis_server, PREFIX, TOKEN, logs, chromium_path)
     yield {"envfleet": envfleet, "buffer": buffer, "logs": logs, "env": env, "common": common}
     for svc in (buffer, envfleet):
         svc.stop()
