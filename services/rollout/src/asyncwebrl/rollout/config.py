@@ -40,6 +40,8 @@ class RolloutConfig(ServiceConfig):
     temperature: float = option(1.0, "Sampling temperature.")
     generate_timeout_s: float = option(120.0, "Timeout of one call to an inference endpoint.")
     seed: int = option(0, "Seed of task and task-seed sampling.")
+    split: str = option("any", "Task seeds drawn from: train (seed % 10 != 0), test (seed % 10 == 0, the held-out "
+                               "seeds of evaluations; the built-in sites' split rule), or any.")
     registry_ttl_s: float = option(10.0, "An endpoint whose heartbeat is older than this gets no requests.")
     gate_poll_s: float = option(0.5, "How often a closed staleness gate is checked again.")
     env_retries: int = option(1, "Times an episode hit by an environment fault is run again.")
@@ -70,6 +72,7 @@ class RolloutConfig(ServiceConfig):
         require(1 <= self.max_new_tokens <= 32768, "max_new_tokens", "must be in [1, 32768]")
         require(0 <= self.temperature <= 10, "temperature", "must be in [0, 10]")
         require(0 <= self.env_retries <= 5, "env_retries", "must be in [0, 5]")
+        require(self.split in ("any", "train", "test"), "split", f"must be any, train or test, got {self.split!r}")
         require(self.judge_kind in ("sglang", "openai"), "judge_kind", "must be sglang or openai")
         require(not self.rubrics or bool(self.judge_url), "judge_url", "rubric tasks need a judge endpoint")
         require(set(self.difficulties) <= {"easy", "medium", "hard"} and self.difficulties, "difficulties",

@@ -28,6 +28,8 @@ from asyncwebrl.rollout.episode import EnvFault, NoDemonstration, Policy, run_ep
 from asyncwebrl.rollout.judge import Judge, JudgeError, Rubric
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
+TEST_EVERY = 10  # envfleet.sites.splits.TEST_EVERY (a service never imports another)
+
 log = logging.getLogger("asyncwebrl.rollout")
 
 
@@ -131,7 +133,7 @@ class Gateway:
 
     def _start_group(self) -> None:
         task = self.rng.choice(self.tasks)
-        seed = self.rng.randrange(1 << 31)
+        seed = split_seed(self.rng.randrange(1 << 31), self.config.split)
         self.started_groups += 1
         self.running_groups += 1
         self.waiting_episodes += self.config.group_size
@@ -214,6 +216,16 @@ class Gateway:
             finally:
                 metrics.EPISODES_RUNNING.dec()
         raise AssertionError("unreachable")
+
+
+def split_seed(seed: int, split: str) -> int:
+    """Move a drawn seed into its split: test seeds are the multiples of TEST_EVERY (as envfleet's
+    built-in sites define them), train seeds the rest, so training never sees an evaluation's instance."""
+    if split == "test":
+        return seed - seed % TEST_EVERY
+    if split == "train" and seed % TEST_EVERY == 0:
+        return seed + 1
+    return seed
 
 
 def _version(label: str) -> int:
