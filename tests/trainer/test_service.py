@@ -13,6 +13,7 @@ import torch
 
 from asyncwebrl.common import weights
 from asyncwebrl.common.agent.vision import decode_image, process_images
+from asyncwebrl.common.archive import EpisodeArchive
 from asyncwebrl.common.models.loading import load_policy
 from asyncwebrl.common.models.logprobs import Sample, output_logprobs
 from asyncwebrl.common.grpcclient import channel
@@ -80,6 +81,14 @@ def test_trains_publishes_acks_and_logs(stack):
         assert set(first["seconds"]) == {"wait", "proximal", "forward_backward", "optimizer", "checkpoint", "publish"}
         assert first["seconds"]["publish"] > 0 and first["train_tokens_per_s"] > 0
         assert len(list((tmp_path / "full").iterdir())) == 2
+        # The viewer's archive: a success and a failure of each batch, with the screenshots they show.
+        archive = EpisodeArchive(tmp_path / "episodes")
+        kept, total = archive.list()
+        assert total == 4 and sorted(e.success for e in kept) == [False, False, True, True]
+        episode = archive.get(kept[0].id)
+        shot = episode["steps"][0]["screenshot"]
+        assert decode_image(archive.blob(shot["sha256"])).size == (shot["width"], shot["height"])
+        assert episode["steps"][-1]["reward"] == episode["reward"]
     finally:
         engine.stop()
 

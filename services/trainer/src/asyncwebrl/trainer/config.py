@@ -66,10 +66,17 @@ class TrainerConfig(ServiceConfig):
     registry_ttl_s: float = option(10.0, "An endpoint whose heartbeat is older than this is not updated.")
     metrics_log: str = option("", "JSONL file of per-step metrics (default: <checkpoint_dir>/metrics.jsonl).")
     seed: int = option(0, "Seed of shuffling and of torch.")
+    archive_dir: str = option("", "Where episodes are kept for the trajectory viewer (default: "
+                                  "<checkpoint_dir>/episodes).")
+    archive_per_step: int = option(2, "Episodes of each batch kept for the viewer (a success and a failure "
+                                      "first); 0 = none.")
+    archive_keep: int = option(200, "Newest episodes kept in the archive.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(is_job_id(self.job_id), "job_id", "must match [A-Za-z0-9_-]{1,64}")
+        require(0 <= self.archive_per_step <= 64, "archive_per_step", "must be in [0, 64]")
+        require(1 <= self.archive_keep <= 100_000, "archive_keep", "must be in [1, 100000]")
         require(bool(self.consumer) and len(self.consumer) <= 64, "consumer", "must be 1-64 characters")
         require(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
         require(self.dtype in ("float32", "bfloat16"), "dtype", "must be float32 or bfloat16")

@@ -25,6 +25,7 @@ import numpy as np
 
 from asyncwebrl.common import fanout, weights
 from asyncwebrl.common.agent.vision import BadImage, ImageBatch, decode_image, process_images
+from asyncwebrl.common.archive import EpisodeArchive
 from asyncwebrl.common.registry import Registry
 from asyncwebrl.trainer import metrics
 from asyncwebrl.trainer.batching import Row, rows_from_groups
@@ -160,6 +161,7 @@ class Trainer:
         self.registry = Registry(redis, config.key_prefix, config.job_id, config.registry_ttl_s) if redis else None
         self.stopping = asyncio.Event()
         self.log = metrics.JsonlLog(config.metrics_log or pathlib.Path(config.checkpoint_dir) / "metrics.jsonl")
+        self.archive = EpisodeArchive(config.archive_dir or pathlib.Path(config.checkpoint_dir) / "episodes")
 
     async def start(self) -> None:
         """Configure the job, then reconcile storage, buffer and endpoints after a restart."""
@@ -286,9 +288,24 @@ class Trainer:
         entry["unix"] = time.time()
         metrics.record(entry)
         self.log.write(entry)
+        if self.config.archive_per_step:
+            await asyncio.to_thread(self._keep_episodes, batch)
         log.info("step %d -> version %d: %d groups, success %.3f, loss %.5f, grad norm %.4f", entry["step"],
                  entry["version"], entry["groups"], entry["success"] or 0.0, entry["loss"], entry["grad_norm"])
         return True
+
+    def _keep_episodes(self, batch: Batch) -> None:
+        """A few of the batch's episodes for the viewer: a success and a failure first, then the rest."""
+        groups = [buffer_pb2.Group.FromString(g) for g in batch.groups]
+        pairs = [(g, e) for g in groups for e in g.episodes]
+        firsts = [next((p for p in pairs if p[1].success == ok), None) for ok in (True, False)]
+        chosen = [p for p in firsts if p] + [p for p in pairs if p not in firsts]
+        try:
+            for group, episode in chosen[:self.config.archive_per_step]:
+                self.archive.add(group, episode, batch.blobs, batch.version - 1)
+            self.archive.prune(self.config.archive_keep)
+        except OSError as exc:  # the viewer's copy must never stop training
+            log.warning("could not keep episodes for the viewer: %s", exc)
 
     def _train(self, batch: Batch) -> dict:
         self.learner.d.broadcast(batch)
