@@ -133,7 +133,9 @@ class EpisodeArchive:
         if not EPISODE_ID.match(episode_id) or not self.episodes.is_dir():
             return None
         for path in self.episodes.glob(f"*-{episode_id}.json"):
-            return self._read(path)
+            # The glob also matches an id that merely ends with "-<episode_id>": the sequence has no "-".
+            if path.name.partition("-")[2] == f"{episode_id}.json":
+                return self._read(path)
         return None
 
     def blob(self, sha256: str) -> bytes | None:
