@@ -4,6 +4,7 @@ trains, a crashed child is restarted, cancel stops every process and keeps the d
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 
@@ -82,6 +83,35 @@ def test_job_trains_survives_a_crash_and_cancel_stops_everything(api, redis_serv
     version = job_get(api, jid)["progress"]["version"]
     wait_until(lambda: job_get(api, jid)["progress"]["version"] > version, 300, "training goes on")
 
+    # The trainer's metrics as a time series, paged by step.
+    status, _, m = call(api, "GET", f"/v1/jobs/{jid}/metrics?limit=2", token=TOKEN)
+    assert status == 200 and [r["step"] for r in m["series"]] == [1, 2] and m["next_since_step"] == 2
+    assert {"success", "trajectories_per_hour", "staleness_mean", "loss"} <= set(m["series"][0])
+    rest = call(api, "GET", f"/v1/jobs/{jid}/metrics?since_step=2", token=TOKEN)[2]["series"]
+    assert rest and rest[0]["step"] == 3
+    status, text = raw_get(api, f"/v1/jobs/{jid}/logs/trainer?tail_bytes=100000")
+    assert status == 200 and "ready at version" in text, text[-500:]
+    assert raw_get(api, f"/v1/jobs/{jid}/logs/..%2Fapi")[0] == 404
+
+    # Evaluate the newest version on held-out seeds while training goes on.
+    status, _, ev = call(api, "POST", f"/v1/jobs/{jid}/evaluate", {"groups": 2, "group_size": 2}, token=TOKEN)
+    assert status == 202 and ev["state"] == "running" and ev["version"] >= 3, ev
+    done = wait_until(lambda: (e := call(api, "GET", f"/v1/jobs/{jid}/evaluations/{ev['id']}", token=TOKEN)[2])[
+        "state"] != "running" and e, 300, "evaluation finished")
+    assert done["state"] == "succeeded", done
+    result = done["result"]
+    assert result["episodes"] == 4 and result["by_difficulty"]["easy"]["episodes"] == 4
+    assert 0.0 <= result["success"] <= 1.0 and result["mean_steps"] >= 1
+    assert [e["id"] for e in call(api, "GET", f"/v1/jobs/{jid}/evaluations", token=TOKEN)[2]["evaluations"]] == [
+        ev["id"]]
+    # Its episodes are on test seeds and kept for the viewer, beside the trainer's.
+    page = call(api, "GET", f"/v1/jobs/{jid}/episodes?source={ev['id']}", token=TOKEN)[2]
+    assert page["total"] == 4 and {"train", ev["id"]} <= set(page["sources"])
+    assert all(e["seed"] % 10 == 0 and e["version"] == ev["version"] for e in page["episodes"])
+    assert call(api, "GET", f"/v1/jobs/{jid}/episodes?source=train", token=TOKEN)[2]["total"] >= 2
+    assert call(api, "POST", f"/v1/jobs/{jid}/evaluate", {"version": 999}, token=TOKEN)[0] == 409
+    assert call(api, "POST", f"/v1/jobs/{jid}/evaluate", {"groups": 0}, token=TOKEN)[0] == 422
+
     status, _, cancelled = call(api, "DELETE", f"/v1/jobs/{jid}", token=TOKEN)
     assert status == 200 and cancelled["state"] == "cancelled"
     final = job_get(api, jid)
@@ -93,14 +123,24 @@ def test_job_trains_survives_a_crash_and_cancel_stops_everything(api, redis_serv
     assert (api.run_dir / jid / "logs" / "trainer.log").stat().st_size > 0
 
 
-def test_a_job_ends_when_its_trainer_reaches_max_steps(api):
-    status, _, job = call(api, "POST", "/v1/jobs", {**JOB, "name": "short",
-                                                     "algorithm": {**JOB["algorithm"], "max_steps": 1}}, token=TOKEN)
+def test_a_warm_started_job_ends_when_its_trainer_reaches_max_steps(api):
+    algorithm = {**JOB["algorithm"], "max_steps": 1, "warm_start_steps": 1, "warm_start_batch": 2,
+                 "warm_start_epochs": 1}
+    status, _, job = call(api, "POST", "/v1/jobs", {**JOB, "name": "short", "algorithm": algorithm}, token=TOKEN)
     assert status == 201
-    done = wait_until(lambda: (j := job_get(api, job["id"]))["state"] in ("succeeded", "failed") and j, 300,
+    jid = job["id"]
+    warm = wait_until(lambda: (j := job_get(api, jid))["phase"] == "warm_start" and j["processes"] and j, 120,
+                      "warm-start")
+    assert {p["role"] for p in warm["processes"]} == {"warm-trainer", "warm-rollout"}
+    done = wait_until(lambda: (j := job_get(api, jid))["state"] in ("succeeded", "failed") and j, 400,
                       "job finished")
     assert done["state"] == "succeeded", done
+    assert {p["role"] for p in done["processes"]} == {"engine", "trainer", "rollout"}
     assert not any(p["running"] or alive(p["pid"]) for p in done["processes"])
+    # The warm-start's supervised step has its own series; RL started from its weights (version 0).
+    assert [r["step"] for r in call(api, "GET", f"/v1/jobs/{jid}/metrics?phase=warm_start", token=TOKEN)[2][
+        "series"]] == [1]
+    assert (api.run_dir / jid / "warm" / "v00000001" / "manifest.json").is_file()
 
 
 def test_a_job_that_cannot_start_fails_with_the_reason(api):
@@ -109,6 +149,15 @@ def test_a_job_that_cannot_start_fails_with_the_reason(api):
     assert status == 201
     done = wait_until(lambda: (j := job_get(api, job["id"]))["state"] == "failed" and j, 30, "job failed")
     assert done["reason"].startswith("launch: model.path")
+
+
+def raw_get(api, path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", api.api_port, timeout=30)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+    resp = conn.getresponse()
+    text = resp.read().decode(errors="replace")
+    conn.close()
+    return resp.status, text
 
 
 def _another_api(api, name: str) -> ServiceProcess:

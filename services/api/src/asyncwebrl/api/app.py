@@ -4,19 +4,23 @@ bearer token; bodies are bounded before they are parsed."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import pathlib
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
-from asyncwebrl.api import metrics
+from asyncwebrl.api import metrics, runs
 from asyncwebrl.api.config import ApiConfig
-from asyncwebrl.api.jobspec import JobSpec
+from asyncwebrl.api.evaluate import EvalConflict
+from asyncwebrl.api.jobspec import EvaluateRequest, JobSpec
 from asyncwebrl.api.store import FINAL, BadPageToken, Job, JobStore, StoreFull, decode_token, encode_token
+from asyncwebrl.api.viewer import viewer_router
 from asyncwebrl.common.keys import is_job_id
 
 PROBLEM = "application/problem+json"
@@ -138,8 +142,62 @@ def create_app(config: ApiConfig, store: JobStore, launcher=None) -> FastAPI:
         job = await existing(job_id)
         view = job_view(job, await store.progress(job.job_id))
         if launcher is not None:
-            view["processes"] = launcher.status(job.job_id)
+            view["processes"] = await launcher.status(job.job_id)
+            if hasattr(launcher, "phase"):
+                view["phase"] = launcher.phase(job.job_id)
         return view
+
+    run_dir = pathlib.Path(config.run_dir)
+
+    @app.get("/v1/jobs/{job_id}/metrics", dependencies=auth, tags=["jobs"])
+    async def job_metrics(job_id: str, since_step: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+                          limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+                          phase: Annotated[str, Query(pattern="^(rl|warm_start)$")] = "rl") -> dict:
+        """The trainer's per-step metrics after ``since_step``, oldest first (``phase=warm_start``: the
+        supervised warm-start's)."""
+        job = await existing(job_id)
+        rows, last = await asyncio.to_thread(runs.series, runs.metrics_path(run_dir / job.job_id, phase),
+                                             since_step, limit)
+        return {"job_id": job.job_id, "phase": phase, "series": rows, "next_since_step": last}
+
+    @app.get("/v1/jobs/{job_id}/logs/{role}", dependencies=auth, tags=["jobs"], response_class=PlainTextResponse)
+    async def job_logs(job_id: str, role: Annotated[str, Path(max_length=40)],
+                       tail_bytes: Annotated[int, Query(ge=1, le=4 * 1024 * 1024)] = 64 * 1024) -> PlainTextResponse:
+        """The end of one process's log: trainer, rollout, engine-<i>, warm-trainer, warm-rollout,
+        eval-<n>-engine, eval-<n>-rollout."""
+        job = await existing(job_id)
+        data = await asyncio.to_thread(runs.log_tail, run_dir / job.job_id, role, tail_bytes)
+        if data is None:
+            raise Problem(404, "Not Found", f"role: no log {role[:40]!r} for job {job.job_id}")
+        return PlainTextResponse(data.decode(errors="replace"))
+
+    def evaluations():
+        if launcher is None or not hasattr(launcher, "evaluations"):
+            raise Problem(501, "Not Implemented", "evaluate: this api's launcher does not run evaluations "
+                                                  "(start it with --launcher local)")
+        return launcher.evaluations
+
+    @app.post("/v1/jobs/{job_id}/evaluate", status_code=202, dependencies=auth, tags=["evaluations"])
+    async def evaluate(job_id: str, request: EvaluateRequest | None = None) -> dict:
+        """The test split (held-out seeds) with one version of the policy; poll the evaluation it returns."""
+        job = await existing(job_id)
+        try:
+            return await evaluations().start(job, request or EvaluateRequest())
+        except EvalConflict as exc:
+            raise Problem(409, "Conflict", str(exc)) from exc
+
+    @app.get("/v1/jobs/{job_id}/evaluations", dependencies=auth, tags=["evaluations"])
+    async def list_evaluations(job_id: str) -> dict:
+        job = await existing(job_id)
+        return {"job_id": job.job_id, "evaluations": await evaluations().list(job.job_id)}
+
+    @app.get("/v1/jobs/{job_id}/evaluations/{eval_id}", dependencies=auth, tags=["evaluations"])
+    async def get_evaluation(job_id: str, eval_id: Annotated[str, Path(pattern=r"^eval-[0-9]{1,6}$")]) -> dict:
+        job = await existing(job_id)
+        doc = await evaluations().get(job.job_id, int(eval_id.split("-")[1]))
+        if doc is None:
+            raise Problem(404, "Not Found", f"eval_id: no evaluation {eval_id} of job {job.job_id}")
+        return doc
 
     @app.delete("/v1/jobs/{job_id}", dependencies=auth, tags=["jobs"])
     async def cancel_job(job_id: str) -> dict:
@@ -153,4 +211,5 @@ def create_app(config: ApiConfig, store: JobStore, launcher=None) -> FastAPI:
             metrics.JOBS_CANCELLED.inc()
         return job_view(await existing(job_id))
 
+    app.include_router(viewer_router(run_dir, auth, existing))
     return app

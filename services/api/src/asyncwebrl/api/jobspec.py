@@ -61,6 +61,9 @@ class AlgorithmSpec(_Strict):
     max_steps: int = Field(0, ge=0, le=10_000_000, description="Training steps; 0 = until cancelled.")
     warm_start_steps: int = Field(0, ge=0, le=100_000,
                                   description="Supervised steps on oracle demonstrations before RL.")
+    warm_start_lr: float = Field(3e-3, gt=0, le=1.0, description="Learning rate of the warm-start.")
+    warm_start_epochs: int = Field(8, ge=1, le=64, description="Passes over each batch of demonstrations.")
+    warm_start_batch: int = Field(16, ge=1, le=1024, description="Demonstration episodes per warm-start step.")
 
 
 class RolloutSpec(_Strict):
@@ -97,6 +100,15 @@ class ResourceSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trainer_gpus: int = Field(0, ge=0, le=64)
     engine_gpus: int = Field(0, ge=0, le=8, description="GPUs per inference endpoint.")
+
+
+class EvaluateRequest(_Strict):
+    """``POST /v1/jobs/{id}/evaluate``: the test split with one version of the policy."""
+
+    version: int | None = Field(None, ge=0, le=10_000_000, description="Version to evaluate; default the newest "
+                                "(0 is the starting policy, after any warm-start).")
+    groups: int | None = Field(None, ge=1, le=1024, description="Groups to run; default tasks.eval_groups.")
+    group_size: int | None = Field(None, ge=1, le=256, description="Episodes per group; default rollout.group_size.")
 
 
 class JobSpec(_Strict):
