@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTO_OUT := libs/common/src
 
-.PHONY: setup test demo protos bench bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync sites-report gallery clean
+.PHONY: setup test demo demo-down demo-envfleet protos bench bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync sites-report gallery clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -12,7 +12,15 @@ setup:
 test: setup
 	$(PY) -m pytest -q tests
 
+# The main job: the local stack, the demo job (warm-start, then asynchronous GRPO), a report.
 demo: setup
+	$(PY) scripts/demo.py --run-dir runs/demo
+
+demo-down: setup
+	$(VENV)/bin/asyncwebrl --run-dir runs/demo down
+
+# envfleet alone with a scripted agent through four MiniWoB tasks (screenshots in runs/demo-envfleet/).
+demo-envfleet: setup
 	$(PY) scripts/demo_envfleet.py
 
 protos: setup

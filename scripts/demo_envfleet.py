@@ -1,7 +1,7 @@
-"""`make demo` (for now): envfleet on a local redis-server, a scripted agent through MiniWoB tasks.
+"""`make demo-envfleet`: envfleet on a local redis-server, a scripted agent through MiniWoB tasks.
 
 Prints one line per episode and saves every screenshot the agent saw under
-runs/demo/. The training demo replaces this once the trainer lands.
+runs/demo-envfleet/ (`make demo-envfleet`; `make demo` is the training demo).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ TOKEN = "demo-token"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="episodes per task")
-    parser.add_argument("--out", default="runs/demo", help="where screenshots go")
+    parser.add_argument("--out", default="runs/demo-envfleet", help="where screenshots go")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

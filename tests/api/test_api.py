@@ -205,8 +205,8 @@ def test_sync_mode_alone_means_no_staleness(api):
 
 def test_fuzzed_bodies_and_paths_never_get_a_5xx(api):
     """Property-based: job documents with arbitrary JSON at up to three of the schema's fields,
-    arbitrary JSON bodies, path segments, query values and tokens; every answer is 2xx or a
-    4xx problem+json."""
+    arbitrary JSON bodies, path segments, query values and tokens, on every route (of an existing
+    job and of made-up ones); every answer is 2xx or a 4xx problem+json."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
@@ -229,12 +229,23 @@ def test_fuzzed_bodies_and_paths_never_get_a_5xx(api):
     segment = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/?#%"),
                       min_size=1, max_size=80)
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(body=bodies, job=segment, size=st.integers(-5, 500), token=st.text(alphabet=ascii_text, max_size=30))
-    def check(body, job, size, token):
+    known = call(api, "POST", "/v1/jobs", {"name": "fuzz-known"})[2]["id"]
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=bodies, job=st.just(known) | segment, seg=segment, size=st.integers(-5, 500),
+           token=st.text(alphabet=ascii_text, max_size=30))
+    def check(body, job, seg, size, token):
         import urllib.parse
 
+        j, q = urllib.parse.quote(job), urllib.parse.quote(seg)
         answers = [
+            call(api, "GET", f"/v1/jobs/{j}/metrics?since_step={size}&limit={size}&phase={q}"),
+            call(api, "GET", f"/v1/jobs/{j}/logs/{q}?tail_bytes={size}"),
+            call(api, "POST", f"/v1/jobs/{j}/evaluate", body),
+            call(api, "GET", f"/v1/jobs/{j}/evaluations/{q}"),
+            call(api, "GET", f"/v1/jobs/{j}/episodes?source={q}&page_size={size}&page_token={q}"),
+            call(api, "GET", f"/v1/jobs/{j}/episodes/{q}/{q}"),
+            call(api, "GET", f"/v1/jobs/{j}/episodes/{q}/screenshots/{q}"),
             call(api, "POST", "/v1/jobs", body),
             call(api, "GET", f"/v1/jobs/{urllib.parse.quote(job)}"),
             call(api, "DELETE", f"/v1/jobs/{urllib.parse.quote(job)}", token=token or None),

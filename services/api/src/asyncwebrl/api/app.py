@@ -173,8 +173,8 @@ def create_app(config: ApiConfig, store: JobStore, launcher=None) -> FastAPI:
 
     def evaluations():
         if launcher is None or not hasattr(launcher, "evaluations"):
-            raise Problem(501, "Not Implemented", "evaluate: this api's launcher does not run evaluations "
-                                                  "(start it with --launcher local)")
+            raise Problem(409, "Conflict", "evaluate: this api's launcher does not run evaluations "
+                                           "(start it with --launcher local)")
         return launcher.evaluations
 
     @app.post("/v1/jobs/{job_id}/evaluate", status_code=202, dependencies=auth, tags=["evaluations"])

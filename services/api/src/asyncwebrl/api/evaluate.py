@@ -124,7 +124,13 @@ class Evaluations:
         return warm[1]
 
     async def start(self, job: Job, request: EvaluateRequest) -> dict:
-        version, model = self.model_for(job, request.version)
+        if request.base:
+            try:
+                version, model = 0, resolve_model(job.spec, self.launcher.config.model_roots)
+            except LaunchError as exc:
+                raise EvalConflict(str(exc)) from exc
+        else:
+            version, model = self.model_for(job, request.version)
         if await self.redis.hlen(self._key(job.job_id)) >= MAX_EVALUATIONS:
             raise EvalConflict(f"evaluations: {MAX_EVALUATIONS} kept for this job already")
         n = int(await self.redis.incr(f"{self.prefix}api:evalseq:{job.job_id}"))
@@ -136,7 +142,8 @@ class Evaluations:
             raise EvalConflict(f"version: {version} could not be read ({exc})") from exc
         model = snapshot
         now = int(time.time() * 1000)
-        doc = {"id": f"eval-{n}", "n": n, "job_id": job.job_id, "version": version, "state": "running", "reason": "",
+        doc = {"id": f"eval-{n}", "n": n, "job_id": job.job_id, "version": version, "base": request.base,
+               "state": "running", "reason": "",
                "groups_requested": request.groups or job.spec.tasks.eval_groups,
                "group_size": request.group_size or job.spec.rollout.group_size, "split": "test",
                "seed": job.spec.tasks.eval_seed, "created_ms": now, "result": None}

@@ -109,6 +109,8 @@ class EvaluateRequest(_Strict):
                                 "(0 is the starting policy, after any warm-start).")
     groups: int | None = Field(None, ge=1, le=1024, description="Groups to run; default tasks.eval_groups.")
     group_size: int | None = Field(None, ge=1, le=256, description="Episodes per group; default rollout.group_size.")
+    base: bool = Field(False, description="Evaluate the model the job started from, before any warm-start "
+                                          "(version is then ignored).")
 
 
 class JobSpec(_Strict):
