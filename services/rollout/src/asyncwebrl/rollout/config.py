@@ -40,7 +40,7 @@ class RolloutConfig(ServiceConfig):
     temperature: float = option(1.0, "Sampling temperature.")
     generate_timeout_s: float = option(120.0, "Timeout of one call to an inference endpoint.")
     seed: int = option(0, "Seed of task and task-seed sampling.")
-    split: str = option("any", "Task seeds drawn from: train (seed % 10 != 0), test (seed % 10 == 0, the held-out "
+    split: str = option("any", "Task seeds drawn from: train (seed mod 10 != 0), test (seed mod 10 == 0, the held-out "
                                "seeds of evaluations; the built-in sites' split rule), or any.")
     registry_ttl_s: float = option(10.0, "An endpoint whose heartbeat is older than this gets no requests.")
     gate_poll_s: float = option(0.5, "How often a closed staleness gate is checked again.")
