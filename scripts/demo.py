@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="Override a job field, e.g. algorithm.max_steps=10.")
     parser.add_argument("--chromium-path", default="/usr/bin/chromium")
+    parser.add_argument("--eval-episodes", type=int, default=128, help="Held-out episodes per evaluation.")
     args = parser.parse_args()
     started = time.monotonic()
     run_dir = pathlib.Path(args.run_dir).resolve()
@@ -161,14 +162,16 @@ def main() -> None:
         f"{spec['algorithm']['max_steps']} GRPO steps (step_norm {spec['algorithm']['step_norm']}, "
         f"k {spec['algorithm']['k']}, eta {spec['rollout']['max_staleness']})")
 
-    evals: dict[str, dict] = {"base": client.request("POST", f"/v1/jobs/{jid}/evaluate", {"base": True})}
+    # Many instances with few episodes each: the success estimate varies less than with big groups.
+    ev = {"groups": args.eval_episodes // 4, "group_size": 4}
+    evals: dict[str, dict] = {"base": client.request("POST", f"/v1/jobs/{jid}/evaluate", {**ev, "base": True})}
     say(f"evaluating the untrained model on held-out seeds ({evals['base']['id']})")
     last_line, since = "", 0
     rl: list[dict] = []
     while True:
         job = client.get(f"/v1/jobs/{jid}")
         if job.get("phase") == "rl" and "warm" not in evals:
-            evals["warm"] = client.request("POST", f"/v1/jobs/{jid}/evaluate", {"version": 0})
+            evals["warm"] = client.request("POST", f"/v1/jobs/{jid}/evaluate", {**ev, "version": 0})
             say(f"warm-start done; evaluating it on held-out seeds ({evals['warm']['id']}) while RL runs")
         page = client.get(f"/v1/jobs/{jid}/metrics?since_step={since}")
         rl += page["series"]
@@ -185,7 +188,7 @@ def main() -> None:
         time.sleep(3)
     if job["state"] != "succeeded":
         raise SystemExit(f"demo: the job ended {job['state']}: {job['reason']}")
-    evals["final"] = client.request("POST", f"/v1/jobs/{jid}/evaluate", {})
+    evals["final"] = client.request("POST", f"/v1/jobs/{jid}/evaluate", ev)
     say(f"training done; evaluating version {evals['final']['version']} on held-out seeds ({evals['final']['id']})")
     for key in evals:
         evals[key] = wait_eval(client, jid, evals[key]["id"])

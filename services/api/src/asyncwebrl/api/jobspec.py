@@ -36,7 +36,8 @@ class TaskSpec(_Strict):
     source: str = Field("builtin", pattern=r"^[a-z0-9_-]{1,32}$")
     difficulties: list[Literal["easy", "medium", "hard"]] = Field(
         default_factory=lambda: ["easy", "medium", "hard"], min_length=1, max_length=3)
-    train_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of task sampling in training.")
+    train_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of task sampling in training (the "
+                            "warm-start's demonstrations draw from it, RL from train_seed + 1000).")
     eval_seed: int = Field(4242, ge=0, le=2**31 - 1, description="Seed of the held-out evaluation episodes.")
     eval_groups: int = Field(16, ge=1, le=1024, description="Groups of the test split run by evaluate.")
 

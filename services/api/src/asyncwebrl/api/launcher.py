@@ -120,7 +120,8 @@ def gateway_args(config: ApiConfig, spec: JobSpec, job_id: str, model: pathlib.P
 def rollout_args(config: ApiConfig, job: Job, model: pathlib.Path) -> list[str]:
     """``python -m asyncwebrl.rollout`` flags of the job's gateway (train split)."""
     r = job.spec.rollout
-    return [*gateway_args(config, job.spec, job.job_id, model, "train", job.spec.tasks.train_seed),
+    # Not the demonstrations' seed: RL draws other train instances than the warm-start saw.
+    return [*gateway_args(config, job.spec, job.job_id, model, "train", job.spec.tasks.train_seed + RL_SEED_OFFSET),
             "--group-size", str(r.group_size), *(["--sync"] if r.mode == "sync" else [])]
 
 
@@ -131,6 +132,9 @@ def warm_rollout_args(config: ApiConfig, job: Job, model: pathlib.Path) -> list[
     demos = math.ceil(1.1 * a.warm_start_steps * a.warm_start_batch) + 2
     return [*gateway_args(config, job.spec, warm_job_id(job.job_id), model, "train", job.spec.tasks.train_seed),
             "--demonstrations", "--group-size", "1", "--max-groups", str(demos)]
+
+
+RL_SEED_OFFSET = 1000
 
 
 def warm_job_id(job_id: str) -> str:
