@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from asyncwebrl.api.app import create_app
 from asyncwebrl.api.config import ApiConfig
+from asyncwebrl.api.k8s import KubernetesLauncher
 from asyncwebrl.api.launcher import LocalLauncher
 from asyncwebrl.api.store import JobStore
 from asyncwebrl.common.config import parse_config, redacted
@@ -26,6 +27,8 @@ async def serve(config: ApiConfig) -> None:
     await redis.ping()
     store = JobStore(redis, config.key_prefix, config.max_jobs)
     launcher = LocalLauncher(config, store) if config.launcher == "local" else None
+    if config.launcher == "kubernetes":
+        launcher = KubernetesLauncher(config, store)
     app = create_app(config, store, launcher)
     runner = ServiceRunner(config, [])
     runner.build_server()

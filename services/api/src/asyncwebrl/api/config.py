@@ -22,6 +22,7 @@ class ApiConfig(ServiceConfig):
     max_body_bytes: int = option(64 * 1024, "Largest request body accepted (413 above it).")
     max_jobs: int = option(10_000, "Jobs kept; creating more is refused until some are deleted.")
     launcher: str = option("none", "local: run each job's engines, gateway and trainer as child processes; "
+                                   "kubernetes: create them as workloads (--k8s-* flags); "
                                    "none: only store jobs (another launcher acts on them).")
     run_dir: str = option("runs", "local launcher: <run-dir>/<job>/ holds checkpoints and logs.")
     envfleet_target: str = option("127.0.0.1:50061", "envfleet gRPC address the job's gateway uses.")
@@ -30,6 +31,50 @@ class ApiConfig(ServiceConfig):
     max_restarts: int = option(3, "local launcher: times one crashed child is started again before the job fails.")
     engine_start_timeout_s: float = option(300.0, "local launcher: longest wait for an engine to load its model.")
 
+    # --- kubernetes launcher (--launcher kubernetes; asyncwebrl.api.k8s) ------------------------------
+    k8s_api: str = option("https://kubernetes.default.svc", "kubernetes launcher: API server URL.")
+    k8s_namespace: str = option("", "kubernetes launcher: namespace of the job workloads (default: the api pod's own).")
+    k8s_token_file: str = option("/var/run/secrets/kubernetes.io/serviceaccount/token",
+                                 "kubernetes launcher: service account token, read at every call; empty: none "
+                                 "(e.g. kubectl proxy).")
+    k8s_ca_file: str = option("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+                              "kubernetes launcher: CA of the API server; empty: the system CAs.")
+    k8s_timeout_s: float = option(10.0, "kubernetes launcher: timeout of one API call (5xx and timeouts are "
+                                        "tried 3 times, then the job fails with the call named).")
+    k8s_poll_s: float = option(5.0, "kubernetes launcher: seconds between polls of the jobs' trainer Jobs.")
+    k8s_image_trainer: str = option("asyncwebrl/trainer:0.1.0", "kubernetes launcher: image of the trainer.")
+    k8s_image_rollout: str = option("asyncwebrl/rollout:0.1.0", "kubernetes launcher: image of the rollout gateway.")
+    k8s_image_engine: str = option("asyncwebrl/engine:0.1.0", "kubernetes launcher: image of the embedded engine.")
+    k8s_image_sglang: str = option("", "kubernetes launcher: image of SGLang servers (jobs with resources.engine_kind "
+                                       "sglang); empty: such jobs fail at launch.")
+    k8s_image_pull_policy: str = option("IfNotPresent", "kubernetes launcher: Always, IfNotPresent or Never.")
+    k8s_secret: str = option("asyncwebrl", "kubernetes launcher: existing Secret the workloads read keys auth-token, "
+                                           "redis-password and (optional) engine-api-key from, by reference.")
+    k8s_checkpoints_claim: str = option("asyncwebrl-checkpoints", "kubernetes launcher: PersistentVolumeClaim "
+                                        "(ReadWriteMany) mounted at --run-dir in every workload, as in the api.")
+    k8s_models_claim: str = option("", "kubernetes launcher: PersistentVolumeClaim mounted read-only at the first "
+                                       "--model-roots directory; empty: model roots are in the images.")
+    k8s_service_account: str = option("", "kubernetes launcher: service account of the workloads (default: the "
+                                          "namespace's); its token is not mounted.")
+    k8s_run_as_user: int = option(10001, "kubernetes launcher: non-root UID, GID and fsGroup of the workloads.")
+    k8s_gpu_node_selector: str = option("", "kubernetes launcher: node labels of GPU pods, label=value "
+                                            "comma-separated.")
+    k8s_gpu_tolerations: str = option("nvidia.com/gpu:NoSchedule", "kubernetes launcher: tolerations of GPU pods, "
+                                      "key[=value][:effect] comma-separated (no value: operator Exists).")
+    k8s_trainer_resources: str = option("4,32Gi", "kubernetes launcher: CPU,memory of a trainer pod (requests = "
+                                                  "limits); its GPUs are the job's resources.trainer_gpus.")
+    k8s_rollout_resources: str = option("2,4Gi", "kubernetes launcher: CPU,memory of a rollout gateway pod.")
+    k8s_engine_resources: str = option("4,32Gi", "kubernetes launcher: CPU,memory of an inference pod; its GPUs "
+                                                 "are the job's resources.engine_gpus.")
+    k8s_shm_size: str = option("16Gi", "kubernetes launcher: size of the memory-backed /dev/shm of inference and "
+                                       "GPU trainer pods (counts against their memory limit).")
+    k8s_backoff_limit: int = option(3, "kubernetes launcher: restarts of a crashed trainer pod (the Job's "
+                                       "backoffLimit), gateway or engine container before the job fails.")
+    k8s_job_label: str = option("asyncwebrl.io/job", "kubernetes launcher: weightsync's --k8s-job-label, carried "
+                                                     "beside asyncwebrl.io/job when it differs.")
+    weightsync_target: str = option("", "kubernetes launcher: weightsync gRPC address the trainers publish to "
+                                        "(required with --launcher kubernetes).")
+
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0 <= self.api_port <= 65535, "api_port", f"must be in [0, 65535], got {self.api_port}")
@@ -37,6 +82,11 @@ class ApiConfig(ServiceConfig):
                 "required (or pass --allow-no-token for a loopback development server)")
         require(1024 <= self.max_body_bytes <= 16 * 1024 * 1024, "max_body_bytes", "must be in [1 KiB, 16 MiB]")
         require(1 <= self.max_jobs <= 1_000_000, "max_jobs", "must be in [1, 1000000]")
-        require(self.launcher in ("none", "local"), "launcher", f"must be none or local, got {self.launcher!r}")
+        require(self.launcher in ("none", "local", "kubernetes"), "launcher",
+                f"must be none, local or kubernetes, got {self.launcher!r}")
         require(0 <= self.max_restarts <= 100, "max_restarts", "must be in [0, 100]")
         require(1 <= self.engine_start_timeout_s <= 3600, "engine_start_timeout_s", "must be in [1, 3600]")
+        if self.launcher == "kubernetes":
+            from asyncwebrl.api.k8s import check_config  # k8s imports this module
+
+            check_config(self)
