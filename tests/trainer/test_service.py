@@ -209,3 +209,17 @@ def test_help_prints_every_field():
                          check=True).stdout
     for f in dataclasses.fields(TrainerConfig):
         assert "--" + f.name.replace("_", "-") in out and "ASYNCWEBRL_" + f.name.upper() in out
+
+
+def test_a_group_whose_output_holds_vision_tokens_is_dropped_not_crashed_on():
+    """A sampled image placeholder in the output would be taken for an image's place by the
+    forward pass (the trainer crashed on one in get_rope_index): the group is dropped, counted."""
+    from asyncwebrl.trainer.batching import Row
+    from asyncwebrl.trainer.service import Images, usable_rows
+
+    def row(group: str, output: list[int]) -> Row:
+        return Row([1, 2, 3], output, [0.0] * len(output), [0] * len(output), 0.5, [], group, f"{group}-e0", False)
+
+    rows = [row("clean", [5, 6]), row("vision", [5, 151655, 6]), row("vision", [7])]
+    kept, dropped = usable_rows(rows, Images(None, {}), 151655, frozenset({151652, 151653, 151655}))
+    assert [r.group_id for r in kept] == ["clean"] and dropped == {"vision_token_output": 1}

@@ -75,12 +75,17 @@ class Images:
         return sum(sum(self.one(r.sha256).token_counts) for r in refs)
 
 
-def usable_rows(rows: list[Row], images: Images, image_token_id: int) -> tuple[list[Row], dict[str, int]]:
+def usable_rows(rows: list[Row], images: Images, image_token_id: int,
+                vision_ids: frozenset[int] = frozenset()) -> tuple[list[Row], dict[str, int]]:
     """Drop every group with a row the model cannot take: a missing or undecodable
-    screenshot, or image placeholders that do not match the images."""
+    screenshot, image placeholders that do not match the images, or vision tokens
+    (``vision_ids``) in the output, which the forward pass would take for an image's place."""
     bad: dict[str, str] = {}
     for row in rows:
         if row.group_id in bad:
+            continue
+        if vision_ids and not vision_ids.isdisjoint(row.output_ids):
+            bad[row.group_id] = "vision_token_output"
             continue
         try:
             expected = images.tokens(row.screenshots)
@@ -107,7 +112,10 @@ def train_on(learner: Learner, batch: Batch) -> dict:
     keep = config.keep_zero_variance or config.objective == "sft"
     rows, row_stats = rows_from_groups(groups, config.step_norm, config.k, keep, learner.vocab_size)
     images = Images(learner.policy.image_processor, batch.blobs)
-    rows, dropped = usable_rows(rows, images, learner.policy.image_token_id)
+    p = learner.policy
+    vision = frozenset(i for i in (p.image_token_id, p.vision_start_id, p.vision_end_id,
+                                   getattr(p.model.config, "video_token_id", None)) if isinstance(i, int))
+    rows, dropped = usable_rows(rows, images, p.image_token_id, vision)
     lr = learner.lr
     step_metrics = learner.train(rows, images)
     started = time.monotonic()
