@@ -11,6 +11,7 @@ VENV=.venv
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # Without any font, page text renders as empty boxes in screenshots.
 fc-list 2>/dev/null | grep -q . || missing+=(fonts-liberation)
 # Debian's python3 ships venv separately.
