@@ -165,7 +165,11 @@ def check_crd(doc: dict) -> None:
     spec = doc["spec"]
     if doc["kind"] == "ServiceMonitor":
         assert set(spec) == {"namespaceSelector", "selector", "endpoints"}
-        assert all(set(e) <= {"port", "path", "interval", "scrapeTimeout", "relabelings"} for e in spec["endpoints"])
+        assert all(set(e) <= {"port", "path", "interval", "scrapeTimeout", "relabelings", "metricRelabelings"}
+                       for e in spec["endpoints"])
+        # The buffer's and weightsync's per-job "job" label arrives as exported_job: renamed to job_id.
+        assert all(any(r.get("sourceLabels") == ["exported_job"] and r.get("targetLabel") == "job_id"
+                       for r in e.get("metricRelabelings", [])) for e in spec["endpoints"])
     elif doc["kind"] == "PodMonitor":
         assert set(spec) == {"namespaceSelector", "selector", "podMetricsEndpoints"}
         assert all(set(e) <= {"port", "path", "interval", "relabelings"} for e in spec["podMetricsEndpoints"])
