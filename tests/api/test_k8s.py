@@ -169,8 +169,13 @@ def test_pod_args_are_the_local_launchers_with_the_pod_differences(tmp_path):
                                          "--publish": "weightsync"}),
             "--host", "0.0.0.0", "--weightsync-target", WEIGHTSYNC]
         assert pods["rollout"]["args"] == [
-            *replaced(local["rollout"], {"--grpc-port": "50063", "--http-port": "9463", "--log-format": "json"}),
+            *replaced(local["rollout"], {"--grpc-port": "50063", "--http-port": "9463", "--log-format": "json",
+                                         "--gateway-id": "$(POD_NAME)"}),
             "--host", "0.0.0.0"]
+        assert {e["name"]: e for e in pods["rollout"]["env"]}["POD_NAME"]["valueFrom"]["fieldRef"] == {
+            "fieldPath": "metadata.name"}
+        # Readiness of the embedded engine is false during a weight update (its /ready).
+        assert pods["inference"]["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 30000}
         assert pods["inference"]["args"] == [
             *replaced(local["engine"], {"--http-port": "30000", "--host": "0.0.0.0", "--endpoint-id": "$(POD_NAME)",
                                         "--log-format": "json"}),
@@ -277,7 +282,8 @@ class FakeKubernetes:
         if core:
             return None if m["ns"] == NAMESPACE else self.status(404, "NotFound", f"no {request.path}")
         if m["ns"] != NAMESPACE or (m["group"], m["version"], m["plural"]) not in (
-                ("batch", "v1", "jobs"), ("apps", "v1", "deployments")):
+                ("batch", "v1", "jobs"), ("apps", "v1", "deployments"),
+                ("autoscaling", "v2", "horizontalpodautoscalers")):
             return self.status(404, "NotFound", f"no {request.path}")
         return None
 
@@ -286,7 +292,8 @@ class FakeKubernetes:
             return bad
         obj = await request.json()
         name, plural = obj["metadata"]["name"], request.match_info["plural"]
-        if {"jobs": "Job", "deployments": "Deployment"}[plural] != obj["kind"] or \
+        if {"jobs": "Job", "deployments": "Deployment",
+                "horizontalpodautoscalers": "HorizontalPodAutoscaler"}[plural] != obj["kind"] or \
                 obj["metadata"].get("namespace") != NAMESPACE:
             return self.status(400, "BadRequest", "kind or namespace does not match the path")
         if self.fail.get(name) == "500":
@@ -427,6 +434,34 @@ async def test_start_resume_and_success(kube):
     # Deployments go; the trainer Job stays for its logs.
     await eventually(lambda: _only_trainer(fake, job.job_id), "deployments deleted")
     assert all(d["propagationPolicy"] == "Background" for d in fake.deletes)
+
+
+def test_a_job_with_several_gateways_gets_an_autoscaler(tmp_path):
+    settings = k8s.settings_from_config(config(tmp_path / "runs"), NAMESPACE)
+    spec = JobSpec.model_validate({"name": "wide", "resources": {"max_gateways": 4}})
+    objects = k8s.manifests(Job("wide-0a1b2c", spec, "pending", 0, 0), settings)
+    hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
+    for version in VERSIONS:
+        kubernetes_validate.validate(hpa, version, strict=True)
+    gateway = next(o for o in objects if o["metadata"]["labels"][k8s.ROLE_LABEL] == "rollout")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": gateway["metadata"]["name"]}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert hpa["metadata"]["labels"]["asyncwebrl.io/job"] == "wide-0a1b2c"
+    # One gateway by default: no autoscaler.
+    assert not [o for o in k8s.manifests(job_of("embedded-cpu"), settings) if o["kind"] == "HorizontalPodAutoscaler"]
+
+
+async def test_cancel_deletes_the_autoscaler_too(kube):
+    fake, launcher, store = kube
+    job = await create(store, {"name": "wide", "resources": {"max_gateways": 3}})
+    launcher.start(job)
+    await state_is(store, job.job_id, "running")
+    assert sorted(fake.of(job.job_id)) == ["inference", "rollout", "rollout-scaler", "trainer"]
+    views = {v["role"]: v for v in await launcher.status(job.job_id)}
+    assert views["rollout-scaler"]["kind"] == "HorizontalPodAutoscaler" and views["rollout-scaler"]["max"] == 3
+    await launcher.cancel(job.job_id)
+    assert fake.of(job.job_id) == {}
 
 
 async def _only_trainer(fake: FakeKubernetes, job_id: str) -> bool:

@@ -147,12 +147,26 @@ def _long_request(url: str, results: list, rid: str, tokens: int = 400) -> threa
     return thread
 
 
+def _get_status(url: str, path: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + path, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def test_pause_in_place_update_continue_resumes_with_new_versions(engine, models_root):
     v2 = _perturbed_checkpoint(models_root, "v2", 0.3)
     results: list = []
     thread = _long_request(engine.url, results, "long-1")
     wait_running(engine.url)
+    assert _get_status(engine.url, "/ready") == 200
     assert call(engine.url, "/pause_generation", {"mode": "in_place"})[0] == 200
+    # During the weight update the engine is alive but not ready (a Kubernetes readiness probe).
+    assert _get_status(engine.url, "/ready") == 503 and _get_status(engine.url, "/health") == 200
     # While paused, a new request waits.
     waiting: list = []
     short = threading.Thread(target=lambda: waiting.append(call(engine.url, "/generate", {
@@ -162,6 +176,7 @@ def test_pause_in_place_update_continue_resumes_with_new_versions(engine, models
     assert not waiting and not results
     assert call(engine.url, "/update_weights_from_disk", {"model_path": str(v2), "weight_version": "2"})[0] == 200
     assert call(engine.url, "/continue_generation", {})[0] == 200
+    assert _get_status(engine.url, "/ready") == 200
     thread.join(60)
     short.join(60)
     status, out = results[0]

@@ -101,6 +101,8 @@ class ResourceSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trainer_gpus: int = Field(0, ge=0, le=64)
     engine_gpus: int = Field(0, ge=0, le=8, description="GPUs per inference endpoint.")
+    max_gateways: int = Field(1, ge=1, le=64, description="Kubernetes: the rollout gateway scales from 1 to this "
+                              "many replicas on CPU (an HPA), each running rollout.concurrency episodes.")
 
 
 class EvaluateRequest(_Strict):

@@ -63,7 +63,7 @@ GPU = "nvidia.com/gpu"
 
 # role -> app.kubernetes.io/component
 ROLES = {"inference": "inference", "rollout": "rollout", "trainer": "trainer",
-         "warm-rollout": "rollout", "warm-trainer": "trainer"}
+         "warm-rollout": "rollout", "warm-trainer": "trainer", "rollout-scaler": "rollout"}
 RL_ROLES = ("inference", "rollout", "trainer")
 WARM_ROLES = ("warm-rollout", "warm-trainer")
 ENGINE_PORT = 30000
@@ -289,6 +289,8 @@ def pod_args(role: str, args: list[str], settings: K8sSettings) -> list[str]:
     if role == "trainer":
         return _override(args, values | {"--publish": "weightsync"},
                          ("--host", "0.0.0.0", "--weightsync-target", settings.weightsync_target))
+    if role == "rollout":  # replicas of one job's gateway (its HPA) each need their own name in the buffer
+        return _override(args, values | {"--gateway-id": "$(POD_NAME)"}, ("--host", "0.0.0.0"))
     return _override(args, values, ("--host", "0.0.0.0"))
 
 
@@ -404,7 +406,8 @@ def inference_manifest(job: Job, settings: K8sSettings, model: pathlib.Path, ckp
            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}, *_secret_env(settings, kind)]
     container = _container(settings, "inference", image, command, args, env, settings.engine_resources, gpus, True)
     container["ports"] = [{"name": "http", "containerPort": ENGINE_PORT}]
-    container["readinessProbe"] = _http_probe("/health", ENGINE_PORT, 5, 3)
+    # The embedded engine's /ready is false while it is paused for a weight update; SGLang has /health.
+    container["readinessProbe"] = _http_probe("/ready" if kind == "embedded" else "/health", ENGINE_PORT, 5, 3)
     container["startupProbe"] = _http_probe("/health", ENGINE_PORT, 10,
                                             max(1, math.ceil(settings.engine_start_timeout_s / 10)))
     pod = _pod_spec(settings, container, gpu=gpus > 0, shm=True, restart="Always")
@@ -442,8 +445,22 @@ def rollout_manifest(job: Job, settings: K8sSettings, role: str, args: list[str]
         return _job(settings, job.job_id, role, _pod_spec(settings, container, gpu=False, shm=False,
                                                           restart="Never"))
     container["readinessProbe"] = _http_probe("/readyz", PORTS["rollout"][1], 5, 3)
+    container["env"] = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        *container.get("env", [])]
     return _deployment(settings, job.job_id, role, 1, _pod_spec(settings, container, gpu=False, shm=False,
                                                                 restart="Always"))
+
+
+def gateway_autoscaler(job: Job, settings: K8sSettings) -> dict:
+    """The gateway Deployment between 1 and resources.max_gateways replicas, on CPU: episodes are CPU
+    work in the gateway (prompts, image encoding) while browsers and engines scale on their own."""
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": _metadata(settings, job.job_id, "rollout-scaler"), "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                   "name": object_name(job.job_id, "rollout")},
+                "minReplicas": 1, "maxReplicas": job.spec.resources.max_gateways,
+                "metrics": [{"type": "Resource", "resource": {
+                    "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]}}
 
 
 def job_dir(settings: K8sSettings, job_id: str) -> pathlib.Path:
@@ -467,6 +484,7 @@ def manifests(job: Job, settings: K8sSettings, *, phase: str = "rl", model: path
                                  warm_trainer_args(settings, job, start, warm))]
     return [inference_manifest(job, settings, start, ckpt),
             rollout_manifest(job, settings, "rollout", rollout_args(settings, job, start)),
+            *([gateway_autoscaler(job, settings)] if job.spec.resources.max_gateways > 1 else []),
             trainer_manifest(job, settings, "trainer", trainer_args(settings, job, start, ckpt))]
 
 
@@ -484,8 +502,9 @@ class Kind:
 
 
 KINDS = {"Job": Kind("batch/v1", "Job", "jobs"), "Deployment": Kind("apps/v1", "Deployment", "deployments"),
+         "HorizontalPodAutoscaler": Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
          "Pod": Kind("v1", "Pod", "pods")}
-WORKLOADS = ("Job", "Deployment")  # what the launcher creates; pods are only read
+WORKLOADS = ("Job", "Deployment", "HorizontalPodAutoscaler")  # what the launcher creates; pods are only read
 
 
 def _cancelling() -> bool:
@@ -679,6 +698,9 @@ def workload_view(obj: dict) -> dict:
     """One workload in GET /v1/jobs/{id}: role, name, kind and its pod counts."""
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     view = {"role": _role(obj), "name": meta.get("name", ""), "kind": obj.get("kind", "")}
+    if obj.get("kind") == "HorizontalPodAutoscaler":
+        return view | {"replicas": int(status.get("currentReplicas") or 0), "min": int(spec.get("minReplicas") or 1),
+                       "max": int(spec.get("maxReplicas") or 1), "desired": int(status.get("desiredReplicas") or 0)}
     if obj.get("kind") == "Job":
         return view | {"replicas": int(spec.get("parallelism") or 1), "ready": int(status.get("ready") or 0),
                        "active": int(status.get("active") or 0), "succeeded": int(status.get("succeeded") or 0),

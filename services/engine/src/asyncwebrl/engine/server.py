@@ -120,6 +120,7 @@ class Server:
         self.image_dir = pathlib.Path(config.image_dir).resolve() if config.image_dir else None
         self.model_path = config.model_path
         self.stopping = False
+        self.loading = 0  # weight loads in progress (/ready is false meanwhile)
         self._http: aiohttp.ClientSession | None = None
         self.image_cache = ByteLRU(config.image_cache_mb * 1024 * 1024)
 
@@ -412,10 +413,13 @@ class Server:
         _flag(body.get("flush_cache", True), "flush_cache")
         new_version = str(version) if version is not None else self.engine.weight_version
         future = self.engine.command(lambda: self.engine.update_weights(str(resolved), new_version, abort_all))
+        self.loading += 1
         try:
             result = await asyncio.wrap_future(future)
         except (OSError, ValueError) as exc:
             return web.json_response({"success": False, "message": str(exc)[:500]}, status=400)
+        finally:
+            self.loading -= 1
         metrics.WEIGHT_VERSION.clear()
         metrics.WEIGHT_VERSION.labels(new_version).set(1)
         self.model_path = str(resolved)
@@ -459,7 +463,13 @@ class Server:
         return web.Response(text="ok")
 
     async def ready(self, request: web.Request) -> web.Response:
-        return await self.health(request)
+        """Can take work now: healthy, and neither paused nor loading weights (a weight update)."""
+        health = await self.health(request)
+        if health.status != 200:
+            return health
+        if self.engine.paused or self.loading:
+            return web.Response(status=503, text="weight update in progress")
+        return web.Response(text="ok")
 
     async def health_generate(self, request: web.Request) -> web.Response:
         """One greedy token through the whole path, as SGLang's /health does."""
