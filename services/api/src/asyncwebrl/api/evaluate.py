@@ -112,12 +112,16 @@ class Evaluations:
             raise EvalConflict(f"version: {version} is not on disk (kept: {kept or 'none'}, and 0)")
         return version, path
 
+    def base_model(self, job: Job) -> pathlib.Path:
+        """The model the job started from, before any warm-start."""
+        try:
+            return resolve_model(job.spec, self.launcher.config.model_roots)
+        except LaunchError as exc:
+            raise EvalConflict(str(exc)) from exc
+
     def start_model(self, job: Job, job_dir: pathlib.Path) -> pathlib.Path:
         if not job.spec.algorithm.warm_start_steps:
-            try:
-                return resolve_model(job.spec, self.launcher.config.model_roots)
-            except LaunchError as exc:
-                raise EvalConflict(str(exc)) from exc
+            return self.base_model(job)
         warm = weights.latest_version(job_dir / "warm", verify=False)
         if warm is None or warm[0].version < job.spec.algorithm.warm_start_steps:
             raise EvalConflict("version: 0 is the warm-started policy, and the warm-start has not finished")
@@ -125,10 +129,7 @@ class Evaluations:
 
     async def start(self, job: Job, request: EvaluateRequest) -> dict:
         if request.base:
-            try:
-                version, model = 0, resolve_model(job.spec, self.launcher.config.model_roots)
-            except LaunchError as exc:
-                raise EvalConflict(str(exc)) from exc
+            version, model = 0, self.base_model(job)
         else:
             version, model = self.model_for(job, request.version)
         if await self.redis.hlen(self._key(job.job_id)) >= MAX_EVALUATIONS:
