@@ -4,13 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTO_OUT := libs/common/src
 
-.PHONY: setup test demo demo-down demo-envfleet protos bench bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync sites-report gallery clean
+.PHONY: setup test demo demo-down demo-envfleet protos bench bench-quick bench-report bench-e2e bench-staleness bench-normaliser bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync sites-report gallery clean
 
 setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # The main job: the local stack, the demo job (warm-start, then asynchronous GRPO), a report.
 demo: setup
@@ -27,7 +27,25 @@ protos: setup
 	$(PY) -m grpc_tools.protoc -I protos --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
 		--grpc_python_out=$(PROTO_OUT) $$(find protos -name '*.proto' | sort)
 
-bench: bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync
+# Every benchmark in turn (< 60 min here), then BENCHMARKS.md; bench-quick: reduced sizes (< 10 min),
+# results in bench/results/quick/.
+bench: setup
+	$(PY) bench/all.py
+
+bench-quick: setup
+	$(PY) bench/all.py --quick
+
+bench-report: setup
+	$(PY) bench/report.py
+
+bench-e2e: setup
+	$(PY) bench/e2e.py
+
+bench-staleness: setup
+	$(PY) bench/e2e.py --etas 1,2,4,8 --staleness
+
+bench-normaliser: setup
+	$(PY) bench/normaliser.py
 
 bench-weightsync: setup
 	$(PY) bench/weightsync.py
