@@ -45,7 +45,7 @@ from asyncwebrl.common.localstack import RedisServer, ServiceProcess  # noqa: E4
 from asyncwebrl.common.redisclient import make_redis  # noqa: E402
 from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc, env_pb2  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = pathlib.Path(os.environ.get("ASYNCWEBRL_BENCH_RESULTS", ROOT / "bench" / "results"))
 TOKEN = "bench-token"
 PREFIX = "bench:"
 SHOT_BYTES = 100_000

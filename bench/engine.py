@@ -40,7 +40,7 @@ from asyncwebrl.common.agent.prompt import HistoryStep, render  # noqa: E402
 from asyncwebrl.common.localstack import EngineProcess  # noqa: E402
 from asyncwebrl.common.models.tiny import SHIPPED  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = pathlib.Path(os.environ.get("ASYNCWEBRL_BENCH_RESULTS", ROOT / "bench" / "results"))
 
 
 def screenshot(seed: int) -> str:

@@ -38,7 +38,7 @@ from asyncwebrl.envfleet.config import CHROMIUM_FLAGS  # noqa: E402
 from asyncwebrl.envfleet.tasks import MiniWoBSource  # noqa: E402
 from asyncwebrl.v1 import env_pb2, env_pb2_grpc  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = pathlib.Path(os.environ.get("ASYNCWEBRL_BENCH_RESULTS", ROOT / "bench" / "results"))
 PEERS = ROOT / "bench" / "peers"
 CHROMIUM = "/usr/bin/chromium"
 NOOP_CLICK = (80, 25)  # on the instruction bar: does nothing in click tasks

@@ -45,7 +45,7 @@ from asyncwebrl.rollout.config import RolloutConfig  # noqa: E402
 from asyncwebrl.rollout.pool import Gateway  # noqa: E402
 from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc, env_pb2, env_pb2_grpc  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = pathlib.Path(os.environ.get("ASYNCWEBRL_BENCH_RESULTS", ROOT / "bench" / "results"))
 TOKEN = "bench-token"
 PREFIX = "bench-rollout:"
 SLOTS = 16

@@ -30,7 +30,7 @@ import urllib.request
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+RESULTS = pathlib.Path(os.environ.get("ASYNCWEBRL_BENCH_RESULTS", ROOT / "bench" / "results"))
 sys.path.insert(0, str(ROOT))
 
 SIZES = {  # name -> text-model dimensions (vision tower as shipped)

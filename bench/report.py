@@ -1,0 +1,234 @@
+"""BENCHMARKS.md from bench/results/*.json (run by `make bench`; by hand: python bench/report.py).
+
+Every number in the page comes from a result file; a benchmark without one is
+listed as not run. Each section names the file, its date and the command that
+wrote it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load(results: pathlib.Path, name: str) -> dict | None:
+    path = results / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def f(value, spec: str = ".2f", none: str = "-") -> str:
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format(value, spec)
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(header))) + " |"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def provenance(doc: dict, name: str, results: pathlib.Path) -> str:
+    return (f"*{results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}/{name}.json, "
+            f"{str(doc.get('date', '?'))[:10]}, `{doc.get('command', '?')}`*")
+
+
+def plot_line(results: pathlib.Path, name: str, out: pathlib.Path) -> list[str]:
+    png = results / f"{name}.png"
+    if not png.is_file():
+        return []
+    rel = png.relative_to(out.parent) if png.is_relative_to(out.parent) else png
+    return [f"![{name}]({rel})", ""]
+
+
+def e2e_section(doc, results, out) -> tuple[list[str], list]:
+    modes = doc["modes"]
+    lines = ["## End to end: asynchronous vs synchronous (`make bench-e2e`)", "",
+             f"The same job in each mode for {doc['window_s']:.0f} s after its first training step "
+             f"(tasks {', '.join(doc['workload']['tasks'])}; group {doc['workload']['group_size']}, "
+             f"batch {doc['workload']['batch_groups']} groups, {doc['workload']['concurrency']} episodes in flight).",
+             ""]
+    lines += table(["mode", "trained trajectories/h", "env steps/s", "trainer busy", "browser slots busy",
+                    "mean staleness", "steps"],
+                   [[k, f(m["trajectories_per_hour"], ".0f"), f(m["env_steps_per_s"]),
+                     f(m["trainer_busy_fraction"]), f(m["browser_busy_fraction"]), f(m["staleness_mean"]),
+                     m["steps"]] for k, m in modes.items()])
+    s = doc["sync_stage_seconds"]
+    lines += [f"Stage times of the synchronous run, seconds per step: rollout {s['rollout']:.1f}, "
+              f"train {s['train']:.1f}, weight sync {s['sync']:.2f}. Ideal speed-up of overlapping them, "
+              f"(rollout + train + sync) / max(rollout, train): **{doc['ideal_speedup']:.2f}x**. Measured: "
+              f"**{f(doc['speedup'])}x** ({doc['best_eta']}), {f((doc['fraction_of_ideal'] or 0) * 100, '.0f')}% "
+              f"of the ideal. The paper: {doc['paper']}.", "", provenance(doc, "e2e", results), ""]
+    lines += plot_line(results, "e2e", out)
+    row = ["end to end", "async over sync, trained trajectories/h", f"{f(doc['speedup'])}x (ideal "
+           f"{doc['ideal_speedup']:.2f}x)", "2.4-2.9x (paper, GPUs)", f((doc["speedup"] or 0) >= 2.4)]
+    return lines, row
+
+
+def staleness_section(doc, results, out) -> tuple[list[str], list]:
+    lines = ["## Staleness sweep (`make bench-staleness`)", "",
+             f"The end-to-end job at each bound eta for {doc['window_s']:.0f} s; success is that of the click "
+             "episodes trained in the window's second half.", ""]
+    lines += table(["eta", "trained trajectories/h", "env steps/s", "success (2nd half)", "rejected as stale",
+                    "mean staleness", "steps"],
+                   [[r["eta"], f(r["trajectories_per_hour"], ".0f"), f(r["env_steps_per_s"]),
+                     f(r["late_success_easy"]), f(r["stale_rejected_fraction"], ".3f"), f(r["staleness_mean"]),
+                     r["steps"]] for r in doc["etas"]])
+    lines += [provenance(doc, "staleness", results), ""] + plot_line(results, "staleness", out)
+    best = max(doc["etas"], key=lambda r: r["trajectories_per_hour"])
+    return lines, ["staleness", "best eta by throughput", f"eta {best['eta']}", "-", "-"]
+
+
+def normaliser_section(doc, results, out) -> tuple[list[str], list]:
+    s = doc["summary"]
+    lines = ["## Step normaliser: 1/k vs 1/|tau| (`make bench-normaliser`)", "",
+             f"{doc['seeds']} seeds x {doc['steps']} training steps per normaliser, click tasks with a step limit "
+             f"of {doc['workload']['step_limit']} (a missed click may be retried).", ""]
+    rows = []
+    for norm in ("constant", "trajectory"):
+        for part in ("first", "last"):
+            p = s[norm][part]
+            rows.append([f"{'1/k' if norm == 'constant' else '1/|tau|'}, {part} third", f(p["success"]),
+                         f(p["length_success"]), f(p["length_failure"]), f(p["tokens_per_step"], ".1f")])
+    lines += table(["normaliser, steps", "success", "steps of successes", "steps of failures", "tokens per step"],
+                   rows)
+    fnd = doc["finding"]
+    lines += [f"The paper's finding ({fnd['criterion']}): **{'holds' if fnd['holds'] else 'does not hold'}** here "
+              f"(successes shorter with 1/k: {f(fnd['successful_episodes_shorter_with_1_over_k'])}; success equal "
+              f"or better: {f(fnd['success_equal_or_better_with_1_over_k'])}).", "",
+              provenance(doc, "normaliser", results), ""] + plot_line(results, "normaliser", out)
+    return lines, ["normaliser", "1/k contracts trajectories at equal or better success", f(fnd["holds"]),
+                   "holds (paper)", f(fnd["holds"])]
+
+
+def component_sections(results, out) -> tuple[list[str], list[list]]:
+    lines, rows = ["## Components", ""], []
+    doc = load(results, "envfleet")
+    if doc:
+        t = doc.get("targets", {})
+        lines += ["### envfleet (`make bench-envfleet`)", ""]
+        lines += table(["path", *[f"steps/s at {c}" for c in doc["concurrency"]]],
+                       [[k, *[f(v.get(str(c))) for c in doc["concurrency"]]] for k, v in doc["steps_per_s"].items()])
+        lines += [f"MiB per added browser context: {f(doc['memory']['mib_per_added_context'], '.1f')}.", "",
+                  provenance(doc, "envfleet", results), ""] + plot_line(results, "envfleet", out)
+        rows += [["envfleet", "steps/s vs raw Playwright at 4", f(doc.get("envfleet_vs_raw_at_4")), ">= 0.90",
+                  f(t.get("envfleet_ge_90pct_raw_at_4"))],
+                 ["envfleet", "steps/s vs BrowserGym (defaults) at 4", f(doc.get("envfleet_vs_browsergym_defaults_at_4")),
+                  ">= 5x", f(t.get("envfleet_ge_5x_browsergym_at_4"))],
+                 ["envfleet", "steps/s vs miniwob-gym at 4 (warm reset)",
+                  f(doc.get("envfleet_warm_reset_vs_miniwob_gym_at_4")), "-", "-"],
+                 ["envfleet", "MiB per context", f(doc["memory"]["mib_per_added_context"], ".1f"), "<= 80",
+                  f(t.get("le_80_mib_per_context"))]]
+    doc = load(results, "buffer")
+    if doc:
+        lines += ["### buffer (`make bench-buffer`)", ""]
+        lines += table(["path", "service", "direct Redis", "ratio"],
+                       [["PutGroup groups/s", f(doc["put_groups_per_s"]["service"], ".0f"),
+                         f(doc["put_groups_per_s"]["direct"], ".0f"), f(doc["put_ratio"])],
+                        ["GetBatch groups/s", f(doc["get_groups_per_s"]["service"], ".0f"),
+                         f(doc["get_groups_per_s"]["direct"], ".0f"), f(doc["get_ratio"])],
+                        ["screenshot puts/s", f(doc["blob_puts_per_s"]["service"], ".0f"),
+                         f(doc["blob_puts_per_s"]["direct"], ".0f"), f(doc["blob_ratio"])]])
+        lines += [provenance(doc, "buffer", results), ""] + plot_line(results, "buffer", out)
+        tg = doc.get("targets", {})
+        rows += [["buffer", "PutGroup vs direct Redis", f(doc["put_ratio"]), f">= {tg.get('put_ratio', '-')}",
+                  f(doc["put_ratio"] >= tg.get("put_ratio", 0))],
+                 ["buffer", "GetBatch vs direct Redis", f(doc["get_ratio"]), f">= {tg.get('get_ratio', '-')}",
+                  f(doc["get_ratio"] >= tg.get("get_ratio", 0))]]
+    doc = load(results, "engine")
+    if doc:
+        lines += ["### embedded engine (`make bench-engine`)", ""]
+        lines += table(["mode", "tokens/s", "median latency s", "vs sequential"],
+                       [[k, f(v, ".0f"), f(doc["median_latency_s"][k], ".3f"), f(doc["speedup_vs_sequential"][k])]
+                        for k, v in doc["tokens_per_s"].items()])
+        lines += [provenance(doc, "engine", results), ""] + plot_line(results, "engine", out)
+        target = doc.get("target", {}).get("speedup_32_vs_sequential")
+        best = max(doc["speedup_vs_sequential"].values())
+        rows.append(["engine", "batched vs sequential tokens/s", f(best), f">= {target}" if target else "-",
+                     f(best >= target) if target else "-"])
+    doc = load(results, "rollout")
+    if doc:
+        lines += ["### rollout gateway (`make bench-rollout`)", ""]
+        lines += table(["mode", "episodes/s", "env steps/s", "vs one group", "browser busy", "engine busy"],
+                       [[k, f(v, ".3f"), f(doc["env_steps_per_s"][k]), f(doc["speedup_vs_one_group"][k]),
+                         f(doc["browser_busy_fraction"][k]), f(doc["engine_busy_fraction"][k])]
+                        for k, v in doc["episodes_per_s"].items()])
+        lines += [provenance(doc, "rollout", results), ""] + plot_line(results, "rollout", out)
+        best = max(doc["speedup_vs_one_group"].values())
+        rows.append(["rollout", "episode pool vs one group at a time", f(best), "-", "-"])
+    doc = load(results, "trainer")
+    if doc:
+        lines += ["### trainer (`make bench-trainer`)", ""]
+        lines += table(["mode", "tokens/s", "step s"],
+                       [[k, f(v["tokens_per_s"], ".0f"), f(v["step_s"])] for k, v in doc["modes"].items()])
+        lines += [provenance(doc, "trainer", results), ""] + plot_line(results, "trainer", out)
+        rows.append(["trainer", "train tokens/s, 1 process (CPU)", f(doc["tokens_per_s"], ".0f"), "-", "-"])
+    doc = load(results, "weightsync")
+    if doc:
+        lines += ["### weight sync (`make bench-weightsync`)", ""]
+        lines += table(["checkpoint", "fan-out to 4 / single load", "parallel load of 4 / single",
+                        "fan-out / parallel load", "target met"],
+                       [[k, f(doc["fanout_over_single"][k]), f(doc["parallel_load_over_single"][k]),
+                         f(doc["fanout_over_parallel_load"][k]), f(doc["target_met"][k])]
+                        for k in doc["fanout_over_single"]])
+        lines += [f"Target: {doc.get('target', '-')}.", "", provenance(doc, "weightsync", results), ""]
+        lines += plot_line(results, "weightsync", out)
+        worst = max(doc["fanout_over_single"].values())
+        rows.append(["weight sync", "fan-out to 4 / single load", f(worst), "<= 1.5", f(worst <= 1.5)])
+    return lines, rows
+
+
+def render(results: pathlib.Path, out: pathlib.Path) -> str:
+    sections, summary = [], []
+    for name, fn in (("e2e", e2e_section), ("staleness", staleness_section), ("normaliser", normaliser_section)):
+        doc = load(results, name)
+        if doc is None:
+            sections += [f"## {name}", "", f"Not run: no {name}.json in {results}.", ""]
+            continue
+        lines, row = fn(doc, results, out)
+        sections += lines
+        summary.append(row)
+    lines, rows = component_sections(results, out)
+    sections += lines
+    summary += rows
+    run = load(results, "run") or {}
+    machine = next((d["machine"] for n in ("e2e", "normaliser", "envfleet", "buffer")
+                    if (d := load(results, n)) and isinstance(d.get("machine"), dict)), {})
+    head = ["# Benchmarks", "",
+            f"Generated by `bench/report.py` from `{results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}` "
+            f"on {time.strftime('%Y-%m-%d')}. Machine: {machine.get('cpus', '?')} cores, "
+            f"{machine.get('memory_gib', '?')} GiB, no GPU, {machine.get('platform', '?')}.", "",
+            "Commands: `make bench` runs every benchmark below (`--quick`: `make bench-quick`, reduced sizes, "
+            "results in bench/results/quick/); `make bench-<name>` runs one. Ratios are measured side by side in "
+            "one run, on a shared, noisy 2-core machine; the paper's figures are on GPUs.", ""]
+    if run:
+        head += [f"Last `make bench{'-quick' if run.get('quick') else ''}`: {run.get('date', '?')}, "
+                 f"{run['total_seconds'] / 60:.1f} min in all (" + ", ".join(
+                     f"{n} {d['seconds'] / 60:.1f} min" + ("" if d["rc"] == 0 else f" FAILED ({d['rc']})")
+                     for n, d in run["benchmarks"].items()) + ").", ""]
+    head += ["## Summary", ""] + table(["benchmark", "measure", "ours", "target", "met"], summary)
+    return "\n".join(head + sections).rstrip() + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args()
+    results, out = pathlib.Path(args.results).resolve(), pathlib.Path(args.out).resolve()
+    out.write_text(render(results, out))
+    print(json.dumps({"written": str(out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

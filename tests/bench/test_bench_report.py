@@ -1,0 +1,79 @@
+"""The training benchmarks' arithmetic and BENCHMARKS.md: rates from a run's metric rows, the
+ideal speed-up from the synchronous run's stage times, and a page generated from result files
+(every number in it comes from them)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import e2e  # noqa: E402
+import jobs  # noqa: E402
+import normaliser  # noqa: E402
+import report  # noqa: E402
+
+
+def _row(step: int, unix: float, wait: float, train: float, publish: float = 0.5, episodes: int = 32,
+         env_steps: int = 64, success: float = 0.5, rejected: dict | None = None) -> dict:
+    return {"step": step, "unix": unix, "episodes": episodes, "env_steps": env_steps, "groups": 4,
+            "success": success, "success_by_difficulty": {"easy": success}, "staleness_mean": 1.0,
+            "length_success": 1.5, "length_failure": 4.0, "tokens_per_step": 30.0,
+            "rejected": rejected or {}, "trajectories_per_hour": 1000.0,
+            "seconds": {"wait": wait, "forward_backward": train * 0.7, "proximal": train * 0.3, "optimizer": 0.0,
+                        "checkpoint": 0.0, "publish": publish}}
+
+
+def _run(rows: list[dict], window: float = 100.0, step_seconds: float = 50.0) -> dict:
+    return {"job": "j", "rows": rows, "window_s": window,
+            "spec": {"rollout": {"concurrency": 16}},
+            "envfleet": {"steps": 300.0, "step_seconds": step_seconds, "allocate_seconds": 30.0, "allocations": 50.0}}
+
+
+def test_rates_are_steady_state_between_the_first_and_last_step():
+    # Steps every 60 s; the first one (filling the pipeline) is not counted.
+    rows = [_row(i, 1000.0 + 60 * i, wait=40, train=20) for i in range(1, 5)]
+    t = jobs.throughput(_run(rows))
+    assert t["trajectories_per_hour"] == pytest.approx(3600 * 3 * 32 / 180)
+    assert t["env_steps_per_s"] == pytest.approx(3 * 64 / 180)
+    assert t["trainer_busy_fraction"] == pytest.approx(3 * 20.5 / 180)
+    assert t["browser_busy_fraction"] == pytest.approx(80 / (100 * 16))
+    with pytest.raises(SystemExit, match="too few"):
+        jobs.throughput(_run(rows[:1]))
+
+
+def test_ideal_speedup_from_stage_times_and_stale_fraction():
+    rows = [_row(i, 60.0 * i, wait=40, train=20, publish=1.0, rejected={"stale": 1, "zero_variance": 1})
+            for i in range(1, 4)]
+    s = jobs.stage_times(rows)
+    assert s == pytest.approx({"rollout": 40.0, "train": 20.0, "sync": 1.0})
+    assert (s["rollout"] + s["train"] + s["sync"]) / max(s["rollout"], s["train"]) == pytest.approx(61 / 40)
+    assert jobs.rejected_fraction(rows) == pytest.approx(3 / (12 + 6))
+
+
+def test_the_page_is_generated_from_the_result_files(tmp_path):
+    sync = [_row(i, 60.0 * i, wait=40, train=20) for i in range(1, 5)]
+    fast = [_row(i, 35.0 * i, wait=15, train=20) for i in range(1, 8)]
+    modes = e2e.summarise({"sync": _run(sync), "eta_2": _run(fast)})
+    assert modes["eta_2"]["trajectories_per_hour"] / modes["sync"]["trajectories_per_hour"] == pytest.approx(60 / 35)
+    doc = {"benchmark": "e2e", "date": "2026-12-01T00:00:00+00:00", "command": "python bench/e2e.py --etas 2",
+           "machine": {"cpus": 2}, "workload": {"tasks": ["a/b"], "group_size": 8, "batch_groups": 4,
+                                                "concurrency": 16},
+           "window_s": 100.0, "modes": modes, "sync_stage_seconds": jobs.stage_times(sync),
+           "ideal_speedup": 1.5, "best_eta": "eta_2", "speedup": 60 / 35, "fraction_of_ideal": 60 / 35 / 1.5,
+           "paper": "2.4-2.9x"}
+    (tmp_path / "e2e.json").write_text(json.dumps(doc))
+    curves = {"constant": [[_row(i, i, 1, 1, success=0.5 + 0.05 * i) for i in range(1, 7)]],
+              "trajectory": [[_row(i, i, 1, 1, success=0.4) for i in range(1, 7)]]}
+    summary = normaliser.summarise(curves)
+    assert summary["constant"]["last"]["success"] == pytest.approx((0.75 + 0.8) / 2)
+    assert summary["trajectory"]["first"]["success"] == pytest.approx(0.4)
+    page = report.render(tmp_path, tmp_path / "BENCHMARKS.md")
+    assert "**1.71x** (eta_2)" in page and "**1.50x**" in page and "114% of the ideal" in page
+    assert "Not run: no normaliser.json" in page and "Not run: no staleness.json" in page
+    assert "| end to end | async over sync, trained trajectories/h | 1.71x (ideal 1.50x) |" in page
