@@ -257,3 +257,11 @@ def test_fuzzed_bodies_and_paths_never_get_a_5xx(api):
                 assert headers["content-type"].startswith("application/problem+json")
 
     check()
+
+
+def test_task_names_may_carry_a_site():
+    spec = JobSpec(name="x", tasks={"tasks": ["miniwob/click-test", "webgym-lite/mail/invoice-amount"]})
+    assert spec.tasks.tasks[1] == "webgym-lite/mail/invoice-amount"
+    for bad in ("click-test", "webgym-lite//mail", "webgym-lite/mail/", "a/b/c/d/e", "../etc/passwd"):
+        with pytest.raises(ValueError, match="tasks"):
+            JobSpec(name="x", tasks={"tasks": [bad]})

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"  # also a DNS label, so workloads can carry it
-TASK = r"^[A-Za-z0-9_.-]{1,64}/[A-Za-z0-9_.-]{1,128}$"
+TASK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}){1,3}$"  # source/name, webgym-lite/<site>/<template>
 
 
 class _Strict(BaseModel):
