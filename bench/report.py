@@ -33,7 +33,7 @@ def f(value, spec: str = ".2f", none: str = "-") -> str:
 
 def table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(header))) + " |"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return out + [""]
 
 
@@ -98,12 +98,12 @@ def normaliser_section(doc, results, out) -> tuple[list[str], list]:
         for part in ("first", "last"):
             p = s[norm][part]
             rows.append([f"{'1/k' if norm == 'constant' else '1/|tau|'}, {part} third", f(p["success"]),
-                         f(p["length_success"]), f(p["length_failure"]), f(p["tokens_per_step"], ".1f")])
-    lines += table(["normaliser, steps", "success", "steps of successes", "steps of failures", "tokens per step"],
-                   rows)
+                         f(p["steps_per_episode"]), f(p["length_success"]), f(p["length_failure"]), f(p["tokens_per_step"], ".1f")])
+    lines += table(["normaliser, steps", "success", "steps per episode", "steps of successes", "steps of failures",
+                    "tokens per step"], rows)
     fnd = doc["finding"]
     lines += [f"The paper's finding ({fnd['criterion']}): **{'holds' if fnd['holds'] else 'does not hold'}** here "
-              f"(successes shorter with 1/k: {f(fnd['successful_episodes_shorter_with_1_over_k'])}; success equal "
+              f"(episodes shorter with 1/k: {f(fnd['episodes_shorter_with_1_over_k'])}; success equal "
               f"or better: {f(fnd['success_equal_or_better_with_1_over_k'])}).", "",
               provenance(doc, "normaliser", results), ""] + plot_line(results, "normaliser", out)
     return lines, ["normaliser", "1/k contracts trajectories at equal or better success", f(fnd["holds"]),
