@@ -104,3 +104,31 @@ def test_weights_updated_mid_generation_leave_both_versions_in_the_record(stack,
     for s in mixed:
         assert list(s.versions) == sorted(s.versions) and len(s.versions) == len(s.output_ids) == len(s.logprobs)
     ch.close()
+
+
+def test_a_stopped_gateway_releases_its_sessions_within_the_grace(stack, redis_server):
+    """SIGTERM with long episodes in flight: they get --shutdown-grace-s to finish, then are cancelled
+    and release their envfleet sessions; a gateway that only waited would be SIGKILLed by its launcher
+    and strand them until envfleet's lease timeout (5 minutes), starving the next job of contexts."""
+    job = f"term-{uuid.uuid4().hex[:6]}"
+    ch, buf = buffer_for(stack)
+    _configure(buf, job)
+    engine = engine_for(stack, redis_server, job)
+    gateway = gateway_for(stack, job, "--steps-easy", "40", "--max-new-tokens", "48", "--shutdown-grace-s", "1")
+    env_ch = channel(stack["envfleet"].target, TOKEN)
+    env = env_pb2_grpc.EnvServiceStub(env_ch)
+    try:
+        wait_until(lambda: env.Stats(env_pb2.StatsRequest()).sessions >= 2, timeout=60)
+        wait_until(lambda: metric(gateway, "asyncwebrl_rollout_episodes_running") >= 2, timeout=30)
+        started = time.monotonic()
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(20) == 0, gateway.logs()[-3000:]
+        took = time.monotonic() - started
+        wait_until(lambda: env.Stats(env_pb2.StatsRequest()).sessions == 0, timeout=10)
+        assert took < 15, f"the gateway took {took:.1f}s to stop"
+        assert "cancelled, their sessions released" in gateway.logs()
+    finally:
+        gateway.stop()
+        engine.stop()
+        env_ch.close()
+        ch.close()

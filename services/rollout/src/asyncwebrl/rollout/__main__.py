@@ -52,7 +52,14 @@ async def serve(config: RolloutConfig) -> None:
     stopped = asyncio.create_task(runner.wait_stopped())
     await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
     gateway.stop()
-    await work
+    # Running groups may finish within the grace; the rest are cancelled rather than left for a
+    # SIGKILL, which would strand their browser sessions for envfleet's whole lease timeout.
+    done, _ = await asyncio.wait({work}, timeout=config.shutdown_grace_s)
+    if not done:
+        cancelled = gateway.cancel_running()
+        log.warning("%d groups still running %.0fs after the stop: cancelled, their sessions released",
+                    cancelled, config.shutdown_grace_s)
+        await work
     log.info("stopped", extra={"written": gateway.written_groups, "dropped": gateway.dropped})
     await runner.stop()
     await client.close()

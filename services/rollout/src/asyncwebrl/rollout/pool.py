@@ -125,6 +125,14 @@ class Gateway:
     def stop(self) -> None:
         self._stop.set()
 
+    def cancel_running(self) -> int:
+        """Cancels the groups still running; their episodes release their envfleet sessions on the way
+        out (a gateway killed instead would hold them until envfleet's lease timeout)."""
+        running = [g for g in self._groups if not g.done()]
+        for g in running:
+            g.cancel()
+        return len(running)
+
     async def _report_loop(self) -> None:
         while True:
             await asyncio.sleep(5)
