@@ -139,7 +139,8 @@ def plot_staleness(results: dict, path: pathlib.Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--etas", default="1,2,4", help="asynchronous modes to run beside sync")
-    parser.add_argument("--window", type=float, default=240.0, help="seconds per mode after its first step")
+    parser.add_argument("--window", type=float, default=180.0,
+                        help="seconds per mode after its first step (longer if it has not trained 3 steps by then)")
     parser.add_argument("--warm-steps", type=int, default=16, help="supervised warm-start steps")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--staleness", action="store_true", help="also write bench/results/staleness.json")

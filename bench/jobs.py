@@ -171,9 +171,9 @@ class Stack:
         return path
 
     def run(self, spec: dict, *, window_s: float | None = None, steps: int | None = None,
-            timeout_s: float = 3600) -> dict:
-        """Runs one job until ``window_s`` seconds after its first training step (or until it has
-        trained ``steps`` steps), then cancels it. Returns its rows and envfleet's counters over the
+            min_steps: int = 3, timeout_s: float = 3600) -> dict:
+        """Runs one job until ``window_s`` seconds after its first training step and at least
+        ``min_steps`` steps (or until it has trained ``steps`` steps), then cancels it. Returns its rows and envfleet's counters over the
         window (first step to the end)."""
         jid = self.submit(spec)
         started = time.monotonic()
@@ -193,7 +193,8 @@ class Stack:
                                    f"traj/h {r['trajectories_per_hour']:.0f} staleness {r['staleness_mean']:.2f}")
                 if steps is not None and len(rows) >= steps:
                     break
-                if first_at is not None and window_s is not None and time.monotonic() - first_at >= window_s:
+                if (first_at is not None and window_s is not None and time.monotonic() - first_at >= window_s
+                        and len(rows) >= min_steps):
                     break
                 if job["state"] in FINAL:
                     if job["state"] == "succeeded" and steps is not None:

@@ -98,12 +98,12 @@ def normaliser_section(doc, results, out) -> tuple[list[str], list]:
         for part in ("first", "last"):
             p = s[norm][part]
             rows.append([f"{'1/k' if norm == 'constant' else '1/|tau|'}, {part} third", f(p["success"]),
-                         f(p["steps_per_episode"]), f(p["length_success"]), f(p["length_failure"]), f(p["tokens_per_step"], ".1f")])
+                         f(p.get("steps_per_episode")), f(p["length_success"]), f(p["length_failure"]), f(p["tokens_per_step"], ".1f")])
     lines += table(["normaliser, steps", "success", "steps per episode", "steps of successes", "steps of failures",
                     "tokens per step"], rows)
     fnd = doc["finding"]
     lines += [f"The paper's finding ({fnd['criterion']}): **{'holds' if fnd['holds'] else 'does not hold'}** here "
-              f"(episodes shorter with 1/k: {f(fnd['episodes_shorter_with_1_over_k'])}; success equal "
+              f"(episodes shorter with 1/k: {f(fnd.get('episodes_shorter_with_1_over_k'))}; success equal "
               f"or better: {f(fnd['success_equal_or_better_with_1_over_k'])}).", "",
               provenance(doc, "normaliser", results), ""] + plot_line(results, "normaliser", out)
     return lines, ["normaliser", "1/k contracts trajectories at equal or better success", f(fnd["holds"]),
