@@ -26,13 +26,15 @@ Measured (128 held-out episodes each; seed = ASYNCWEBRL_LEARNING_SEED):
   0.373 (40 RL steps), and a collapse all the same, at version 11 of 60 (approx KL to
   the proximal policy jumped from ~0.001 to 0.07 in one step).
 
-So a collapse is this recipe's own instability on a 0.3M-parameter model at lr 1e-3
-(about one run in four), not a matter of the warm-start. The defaults are the 8 SFT
-steps with the larger gains; a collapse, detected as a stall (no new version for 3
-minutes), is retried once as a fresh job from the same warm-start with another seed,
-and a second collapse fails the test. Each success rate is measured on 512 held-out
-episodes, and the assertion is a one-sided test at p < 0.05 (1.645 standard errors of
-the difference, about 0.05 here) rather than a fixed size.
+So a collapse is this recipe's own instability on a 0.3M-parameter model at lr 1e-3,
+not a matter of the warm-start; in CI it struck 3 of the last 5 runs, each time as one
+step whose approx KL to the proximal policy was ~0.08 (against ~0.001) with a grad-norm
+spike, after which every group failed. The defaults are the 8 SFT steps with the larger
+gains; a collapse, detected as a stall (no new version for 2 minutes, a healthy step
+takes 15-25 s), is retried as a fresh job from the same warm-start with another seed,
+up to 3 jobs; collapsing every time fails the test. Each success rate is measured on
+512 held-out episodes, and the assertion is a one-sided test at p < 0.05 (1.645
+standard errors of the difference, about 0.05 here) rather than a fixed size.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ RL_KL = os.environ.get("ASYNCWEBRL_LEARNING_RL_KL", "0")
 RL_WARMUP = os.environ.get("ASYNCWEBRL_LEARNING_RL_WARMUP", "5")
 EVAL_GROUPS = int(os.environ.get("ASYNCWEBRL_LEARNING_EVAL_GROUPS", "128"))
 SEED = int(os.environ.get("ASYNCWEBRL_LEARNING_SEED", "1"))
+ATTEMPTS = int(os.environ.get("ASYNCWEBRL_LEARNING_ATTEMPTS", "3"))
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +145,7 @@ class Collapsed(Exception):
     pass
 
 
-def _wait_for_training(w, job: str, trainer, root, stall_s: float = 180.0) -> None:
+def _wait_for_training(w, job: str, trainer, root, stall_s: float = 120.0) -> None:
     """Until the trainer exits; raises Collapsed, with the buffer's counts, if no version appears
     for ``stall_s`` (a collapsed policy fills the buffer with zero-variance groups)."""
     last, since = None, time.monotonic()
@@ -205,16 +208,19 @@ def test_grpo_raises_success_on_held_out_seeds(world):
     if os.environ.get("ASYNCWEBRL_LEARNING_STOP_AFTER_SFT"):
         return
 
-    # 2. GRPO. A collapse (see above) is retried once, as a fresh job from the same warm-start with
-    # another seed; a second one fails the test, as does a run that trains but does not improve.
-    try:
-        final = grpo(w, "rl", warm, SEED)
-    except Collapsed as exc:
-        print(f"[{time.monotonic() - t0:.0f}s] collapsed ({exc}); once more with seed {SEED + 1}")
+    # 2. GRPO. A collapse (see above) is retried as a fresh job from the same warm-start with another
+    # seed, up to ATTEMPTS jobs in all; collapsing every time fails the test, as does a run that
+    # trains but does not improve.
+    collapses = []
+    for attempt in range(ATTEMPTS):
         try:
-            final = grpo(w, "rl-again", warm, SEED + 1)
-        except Collapsed as again:
-            pytest.fail(f"collapsed twice: {exc}; then {again}")
+            final = grpo(w, "rl" if attempt == 0 else f"rl-{attempt}", warm, SEED + attempt)
+            break
+        except Collapsed as exc:
+            collapses.append(str(exc))
+            print(f"[{time.monotonic() - t0:.0f}s] attempt {attempt + 1} collapsed ({exc})")
+    else:
+        pytest.fail(f"collapsed {ATTEMPTS} times: {collapses}")
     print(f"[{time.monotonic() - t0:.0f}s] GRPO done")
     after = success_rate(w, final, "after")
     n = 4 * EVAL_GROUPS
