@@ -42,7 +42,7 @@ import tempfile
 
 
 from jobs import (CLICK_TASKS, RESULTS, Stack, base_spec, machine, merge, now_iso, rejected_fraction,  # noqa: E402
-                  say, stage_times, throughput)
+                  say, stage_times, throughput, weighted_mean)
 
 NAME = "e2e"
 TASKS = [*CLICK_TASKS, "webgym-lite/mail/invoice-amount"]
@@ -61,11 +61,7 @@ def job_spec(warm: str, eta: int | None, lr: float) -> dict:
 
 def late_success(rows: list[dict]) -> float | None:
     """Success of the easy (click) episodes trained in the window's second half."""
-    half = rows[len(rows) // 2:]
-    n = sum(r["episodes"] for r in half)
-    vals = [(r.get("success_by_difficulty", {}).get("easy"), r["episodes"]) for r in half]
-    vals = [(v, e) for v, e in vals if v is not None]
-    return sum(v * e for v, e in vals) / sum(e for _, e in vals) if vals and n else None
+    return weighted_mean(rows[len(rows) // 2:], "", lambda r: r.get("success_by_difficulty", {}).get("easy"))
 
 
 def summarise(runs: dict[str, dict]) -> dict:

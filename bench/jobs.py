@@ -11,7 +11,6 @@ it as ``model.path``.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -25,6 +24,8 @@ import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from asyncwebrl.api.cli import Client, _metrics_since, load_stack  # noqa: E402
 from asyncwebrl.common.weights import latest_version  # noqa: E402
@@ -107,17 +108,14 @@ class Stack:
         port = self.stack["components"]["envfleet"]["http_port"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
             text = resp.read().decode()
-        out = {"step_seconds": 0.0, "allocate_seconds": 0.0, "steps": 0.0, "allocations": 0.0}
         names = {"asyncwebrl_envfleet_step_seconds_sum": "step_seconds",
                  "asyncwebrl_envfleet_allocate_seconds_sum": "allocate_seconds",
                  "asyncwebrl_envfleet_steps_total": "steps", "asyncwebrl_envfleet_allocations_total": "allocations"}
-        for line in text.splitlines():
-            if line.startswith("#") or not line:
-                continue
-            metric = line.split("{", 1)[0].split(" ", 1)[0]
-            if metric in names:
-                with contextlib.suppress(ValueError):
-                    out[names[metric]] += float(line.rsplit(" ", 1)[1])
+        out = dict.fromkeys(names.values(), 0.0)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in names:
+                    out[names[sample.name]] += sample.value
         return out
 
     # --- jobs ---------------------------------------------------------------------------------
@@ -213,6 +211,13 @@ class Stack:
         finally:
             self.cancel(jid)
         return {"job": jid, "spec": spec, "rows": rows, "window_s": window, "envfleet": env}
+
+
+def weighted_mean(rows: list[dict], field: str, value=None) -> float | None:
+    """Episode-weighted mean of ``field`` (or of ``value(row)``) over the rows that have it."""
+    pairs = [((value(r) if value else r.get(field)), r["episodes"]) for r in rows]
+    pairs = [(v, w) for v, w in pairs if v is not None and v == v]  # v == v: not NaN
+    return sum(v * w for v, w in pairs) / sum(w for _, w in pairs) if pairs and sum(w for _, w in pairs) else None
 
 
 def steady(rows: list[dict]) -> list[dict]:

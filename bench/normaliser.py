@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 
-from jobs import CLICK_TASKS, RESULTS, Stack, base_spec, machine, merge, now_iso, say
+from jobs import CLICK_TASKS, RESULTS, Stack, base_spec, machine, merge, now_iso, say, weighted_mean
 
 NAME = "normaliser"
 NORMS = ("constant", "trajectory")
@@ -51,12 +51,7 @@ def phase(rows: list[dict], part: str) -> dict:
     """Episode-weighted means over the first or last third of the steps."""
     n = max(1, len(rows) // 3)
     chosen = rows[:n] if part == "first" else rows[-n:]
-    out = {}
-    for f in FIELDS:
-        pairs = [(r.get(f), r["episodes"]) for r in chosen]
-        pairs = [(v, w) for v, w in pairs if v is not None and not (isinstance(v, float) and math.isnan(v))]
-        out[f] = sum(v * w for v, w in pairs) / sum(w for _, w in pairs) if pairs else None
-    return out
+    return {f: weighted_mean(chosen, f) for f in FIELDS}
 
 
 def summarise(curves: dict[str, list[list[dict]]]) -> dict:
