@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 
 import aiohttp
 import grpc
@@ -102,3 +103,25 @@ async def test_auth_metrics_and_streaming(runner):
         runner.request_stop()
         async with http.get(base + "/readyz") as resp:
             assert resp.status == 503
+
+
+def _listening_socket() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+@pytest.mark.parametrize("taken", ["grpc_port", "http_port"])
+async def test_a_taken_port_fails_start_naming_it_and_binds_nothing(taken):
+    with _listening_socket() as busy:
+        port = busy.getsockname()[1]
+        cfg = ServiceConfig(**{"grpc_port": 0, "http_port": 0, taken: port}, shutdown_grace_s=1)
+        r = ServiceRunner(cfg, [SERVICE])
+        r.build_server().add_generic_rpc_handlers((_echo_handler(),))
+        with pytest.raises(OSError, match=f"^{taken}: cannot bind 127.0.0.1:{port}"):
+            await r.start()
+    # A failed start leaves no gRPC server behind to keep the process alive.
+    if taken == "http_port":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", r.grpc_port))

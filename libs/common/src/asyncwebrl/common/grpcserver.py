@@ -222,12 +222,25 @@ class ServiceRunner:
         return self.server
 
     async def start(self) -> None:
+        """Bind both ports or neither: raises OSError naming the port that failed."""
         assert self.server is not None, "call build_server() and add servicers first"
-        self.grpc_port = self.server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+        address = f"{self.config.host}:{self.config.grpc_port}"
+        try:
+            self.grpc_port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises rather than returning 0 on newer releases
+            raise OSError(f"grpc_port: cannot bind {address}: {exc}") from exc
         if self.grpc_port == 0:
-            raise RuntimeError(f"grpc_port: cannot bind {self.config.host}:{self.config.grpc_port}")
+            raise OSError(f"grpc_port: cannot bind {address}")
         await self.server.start()
-        await self._start_http()
+        try:
+            await self._start_http()
+        except OSError as exc:
+            # A started gRPC server left running keeps its threads alive: the process would
+            # hang with its gRPC port open (looking healthy) instead of exiting.
+            await self.server.stop(0)
+            if self._http is not None:
+                await self._http.cleanup()
+            raise OSError(f"http_port: cannot bind {self.config.host}:{self.config.http_port}: {exc}") from exc
         await self.set_serving(True)
         log.info("serving", extra={"grpc_port": self.grpc_port, "http_port": self.http_port})
 
@@ -288,8 +301,10 @@ async def run_service(
     server = runner.build_server()
     add_servicers(server)
     runner.install_signal_handlers()
-    await runner.start()
     try:
+        # Inside the try: a start that fails (a port taken) still runs on_stop, which ends the
+        # service's own tasks; left running, asyncio.run's teardown can wait on them forever.
+        await runner.start()
         await runner.wait_stopped()
         log.info("shutting down", extra={"grace_s": runner.config.shutdown_grace_s})
     finally:
