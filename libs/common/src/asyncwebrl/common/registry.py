@@ -26,6 +26,7 @@ import re
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from asyncwebrl.common.cancel import end_if_cancelled
 from asyncwebrl.common.keys import job_prefix
 
 log = logging.getLogger("asyncwebrl.registry")
@@ -170,7 +171,9 @@ class Heartbeat:
             try:
                 await self.beat()
             except (RedisError, OSError) as exc:
+                end_if_cancelled()
                 log.warning("registry heartbeat failed: %s", exc)
+            end_if_cancelled()
             await asyncio.sleep(self.interval_s)
 
     def start(self) -> None:

@@ -44,6 +44,7 @@ from asyncwebrl.api.config import ApiConfig
 from asyncwebrl.api.launcher import (LaunchError, engine_args, resolve_model, rollout_args, trainer_args,
                                      warm_job_id, warm_rollout_args, warm_trainer_args)
 from asyncwebrl.api.store import FINAL, Job, JobStore
+from asyncwebrl.common.cancel import cancelling, end_if_cancelled
 from asyncwebrl.common.config import require
 from asyncwebrl.common.grpcclient import aio_channel
 from asyncwebrl.common.models.tiny import SHIPPED
@@ -507,19 +508,6 @@ KINDS = {"Job": Kind("batch/v1", "Job", "jobs"), "Deployment": Kind("apps/v1", "
 WORKLOADS = ("Job", "Deployment", "HorizontalPodAutoscaler")  # what the launcher creates; pods are only read
 
 
-def _cancelling() -> bool:
-    """In a task being cancelled. A client may turn the CancelledError into its own error (aiohttp: a
-    timeout) or drop it (redis-py's writes go through Python 3.11's asyncio.wait_for, which returns the
-    result of an inner call that finished as the cancel came): the task must end all the same."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _end_if_cancelled() -> None:
-    if _cancelling():
-        raise asyncio.CancelledError
-
-
 class KubeError(Exception):
     """A Kubernetes API call that failed; the message names the call."""
 
@@ -583,7 +571,7 @@ class KubeClient:
             try:
                 status, answer = await self._once(method, path, body, params)
             except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-                if _cancelling():
+                if cancelling():
                     raise asyncio.CancelledError from exc
                 error = f"timed out after {self.timeout.total:g}s" if isinstance(exc, asyncio.TimeoutError) \
                     else f"{type(exc).__name__}: {exc}"[:300]
@@ -772,7 +760,7 @@ class KubernetesLauncher:
         try:
             await self._delete(await self._objects(job_id))
         except KubeError as exc:
-            if _cancelling():
+            if cancelling():
                 raise asyncio.CancelledError from exc
             log.warning("cancel of %s: %s; the reconcile loop retries", job_id, exc)
 
@@ -780,7 +768,7 @@ class KubernetesLauncher:
         try:
             objects = await self._objects(job_id)
         except KubeError as exc:
-            if _cancelling():
+            if cancelling():
                 raise asyncio.CancelledError from exc
             return [{"role": "kubernetes", "error": str(exc)}]
         order = {r: i for i, r in enumerate((*WARM_ROLES, *RL_ROLES))}
@@ -813,7 +801,7 @@ class KubernetesLauncher:
                 if await self.kube.create(obj):
                     log.info("created %s %s", obj["kind"], obj["metadata"]["name"], extra={"job": jid})
             current = await self.store.get(jid)
-            _end_if_cancelled()
+            end_if_cancelled()
             if current is None or current.state in FINAL:
                 return
             if current.state != "running":
@@ -822,7 +810,7 @@ class KubernetesLauncher:
             self._watched.add(jid)
             self._launched[jid] = asyncio.get_running_loop().time()
         except Exception as exc:  # noqa: BLE001 - any error fails the job, never the api
-            if _cancelling():  # api shutdown or cancel: the job stays as it is
+            if cancelling():  # api shutdown or cancel: the job stays as it is
                 raise asyncio.CancelledError from exc
             if isinstance(exc, (LaunchError, KubeError, grpc.aio.AioRpcError, OSError)):
                 detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
@@ -860,9 +848,9 @@ class KubernetesLauncher:
         while not self._closing:
             try:
                 await self.reconcile_once()
-                _end_if_cancelled()
+                end_if_cancelled()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive an error or a bug in one round
-                if _cancelling():
+                if cancelling():
                     raise asyncio.CancelledError from exc
                 if isinstance(exc, (KubeError, RedisError, OSError)):
                     log.warning("reconcile: %s", exc)
@@ -887,9 +875,9 @@ class KubernetesLauncher:
                 continue
             try:
                 await self._reconcile_job(jid, by_job.get(jid, []), pods.get(jid, []))
-                _end_if_cancelled()
+                end_if_cancelled()
             except (KubeError, RedisError, OSError) as exc:
-                if _cancelling():
+                if cancelling():
                     raise asyncio.CancelledError from exc
                 log.warning("reconcile of %s: %s", jid, exc)
 
@@ -948,7 +936,7 @@ class KubernetesLauncher:
             objects = await self._objects(job_id)
             await self._delete(objects if every else leftovers(objects))
         except (KubeError, RedisError, OSError) as exc:
-            if _cancelling():
+            if cancelling():
                 raise asyncio.CancelledError from exc
             log.warning("ending %s: %s; the reconcile loop retries the clean-up", job_id, exc)
 

@@ -14,6 +14,7 @@ from asyncwebrl.buffer.config import BufferConfig
 from asyncwebrl.buffer.service import SERVICE, BufferServicer, add_to_server
 from asyncwebrl.buffer.store import GroupStore
 from asyncwebrl.common.blobstore import BlobStore
+from asyncwebrl.common.cancel import end_if_cancelled
 from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.grpcserver import ServiceRunner, run_service
 from asyncwebrl.common.logs import setup_logging
@@ -63,9 +64,11 @@ async def sweeper(store: GroupStore, blobs: BlobStore, interval_s: float, health
             await sweep_once(store, blobs, known)
             health["redis"] = True
         except RedisError as exc:
+            end_if_cancelled()
             # Not ready while Redis is away: every RPC would fail UNAVAILABLE.
             health["redis"] = False
             log.warning("sweep failed, retrying: %s", exc)
+        end_if_cancelled()
         await asyncio.sleep(interval_s)
 
 

@@ -22,6 +22,7 @@ import uuid
 
 import grpc
 
+from asyncwebrl.common.cancel import end_if_cancelled
 from asyncwebrl.rollout import metrics
 from asyncwebrl.rollout.config import RolloutConfig
 from asyncwebrl.rollout.episode import EnvFault, NoDemonstration, Policy, run_episode
@@ -138,6 +139,7 @@ class Gateway:
             await asyncio.sleep(5)
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await self.report_running()
+            end_if_cancelled()
 
     def _start_group(self) -> None:
         task = self.rng.choice(self.tasks)

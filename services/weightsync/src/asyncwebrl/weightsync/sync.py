@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import LockError, RedisError
 
 from asyncwebrl.common import fanout
+from asyncwebrl.common.cancel import end_if_cancelled
 from asyncwebrl.common.keys import job_prefix
 from asyncwebrl.common.registry import Endpoint, Published, Registry, version_number
 from asyncwebrl.common.weights import CheckpointError, Manifest, read_manifest
@@ -113,6 +114,7 @@ class WeightSync:
             while True:
                 await asyncio.sleep(LOCK_TTL_S / 3)
                 await lock.reacquire()
+                end_if_cancelled()
 
         task = asyncio.create_task(renew())
         try:
