@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pathlib
+import socket
 import subprocess
 import sys
+import urllib.request
 
 import yaml
 
 from asyncwebrl.common.memory import keep_large_allocations
+from tests.buffer.conftest import start_buffer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -31,6 +34,49 @@ def test_bad_configuration_exits_2_naming_the_field():
         proc = subprocess.run([sys.executable, "-m", "asyncwebrl.buffer", *args], capture_output=True, text=True,
                               env={"PATH": "/usr/bin:/bin", **env}, timeout=60)
         assert proc.returncode == 2 and field in proc.stderr, (field, proc.stderr)
+
+
+def test_a_taken_http_port_exits_1_naming_it_instead_of_hanging(redis_server):
+    """Seen in CI: the gRPC port bound, the HTTP one was taken, and the process hung with
+    its gRPC port open (so it looked started) until SIGKILL."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "asyncwebrl.buffer", "--redis-url", redis_server.url, "--grpc-port", "0",
+             "--http-port", str(port), "--log-format", "text"],
+            capture_output=True, text=True, timeout=60,
+            env={"PATH": "/usr/bin:/bin", "ASYNCWEBRL_REDIS_PASSWORD": redis_server.password},
+        )
+    assert proc.returncode == 1 and f"http_port: cannot bind 127.0.0.1:{port}" in proc.stderr, proc.stderr
+
+
+def test_a_service_that_loses_the_port_race_starts_again_on_new_ports(redis_server, tmp_path, monkeypatch):
+    """Between choosing a free port and the child binding it, another process may take it."""
+    from asyncwebrl.common import localstack
+
+    real = localstack.free_ports
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        calls = []
+
+        def racing(n):
+            calls.append(n)
+            ports = real(n)
+            return [ports[0], taken] if len(calls) == 1 else ports
+
+        monkeypatch.setattr(localstack, "free_ports", racing)
+        svc = start_buffer(tmp_path, redis_server)
+    try:
+        assert len(calls) == 2 and svc.http_port != taken
+        assert f"http_port: cannot bind 127.0.0.1:{taken}" in svc.logs()
+        with urllib.request.urlopen(f"http://127.0.0.1:{svc.http_port}/readyz", timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        assert svc.stop() == 0, svc.logs()
 
 
 def test_redis_is_durable_in_every_configuration_we_ship(redis_server):

@@ -16,9 +16,20 @@ import time
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free now; all held until all are chosen, so none repeats. Another process
+    can still take one before the child binds it: ServiceProcess.wait_ready starts again on new ones."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
@@ -92,6 +103,9 @@ class ChildProcess:
     def __init__(self, module: str, args: list[str], env: dict[str, str] | None, log_path: pathlib.Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        self._spawn(module, args, env)
+
+    def _spawn(self, module: str, args: list[str], env: dict[str, str] | None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"asyncwebrl.{module}", *args],
             env={**os.environ, **(env or {})},
@@ -119,20 +133,33 @@ class ChildProcess:
 class ServiceProcess(ChildProcess):
     """A gRPC service on free ports (``--grpc-port``, ``--http-port``)."""
 
+    BIND_ATTEMPTS = 3
+
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: pathlib.Path) -> None:
         self.name = name
-        self.grpc_port = free_port()
-        self.http_port = free_port()
-        super().__init__(name, ["--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port), *args],
-                         env, log_path)
+        self._args, self._env = args, env
+        self.grpc_port, self.http_port = free_ports(2)
+        super().__init__(name, self._argv(), env, log_path)
+
+    def _argv(self) -> list[str]:
+        return ["--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port), *self._args]
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        wait_for_port(self.http_port, timeout, self.proc)
-        wait_for_port(self.grpc_port, timeout, self.proc)
+        """Both ports answer. A child that found a port taken (it exits naming it) starts again on new ones."""
+        for attempt in range(self.BIND_ATTEMPTS):
+            try:
+                wait_for_port(self.http_port, timeout, self.proc)
+                wait_for_port(self.grpc_port, timeout, self.proc)
+                return
+            except RuntimeError:
+                if attempt + 1 == self.BIND_ATTEMPTS or "cannot bind" not in self.logs():
+                    raise
+                self.grpc_port, self.http_port = free_ports(2)
+                self._spawn(self.name, self._argv(), self._env)
 
 
 class EngineProcess(ChildProcess):
