@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import pathlib
 import signal
 
 import pytest
@@ -71,6 +72,11 @@ def test_job_trains_survives_a_crash_and_cancel_stops_everything(api, redis_serv
     job = wait_until(lambda: (j := job_get(api, jid))["state"] == "running" and j, 180, "job running")
     procs = {p["role"]: p for p in job["processes"]}
     assert set(procs) == {"engine", "trainer", "rollout"} and all(p["running"] for p in procs.values())
+    # Trainer and engine divide the cores instead of each taking all of them.
+    share = str(max(1, (os.cpu_count() or 1) // 2))
+    for role in ("engine", "trainer"):
+        argv = pathlib.Path(f"/proc/{procs[role]['pid']}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--torch-threads") + 1].decode() == share, (role, argv)
 
     wait_until(lambda: job_get(api, jid)["progress"]["version"] >= 2, 300, "two versions trained")
 

@@ -69,3 +69,31 @@ def test_envfleet_help_prints_every_field():
         assert "--" + f.name.replace("_", "-") in out
         assert "ASYNCWEBRL_" + f.name.upper() in out
     assert "Chromium processes in this replica." in out
+
+
+@pytest.mark.parametrize("module", ["trainer", "engine", "api"])
+def test_torch_threads_is_bounded_and_applied(module, capsys):
+    import importlib
+
+    name = {"trainer": "TrainerConfig", "engine": "EngineConfig", "api": "ApiConfig"}[module]
+    config_cls = getattr(importlib.import_module(f"asyncwebrl.{module}.config"), name)
+    extra = ["--allow-no-token"] if module == "api" else []
+    with pytest.raises(SystemExit) as exc:
+        parse_config(config_cls, ["--torch-threads", "-1", *extra])
+    assert exc.value.code == 2 and "torch_threads" in capsys.readouterr().err
+    assert parse_config(config_cls, ["--torch-threads", "1", *extra]).torch_threads == 1
+
+
+def test_set_torch_threads_sets_torch_and_zero_keeps_it():
+    import torch
+
+    from asyncwebrl.common.models.loading import set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_torch_threads(0)
+        assert torch.get_num_threads() == before
+        set_torch_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

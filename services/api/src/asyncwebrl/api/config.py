@@ -30,6 +30,8 @@ class ApiConfig(ServiceConfig):
     model_roots: tuple[str, ...] = option((), "Directories a job's model.path is looked up in (comma-separated).")
     max_restarts: int = option(3, "local launcher: times one crashed child is started again before the job fails.")
     engine_start_timeout_s: float = option(300.0, "local launcher: longest wait for an engine to load its model.")
+    torch_threads: int = option(0, "local launcher: CPU threads of each job's trainer and engines; 0 divides this "
+                                   "machine's cores among them (each would otherwise take all of them).")
 
     # --- kubernetes launcher (--launcher kubernetes; asyncwebrl.api.k8s) ------------------------------
     k8s_api: str = option("https://kubernetes.default.svc", "kubernetes launcher: API server URL.")
@@ -85,6 +87,7 @@ class ApiConfig(ServiceConfig):
         require(self.launcher in ("none", "local", "kubernetes"), "launcher",
                 f"must be none, local or kubernetes, got {self.launcher!r}")
         require(0 <= self.max_restarts <= 100, "max_restarts", "must be in [0, 100]")
+        require(0 <= self.torch_threads <= 1024, "torch_threads", "must be in [0, 1024]")
         require(1 <= self.engine_start_timeout_s <= 3600, "engine_start_timeout_s", "must be in [1, 3600]")
         if self.launcher == "kubernetes":
             from asyncwebrl.api.k8s import check_config  # k8s imports this module

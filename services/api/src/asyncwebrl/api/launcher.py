@@ -72,6 +72,14 @@ def engine_args(config: ApiConfig, job: Job, model: pathlib.Path, ckpt: pathlib.
             "--log-format", "text"]
 
 
+def local_torch_threads(config: ApiConfig, job: Job) -> int:
+    """Threads of each local trainer and engine: the configured number, or the cores divided among them
+    (on 2 cores, a trainer beside an engine and Chromium ran its step 10x slower with torch's default)."""
+    if config.torch_threads:
+        return config.torch_threads
+    return max(1, (os.cpu_count() or 1) // (job.spec.resources.engines + 1))
+
+
 def trainer_args(config: ApiConfig, job: Job, model: pathlib.Path, ckpt: pathlib.Path) -> list[str]:
     """``python -m asyncwebrl.trainer`` flags."""
     s = job.spec
@@ -187,11 +195,13 @@ class JobRun:
         ckpt = self.dir / "checkpoints"
         logs = self.dir / "logs"
         children = []
+        threads = ["--torch-threads", str(local_torch_threads(c, self.job))]
         for i in range(self.job.spec.resources.engines):
             port = free_port()
             args = engine_args(c, self.job, model, ckpt, port, f"{jid}-engine-{i}")
-            children.append(Child("engine", ["engine", *args], logs / f"engine-{i}.log", port=port))
-        children.append(Child("trainer", ["trainer", *trainer_args(c, self.job, model, ckpt)], logs / "trainer.log"))
+            children.append(Child("engine", ["engine", *args, *threads], logs / f"engine-{i}.log", port=port))
+        children.append(Child("trainer", ["trainer", *trainer_args(c, self.job, model, ckpt), *threads],
+                              logs / "trainer.log"))
         children.append(Child("rollout", ["rollout", *rollout_args(c, self.job, model)], logs / "rollout.log"))
         return children
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.logs import setup_logging
-from asyncwebrl.common.models.loading import load_policy
+from asyncwebrl.common.models.loading import load_policy, set_torch_threads
 from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.common.registry import Heartbeat, Registry
 from asyncwebrl.engine import metrics
@@ -76,6 +76,7 @@ async def _register(config: EngineConfig, port: int, server: Server, engine: Eng
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(EngineConfig, argv, prog="python -m asyncwebrl.engine")
     setup_logging("engine", config.log_level, config.log_format)
+    set_torch_threads(config.torch_threads)
     log.info("starting", extra={"config": redacted(config)})
     try:
         asyncio.run(serve(config))

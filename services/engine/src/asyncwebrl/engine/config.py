@@ -28,6 +28,8 @@ class EngineConfig:
         (), "Directories update_weights_from_disk may load from (comma-separated; default: model_path's parent)."
     )
     device: str = option("auto", "cpu, cuda, cuda:N or auto (cuda when available).")
+    torch_threads: int = option(0, "CPU threads torch uses (0: its default, one per core); set it when "
+                                   "processes share the cores.")
     dtype: str = option("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16.")
     weight_version: str = option("0", "Version label of the weights loaded at start.")
     max_batch_size: int = option(32, "Most requests decoded together.")
@@ -60,6 +62,7 @@ class EngineConfig:
                 "must be auto, cpu or cuda[:N]")
         require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype",
                 "must be auto, float32, bfloat16 or float16")
+        require(0 <= self.torch_threads <= 1024, "torch_threads", "must be in [0, 1024]")
         require(0 < len(self.weight_version) <= 64, "weight_version", "must be 1-64 characters")
         require(1 <= self.max_batch_size <= 1024, "max_batch_size", "must be in [1, 1024]")
         require(1 <= self.max_new_tokens_limit <= 1 << 20, "max_new_tokens_limit", "must be in [1, 2^20]")

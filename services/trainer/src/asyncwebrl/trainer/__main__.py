@@ -14,6 +14,7 @@ from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.grpcclient import aio_channel
 from asyncwebrl.common.grpcserver import ServiceRunner
 from asyncwebrl.common.logs import setup_logging
+from asyncwebrl.common.models.loading import set_torch_threads
 from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.trainer.config import TrainerConfig
 from asyncwebrl.trainer.dist import Dist, init_from_env
@@ -59,6 +60,7 @@ async def serve(config: TrainerConfig, d: Dist) -> None:
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(TrainerConfig, argv, prog="python -m asyncwebrl.trainer")
     setup_logging("trainer", config.log_level, config.log_format)
+    set_torch_threads(config.torch_threads)
     d = init_from_env(config.device)
     if d.main:
         log.info("starting", extra={"config": redacted(config), "world": d.world, "device": str(d.device)})

@@ -26,6 +26,8 @@ class TrainerConfig(ServiceConfig):
     model_path: str = option(str(SHIPPED / "qwen2_5_vl"), "Starting checkpoint (Hugging Face directory).")
     checkpoint_dir: str = option("./checkpoints", "Where versions (v<N>/) and full checkpoints (full/) are written.")
     device: str = option("auto", "auto, cpu or cuda.")
+    torch_threads: int = option(0, "CPU threads torch uses (0: its default, one per core); set it when "
+                                   "processes share the cores.")
     dtype: str = option("float32", "Master weight dtype: float32 (recommended), bfloat16.")
     compute_dtype: str = option("auto", "FSDP2 compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16.")
     objective: str = option("grpo", "grpo, or sft: supervised warm-start on demonstration groups.")
@@ -79,6 +81,7 @@ class TrainerConfig(ServiceConfig):
         require(1 <= self.archive_keep <= 100_000, "archive_keep", "must be in [1, 100000]")
         require(bool(self.consumer) and len(self.consumer) <= 64, "consumer", "must be 1-64 characters")
         require(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
+        require(0 <= self.torch_threads <= 1024, "torch_threads", "must be in [0, 1024]")
         require(self.dtype in ("float32", "bfloat16"), "dtype", "must be float32 or bfloat16")
         require(self.compute_dtype in ("auto", "float32", "bfloat16"), "compute_dtype", "must be auto, float32 or bfloat16")
         require(self.objective in OBJECTIVES, "objective", f"must be one of {OBJECTIVES}")

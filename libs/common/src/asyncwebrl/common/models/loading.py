@@ -57,6 +57,13 @@ def model_family(path: pathlib.Path) -> str:
     return family
 
 
+def set_torch_threads(n: int) -> None:
+    """``n`` intra-op threads (0 keeps torch's one per core). Processes sharing a machine's cores each
+    default to all of them, and together run many times slower than their share."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
