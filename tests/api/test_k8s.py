@@ -164,6 +164,13 @@ def test_pod_args_are_the_local_launchers_with_the_pod_differences(tmp_path):
         local = {c.role: c.args[1:] for c in
                  JobRun(types.SimpleNamespace(config=cfg), job)._plan(resolve_model(job.spec, ()))}
         pods = containers(k8s.manifests(job, settings))
+        # A pod's torch threads come from its CPU limit, not from the api's machine.
+        for role, container in (("trainer", "trainer"), ("engine", "inference")):
+            at = local[role].index("--torch-threads")
+            del local[role][at:at + 2]
+            threads = {e["name"]: e for e in pods[container]["env"]}["ASYNCWEBRL_TORCH_THREADS"]
+            assert threads["valueFrom"]["resourceFieldRef"] == {"containerName": container, "resource": "limits.cpu",
+                                                                "divisor": "1"}
         assert pods["trainer"]["args"] == [
             *replaced(local["trainer"], {"--grpc-port": "50064", "--http-port": "9464", "--log-format": "json",
                                          "--publish": "weightsync"}),

@@ -307,6 +307,13 @@ def _secret_env(settings: K8sSettings, kind: str) -> list[dict]:
             for env, (key, optional) in SECRET_ENV[kind].items()]
 
 
+def _torch_threads_env(container: str) -> dict:
+    """torch's threads from the container's CPU limit (rounded up): in a pod torch would count the node's
+    cores and run many more threads than it has CPU. The local launcher passes --torch-threads instead."""
+    return {"name": "ASYNCWEBRL_TORCH_THREADS",
+            "valueFrom": {"resourceFieldRef": {"containerName": container, "resource": "limits.cpu", "divisor": "1"}}}
+
+
 def _container(settings: K8sSettings, name: str, image: str, command: list[str], args: list[str], env: list[dict],
                res: Resources, gpus: int, shm: bool) -> dict:
     mounts = [{"name": "checkpoints", "mountPath": settings.run_dir}, {"name": "tmp", "mountPath": "/tmp"}]
@@ -405,6 +412,8 @@ def inference_manifest(job: Job, settings: K8sSettings, model: pathlib.Path, ckp
         args = pod_args("inference", engine_args(settings, job, model, ckpt, 0, "engine"), settings)
     env = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}, *_secret_env(settings, kind)]
+    if kind == "embedded":
+        env.append(_torch_threads_env("inference"))
     container = _container(settings, "inference", image, command, args, env, settings.engine_resources, gpus, True)
     container["ports"] = [{"name": "http", "containerPort": ENGINE_PORT}]
     # The embedded engine's /ready is false while it is paused for a weight update; SGLang has /health.
@@ -435,6 +444,7 @@ def trainer_manifest(job: Job, settings: K8sSettings, role: str, args: list[str]
     gpus = job.spec.resources.trainer_gpus
     container = _service_container(settings, role, settings.image_trainer, _trainer_command(gpus), args,
                                    settings.trainer_resources, gpus)
+    container["env"].append(_torch_threads_env(container["name"]))
     return _job(settings, job.job_id, role, _pod_spec(settings, container, gpu=gpus > 0, shm=gpus > 0,
                                                       restart="Never"))
 
