@@ -205,8 +205,9 @@ def test_submit_status_and_watch_a_training_job(stack, tmp_path):
     job = yaml.safe_load(DEMO.read_text())
     job["name"] = "cli-demo"
     # Quick on CPU: no warm-start, tiny groups, and the all-fail groups of a random model kept so that
-    # versions come. max_steps is small, but more than the test waits for: cancel finds it running.
-    job["algorithm"].update(max_steps=30, warm_start_steps=0, keep_zero_variance=True, minibatches=1,
+    # versions come. max_steps is far more than the tests wait for (30 steps were done before the cancel
+    # once the trainer and engine stopped fighting over the cores): cancel finds it running.
+    job["algorithm"].update(max_steps=1000, warm_start_steps=0, keep_zero_variance=True, minibatches=1,
                             warmup_steps=0, lr=1e-5)
     job["rollout"].update(group_size=2, batch_groups=1, max_staleness=2, concurrency=4, max_new_tokens=16,
                           steps_easy=2)
