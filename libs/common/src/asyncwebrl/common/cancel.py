@@ -4,7 +4,8 @@ A client may turn the CancelledError into its own error (aiohttp: a timeout) or 
 writes go through Python 3.11's asyncio.wait_for, which returns the result of an inner call that
 finished as the cancel came). A background loop that catches the library's errors and goes round
 again would then never end, and whoever awaits it on shutdown waits forever. Such loops call
-``end_if_cancelled()`` once per round, and check ``cancelling()`` before handling a caught error.
+``end_if_cancelled()`` once per round (the k8s launcher also checks ``cancelling()`` before handling
+a caught error, so a cancel is not logged as a failure).
 """
 
 from __future__ import annotations

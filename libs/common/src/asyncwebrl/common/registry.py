@@ -171,7 +171,6 @@ class Heartbeat:
             try:
                 await self.beat()
             except (RedisError, OSError) as exc:
-                end_if_cancelled()
                 log.warning("registry heartbeat failed: %s", exc)
             end_if_cancelled()
             await asyncio.sleep(self.interval_s)

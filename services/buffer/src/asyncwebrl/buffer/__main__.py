@@ -64,7 +64,6 @@ async def sweeper(store: GroupStore, blobs: BlobStore, interval_s: float, health
             await sweep_once(store, blobs, known)
             health["redis"] = True
         except RedisError as exc:
-            end_if_cancelled()
             # Not ready while Redis is away: every RPC would fail UNAVAILABLE.
             health["redis"] = False
             log.warning("sweep failed, retrying: %s", exc)

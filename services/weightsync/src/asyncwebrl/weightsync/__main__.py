@@ -42,11 +42,9 @@ async def reconciler(sync: WeightSync, health: dict[str, bool]) -> None:
                 await sync.reconcile(job)
             health["redis"] = True
         except RedisError as exc:
-            end_if_cancelled()
             health["redis"] = False
             log.warning("reconcile failed, retrying: %s", exc)
         except (OSError, RuntimeError, ValueError) as exc:  # discovery: API server away, bad token file
-            end_if_cancelled()
             log.warning("endpoint discovery failed, retrying: %s", exc)
         end_if_cancelled()
         await asyncio.sleep(sync.config.reconcile_interval_s)
