@@ -30,12 +30,12 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "envfleet": ([], ["--episodes", "6", "--rounds", "1", "--concurrency", "1,4", "--skip-peers"]),
     "buffer": ([], ["--groups", "24", "--rounds", "1", "--blobs", "64"]),
     "engine": ([], ["--requests", "16", "--rounds", "1", "--tokens", "32"]),
-    "rollout": ([], ["--groups", "4", "--pools", "16", "--rounds", "1"]),
+    "rollout": (["--rounds", "1"], ["--groups", "2", "--pools", "16", "--rounds", "1"]),
     "trainer": ([], ["--steps", "1", "--rounds", "1"]),
     "weightsync": ([], ["--sizes", "20MB", "--repeats", "1"]),
-    "e2e": (["--etas", "1,2,4,8", "--staleness"],
-            ["--etas", "2", "--staleness", "--window", "70", "--warm-steps", "8"]),
-    "normaliser": ([], ["--seeds", "1", "--steps", "3", "--warm-steps", "8"]),
+    "e2e": (["--etas", "1,2,4,8", "--staleness", "--window", "150"],
+            ["--etas", "2", "--staleness", "--window", "40", "--min-steps", "2", "--warm-steps", "4"]),
+    "normaliser": ([], ["--seeds", "1", "--steps", "2", "--warm-steps", "4"]),
 }
 
 

@@ -137,6 +137,8 @@ def main() -> int:
     parser.add_argument("--etas", default="1,2,4", help="asynchronous modes to run beside sync")
     parser.add_argument("--window", type=float, default=180.0,
                         help="seconds per mode after its first step (longer if it has not trained 3 steps by then)")
+    parser.add_argument("--min-steps", type=int, default=3,
+                        help="training steps each mode runs at least, window or not (2 or more: rates need an interval)")
     parser.add_argument("--warm-steps", type=int, default=16, help="supervised warm-start steps")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--staleness", action="store_true", help="also write bench/results/staleness.json")
@@ -145,6 +147,8 @@ def main() -> int:
     etas = [int(e) for e in args.etas.split(",") if e]
     if any(e < 1 for e in etas):
         parser.error("--etas: asynchronous modes have eta >= 1 (sync is always run)")
+    if args.min_steps < 2:
+        parser.error("--min-steps: at least 2 (a rate needs two training steps)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     run_dir = pathlib.Path(args.run_dir or tempfile.mkdtemp(prefix="bench-e2e-"))
     runs: dict[str, dict] = {}
@@ -153,7 +157,7 @@ def main() -> int:
         for eta in [None, *etas]:
             key = "sync" if eta is None else f"eta_{eta}"
             say(NAME, f"{key}: {args.window:.0f}s after its first step")
-            runs[key] = stack.run(job_spec(warm, eta, args.lr), window_s=args.window)
+            runs[key] = stack.run(job_spec(warm, eta, args.lr), window_s=args.window, min_steps=args.min_steps)
     modes = summarise(runs)
     stages = stage_times(runs["sync"]["rows"])
     ideal = (stages["rollout"] + stages["train"] + stages["sync"]) / max(stages["rollout"], stages["train"])
