@@ -63,6 +63,22 @@ def summarise(curves: dict[str, list[list[dict]]]) -> dict:
     return out
 
 
+def noise(curves: dict[str, list[list[dict]]]) -> dict:
+    """How far apart the two normalisers' last thirds are against chance: the difference per seed
+    (1/k minus 1/|tau|) and the binomial standard error of the pooled success difference."""
+    per_seed = [{f: (None if a[f] is None or b[f] is None else a[f] - b[f]) for f in ("success", "steps_per_episode")}
+                for a, b in ((phase(c, "last"), phase(t, "last")) for c, t in zip(curves["constant"], curves["trajectory"]))]
+    var = 0.0
+    for norm in NORMS:
+        rows = [r for per_seed_rows in curves[norm] for r in per_seed_rows[-max(1, len(per_seed_rows) // 3):]]
+        n = sum(r["episodes"] for r in rows)
+        p = weighted_mean(rows, "success")
+        if not n or p is None:
+            return {"per_seed_last_third": per_seed, "success_difference_se": None}
+        var += p * (1 - p) / n
+    return {"per_seed_last_third": per_seed, "success_difference_se": math.sqrt(var)}
+
+
 def plot(results: dict, curves: dict[str, list[list[dict]]], path: pathlib.Path) -> None:
     import matplotlib
 
@@ -100,8 +116,8 @@ def main() -> int:
     parser.add_argument("--warm-steps", type=int, default=16, help="supervised warm-start steps")
     parser.add_argument("--run-dir", default="", help="stack run directory (default: a temporary one)")
     args = parser.parse_args()
-    if args.seeds < 1 or args.steps < 3:
-        parser.error("--seeds >= 1 and --steps >= 3 (the summary compares thirds of the run)")
+    if args.seeds < 1 or args.steps < 2:
+        parser.error("--seeds >= 1 and --steps >= 2 (the summary compares the first and last thirds of the run)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     run_dir = pathlib.Path(args.run_dir or tempfile.mkdtemp(prefix="bench-normaliser-"))
     curves: dict[str, list[list[dict]]] = {n: [] for n in NORMS}
@@ -127,6 +143,7 @@ def main() -> int:
                      "lr": 1e-3, "k": 10, "warm_start_steps": args.warm_steps, "model": "tiny/qwen2_5_vl"},
         "seeds": args.seeds, "steps": args.steps,
         "summary": summary,
+        "difference": noise(curves),
         "finding": {"criterion": "last third: fewer steps per episode with 1/k, and success with 1/k at least "
                                  "that of 1/|tau| minus 0.05",
                     "episodes_shorter_with_1_over_k": contracts,

@@ -77,3 +77,29 @@ def test_the_page_is_generated_from_the_result_files(tmp_path):
     assert "**1.71x** (eta_2)" in page and "**1.50x**" in page and "114% of the ideal" in page
     assert "Not run: no normaliser.json" in page and "Not run: no staleness.json" in page
     assert "| end to end | async over sync, trained trajectories/h | 1.71x (ideal 1.50x) |" in page
+
+
+def test_the_normaliser_difference_per_seed_and_its_standard_error():
+    # 6 steps of 32 episodes each: the last third is steps 5 and 6 (64 episodes per normaliser).
+    curves = {"constant": [[_row(i, i, 1, 1, success=0.75, env_steps=64) for i in range(1, 7)],
+                           [_row(i, i, 1, 1, success=0.5, env_steps=96) for i in range(1, 7)]],
+              "trajectory": [[_row(i, i, 1, 1, success=0.5, env_steps=96) for i in range(1, 7)],
+                             [_row(i, i, 1, 1, success=0.5, env_steps=96) for i in range(1, 7)]]}
+    for per_seed in curves.values():
+        for rows in per_seed:
+            for r in rows:
+                r["steps_per_episode"] = r["env_steps"] / r["episodes"]
+    d = normaliser.noise(curves)
+    assert d["per_seed_last_third"] == [pytest.approx({"success": 0.25, "steps_per_episode": -1.0}),
+                                        pytest.approx({"success": 0.0, "steps_per_episode": 0.0})]
+    p = 0.625  # 1/k pooled over both seeds' last thirds (128 episodes); 1/|tau| 0.5
+    assert d["success_difference_se"] == pytest.approx((p * (1 - p) / 128 + 0.25 / 128) ** 0.5)
+    assert report.difference_lines(d)[0] == ("Last third, 1/k minus 1/|tau|, per seed: steps per episode -1.00, "
+                                             "+0.00; success +0.25, +0.00 (standard error of the pooled success "
+                                             "difference: 0.06).")
+    assert report.difference_lines(None) == []
+
+
+def test_a_target_not_measured_is_not_reported_as_missed():
+    assert report.measured(None, False) == "-"
+    assert report.measured(5.6, True) == "yes" and report.measured(3.0, False) == "no"
