@@ -163,6 +163,9 @@ def component_sections(results, out) -> tuple[list[str], list[list]]:
                   f(doc["put_ratio"] >= tg.get("put_ratio", 0))],
                  ["buffer", "GetBatch vs direct Redis", f(doc["get_ratio"]), f">= {tg.get('get_ratio', '-')}",
                   f(doc["get_ratio"] >= tg.get("get_ratio", 0))]]
+        if doc.get("put_ratio_replicas") is not None:  # one Python process is CPU-bound; replicas share the load
+            rows.append(["buffer", f"PutGroup, {doc['replicas']} replicas, vs direct Redis",
+                         f(doc["put_ratio_replicas"]), "-", "-"])
     doc = load(results, "engine")
     if doc:
         lines += ["### embedded engine (`make bench-engine`)", ""]
