@@ -5,6 +5,7 @@ trains, a crashed child is restarted, cancel stops every process and keeps the d
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import pathlib
 import signal
@@ -55,6 +56,22 @@ def job_get(api, job_id: str) -> dict:
     return job
 
 
+def flag(pid: int, name: str) -> str:
+    """The value of a running process's command-line flag."""
+    argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    return argv[argv.index(name) + 1]
+
+
+def served_version(port: int) -> str | None:
+    """An engine's weight_version, or None while it is not answering."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/model_info")
+        return json.loads(conn.getresponse().read())["weight_version"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -75,8 +92,7 @@ def test_job_trains_survives_a_crash_and_cancel_stops_everything(api, redis_serv
     # Trainer and engine divide the cores instead of each taking all of them.
     share = str(max(1, (os.cpu_count() or 1) // 2))
     for role in ("engine", "trainer"):
-        argv = pathlib.Path(f"/proc/{procs[role]['pid']}/cmdline").read_bytes().split(b"\0")
-        assert argv[argv.index(b"--torch-threads") + 1].decode() == share, (role, argv)
+        assert flag(procs[role]["pid"], "--torch-threads") == share, role
 
     wait_until(lambda: job_get(api, jid)["progress"]["version"] >= 2, 300, "two versions trained")
 
@@ -88,6 +104,24 @@ def test_job_trains_survives_a_crash_and_cancel_stops_everything(api, redis_serv
     assert again["pid"] != procs["rollout"]["pid"]
     version = job_get(api, jid)["progress"]["version"]
     wait_until(lambda: job_get(api, jid)["progress"]["version"] > version, 300, "training goes on")
+
+    # A crashed engine is started again on a new port, serving its starting model; the trainer loads
+    # the current version into it while it waits (the job's only engine: its groups would otherwise
+    # all be too stale to train on), and training goes on.
+    engine = next(p for p in job_get(api, jid)["processes"] if p["role"] == "engine")
+    old_port = flag(engine["pid"], "--http-port")
+    version = job_get(api, jid)["progress"]["version"]
+    os.kill(engine["pid"], signal.SIGKILL)
+    again = wait_until(lambda: next((p for p in job_get(api, jid)["processes"]
+                                     if p["role"] == "engine" and p["restarts"] == 1 and p["running"]), None), 60,
+                       "engine restarted")
+    port = flag(again["pid"], "--http-port")
+    assert port != old_port
+    wait_until(lambda: (v := served_version(int(port))) is not None and v.isdigit() and int(v) >= version, 180,
+               "the restarted engine serves the trainer's version")
+    version = job_get(api, jid)["progress"]["version"]
+    wait_until(lambda: job_get(api, jid)["progress"]["version"] > version, 300,
+               "training goes on with the restarted engine")
 
     # The trainer's metrics as a time series, paged by step.
     status, _, m = call(api, "GET", f"/v1/jobs/{jid}/metrics?limit=2", token=TOKEN)

@@ -166,6 +166,12 @@ class Child:
     started: float = 0.0
     once: bool = False  # its work has an end: exit 0 is done, not a crash
 
+    def new_port(self) -> None:
+        """An engine starts again on a port chosen now: the one it had may have been taken meanwhile
+        (another process's free_port() race), and a restart on it would fail the same way."""
+        self.port = free_port()
+        self.args[self.args.index("--http-port") + 1] = str(self.port)
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
@@ -307,6 +313,8 @@ class JobRun:
                 log.warning("%s of %s exited with %s; restart %d", c.role, self.job.job_id, c.proc.returncode,
                             c.restarts)
                 await asyncio.sleep(min(5.0, 0.5 * 2 ** (c.restarts - 1)))
+                if c.role == "engine":
+                    c.new_port()  # it heartbeats its new URL into the registry the gateway routes by
                 await self._spawn(c)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._cancel.wait(), 0.5)

@@ -35,6 +35,7 @@ from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc, weightsync_pb2, weightsyn
 
 log = logging.getLogger("asyncwebrl.trainer")
 BLOBS_PER_CALL = 256
+CATCH_UP_S = 5.0  # while waiting for a batch: how often to look for engines behind the current version
 
 
 @dataclasses.dataclass
@@ -205,7 +206,11 @@ class Trainer:
         need = c.min_batch_groups or c.batch_groups
         started = time.monotonic()
         batch = Batch(self.learner.version + 1, [], [], {}, {}, 0.0)
+        caught_up = started
         while len(batch.groups) < need and not self.stopping.is_set():
+            if time.monotonic() - caught_up >= CATCH_UP_S:
+                caught_up = time.monotonic()
+                await self.catch_up()
             header = None
             call = self.stub.GetBatch(buffer_pb2.GetBatchRequest(
                 job_id=c.job_id, consumer=c.consumer, groups=c.batch_groups - len(batch.groups),
@@ -233,6 +238,14 @@ class Trainer:
         batch.wait_s = time.monotonic() - started
         return batch
 
+    async def catch_up(self) -> None:
+        """Loads the current version into engines that came up behind it (a restarted engine serves its
+        starting model). Without this, a job whose only engine restarted would deadlock: its groups are
+        all too stale to train on, and the next publish waits for a trained step. weightsync's
+        reconciler does this for jobs that publish through it."""
+        if self.weightsync is None and self.learner.version >= 1:
+            await self.publish(self.learner.version, only_behind=True)
+
     async def publish(self, version: int, only_behind: bool = False) -> float:
         if self.weightsync is not None:
             return await self._publish_via_weightsync(version)
@@ -240,8 +253,10 @@ class Trainer:
             return 0.0
         started = time.monotonic()
         endpoints = await self.registry.fresh()
-        if only_behind:
-            endpoints = [e for e in endpoints if e.weight_version != str(version)]
+        if only_behind:  # ready ones only: one still loading its model is caught up on a later round
+            endpoints = [e for e in endpoints if e.ready and e.weight_version != str(version)]
+            if not endpoints:
+                return 0.0
         path = str(weights.version_dir(self.config.checkpoint_dir, version).resolve())
         results = await fanout.fan_out(endpoints, path, version, self.config.engine_api_key,
                                        self.config.publish_timeout_s)
