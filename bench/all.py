@@ -27,14 +27,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # name -> (full arguments, quick arguments)
 BENCHES: dict[str, tuple[list[str], list[str]]] = {
-    "envfleet": ([], ["--episodes", "6", "--rounds", "1", "--concurrency", "1,4", "--skip-peers"]),
+    "envfleet": (["--rounds", "1"], ["--episodes", "6", "--rounds", "1", "--concurrency", "4", "--skip-peers"]),
     "buffer": ([], ["--groups", "24", "--rounds", "1", "--blobs", "64"]),
     "engine": ([], ["--requests", "16", "--rounds", "1", "--tokens", "32"]),
-    "rollout": (["--rounds", "1"], ["--groups", "2", "--pools", "16", "--rounds", "1"]),
+    "rollout": (["--rounds", "1"], ["--groups", "1", "--pools", "16", "--rounds", "1"]),
     "trainer": ([], ["--steps", "1", "--rounds", "1"]),
-    "weightsync": ([], ["--sizes", "20MB", "--repeats", "1"]),
-    "e2e": (["--etas", "1,2,4,8", "--staleness", "--window", "150"],
-            ["--etas", "2", "--staleness", "--window", "40", "--min-steps", "2", "--warm-steps", "4"]),
+    "weightsync": ([], ["--sizes", "20MB", "--repeats", "1", "--engines", "1", "4"]),
+    "e2e": (["--etas", "1,2,4,8", "--staleness", "--window", "130"],
+            ["--etas", "2", "--staleness", "--window", "20", "--min-steps", "2", "--warm-steps", "4"]),
     "normaliser": ([], ["--seeds", "1", "--steps", "2", "--warm-steps", "4"]),
 }
 

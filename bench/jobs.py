@@ -169,13 +169,16 @@ class Stack:
         return path
 
     def run(self, spec: dict, *, window_s: float | None = None, steps: int | None = None,
-            min_steps: int = 3, timeout_s: float = 3600) -> dict:
+            min_steps: int = 3, timeout_s: float = 3600, stall_s: float = 300) -> dict:
         """Runs one job until ``window_s`` seconds after its first training step and at least
-        ``min_steps`` steps (or until it has trained ``steps`` steps), then cancels it. Returns its rows and envfleet's counters over the
-        window (first step to the end)."""
+        ``min_steps`` steps (or until it has trained ``steps`` steps), then cancels it. Returns its rows and
+        envfleet's counters over the window (first step to the end). A job that trains no step for
+        ``stall_s`` after its first one is stopped there (``stalled``: e.g. a policy that fails every
+        episode gives only zero-variance groups, which a job that drops them never trains on)."""
         jid = self.submit(spec)
         started = time.monotonic()
-        first_at, first_env, last_shown, ended = None, None, 0, False
+        first_at, first_env, last_shown, ended, stalled = None, None, 0, False, False
+        last_step_at = started
         rows: list[dict] = []
         try:
             while True:
@@ -185,7 +188,7 @@ class Stack:
                 if rows and first_at is None:
                     first_at, first_env = time.monotonic(), self.envfleet_counters()
                 if rows and rows[-1]["step"] != last_shown:
-                    last_shown = rows[-1]["step"]
+                    last_shown, last_step_at = rows[-1]["step"], time.monotonic()
                     r = rows[-1]
                     say(self.name, f"{spec['name']}: step {r['step']} success {r['success']:.2f} "
                                    f"traj/h {r['trajectories_per_hour']:.0f} staleness {r['staleness_mean']:.2f}")
@@ -201,6 +204,10 @@ class Stack:
                         ended = True  # its last rows are read on the next pass
                         continue
                     raise SystemExit(f"{self.name}: job {jid} ended {job['state']}: {job.get('reason')}")
+                if rows and time.monotonic() - last_step_at > stall_s:
+                    say(self.name, f"{spec['name']}: no step for {stall_s:.0f}s after step {last_shown}; stopping it")
+                    stalled = True
+                    break
                 if time.monotonic() - started > timeout_s:
                     raise SystemExit(f"{self.name}: job {jid} did not finish in {timeout_s:.0f}s")
                 time.sleep(1)
@@ -210,7 +217,7 @@ class Stack:
             env = {k: v - first_env[k] for k, v in self.envfleet_counters().items()}
         finally:
             self.cancel(jid)
-        return {"job": jid, "spec": spec, "rows": rows, "window_s": window, "envfleet": env}
+        return {"job": jid, "spec": spec, "rows": rows, "window_s": window, "envfleet": env, "stalled": stalled}
 
 
 def weighted_mean(rows: list[dict], field: str, value=None) -> float | None:

@@ -38,7 +38,9 @@ FIELDS = ("success", "steps_per_episode", "length_success", "length_failure", "t
 def job_spec(warm: str, norm: str, seed: int, steps: int) -> dict:
     return merge(base_spec(f"norm-{norm[:5]}-s{seed}"), model={"path": warm},
                  tasks={"tasks": CLICK_TASKS, "difficulties": ["easy"], "train_seed": 100 + seed},
-                 algorithm={"step_norm": norm, "max_steps": steps},
+                 # Kept: a policy that fails whole groups still trains (on nothing) and the run reaches
+                 # its steps, its collapse visible in the curves, instead of waiting for a group to learn from.
+                 algorithm={"step_norm": norm, "max_steps": steps, "keep_zero_variance": True},
                  rollout={"steps_easy": 4})
 
 
@@ -112,7 +114,7 @@ def plot(results: dict, curves: dict[str, list[list[dict]]], path: pathlib.Path)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=12, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per run")
     parser.add_argument("--warm-steps", type=int, default=16, help="supervised warm-start steps")
     parser.add_argument("--run-dir", default="", help="stack run directory (default: a temporary one)")
     args = parser.parse_args()
@@ -121,6 +123,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     run_dir = pathlib.Path(args.run_dir or tempfile.mkdtemp(prefix="bench-normaliser-"))
     curves: dict[str, list[list[dict]]] = {n: [] for n in NORMS}
+    runs: list[dict] = []
     with Stack(run_dir, NAME) as stack:
         warm = stack.warm_start(base_spec("norm"), args.warm_steps)
         for seed in range(1, args.seeds + 1):
@@ -128,6 +131,8 @@ def main() -> int:
                 say(NAME, f"step_norm {norm}, seed {seed}: {args.steps} steps")
                 run = stack.run(job_spec(warm, norm, seed, args.steps), steps=args.steps)
                 rows = run["rows"][:args.steps]
+                runs.append({"step_norm": norm, "seed": seed, "job": run["job"], "steps": len(rows),
+                             "stalled": run["stalled"]})
                 for r in rows:
                     r["steps_per_episode"] = r["env_steps"] / max(1, r["episodes"])
                 curves[norm].append(rows)
@@ -144,6 +149,7 @@ def main() -> int:
         "seeds": args.seeds, "steps": args.steps,
         "summary": summary,
         "difference": noise(curves),
+        "runs": runs,
         "finding": {"criterion": "last third: fewer steps per episode with 1/k, and success with 1/k at least "
                                  "that of 1/|tau| minus 0.05",
                     "episodes_shorter_with_1_over_k": contracts,

@@ -111,6 +111,8 @@ def normaliser_section(doc, results, out) -> tuple[list[str], list]:
               f"(episodes shorter with 1/k: {f(fnd.get('episodes_shorter_with_1_over_k'))}; success equal "
               f"or better: {f(fnd['success_equal_or_better_with_1_over_k'])}).", "",
               *difference_lines(doc.get("difference")),
+              *[f"Run {r['step_norm']} seed {r['seed']} stopped after {r['steps']} steps: it trained no step for "
+                "the stall limit." for r in doc.get("runs", []) if r.get("stalled")],
               provenance(doc, "normaliser", results), ""] + plot_line(results, "normaliser", out)
     k, tau = s["constant"]["last"], s["trajectory"]["last"]
     ours = (f"last third, 1/k vs 1/|tau|: {f(k.get('steps_per_episode'))} vs {f(tau.get('steps_per_episode'))} "
