@@ -49,10 +49,15 @@ def _mean(values) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
+def third(rows: list[dict], part: str) -> list[dict]:
+    """The first or last third of a run's steps (at least one)."""
+    n = max(1, len(rows) // 3)
+    return rows[:n] if part == "first" else rows[-n:]
+
+
 def phase(rows: list[dict], part: str) -> dict:
     """Episode-weighted means over the first or last third of the steps."""
-    n = max(1, len(rows) // 3)
-    chosen = rows[:n] if part == "first" else rows[-n:]
+    chosen = third(rows, part)
     return {f: weighted_mean(chosen, f) for f in FIELDS}
 
 
@@ -72,7 +77,7 @@ def noise(curves: dict[str, list[list[dict]]]) -> dict:
                 for a, b in ((phase(c, "last"), phase(t, "last")) for c, t in zip(curves["constant"], curves["trajectory"]))]
     var = 0.0
     for norm in NORMS:
-        rows = [r for per_seed_rows in curves[norm] for r in per_seed_rows[-max(1, len(per_seed_rows) // 3):]]
+        rows = [r for per_seed_rows in curves[norm] for r in third(per_seed_rows, "last")]
         n = sum(r["episodes"] for r in rows)
         p = weighted_mean(rows, "success")
         if not n or p is None:
