@@ -10,10 +10,11 @@ import time
 import pytest
 import torch
 
-from asyncwebrl.common.agent.prompt import prompt_ids
+from asyncwebrl.common.agent.prompt import collapse_image_tokens, prompt_ids
 from asyncwebrl.common.agent.vision import decode_image, process_images
 from asyncwebrl.common.models.loading import load_policy
 from asyncwebrl.common.models.logprobs import Sample, output_logprobs
+from asyncwebrl.engine.server import EXPANDED_RUN_STATUS, version_spans
 from tests.engine.conftest import API_KEY, call, data_uri, png, prompt, start_engine, wait_running
 
 REQUESTS = [  # (prompt text, image seeds, temperature)
@@ -181,8 +182,10 @@ def test_pause_in_place_update_continue_resumes_with_new_versions(engine, models
     short.join(60)
     status, out = results[0]
     assert status == 200 and out["meta_info"]["finish_reason"]["type"] == "length"
-    versions = out["meta_info"]["output_token_weight_versions"]
-    assert versions[0] == "0" and versions[-1] == "2" and versions == sorted(versions), "every token keeps its version"
+    spans = out["meta_info"]["weight_versions"]
+    assert [s["version"] for s in spans] == ["0", "2"], "SGLang's spans: one per version the request saw"
+    assert spans[0]["start"] == 0 and spans[0]["end"] == spans[1]["start"] > 0
+    assert spans[1]["end"] == len(out["output_ids"]) and out["meta_info"]["weight_version"] == "2"
     assert waiting[0][0] == 200 and waiting[0][1]["meta_info"]["weight_version"] == "2"
     call(engine.url, "/update_weights_from_disk", {"model_path": str(models_root / "qwen2_5_vl"), "weight_version": "0"})
 
@@ -301,3 +304,36 @@ def test_repeated_screenshots_are_processed_once(engine):
     assert hits() - before == 3
     assert repeat["output_ids"] == first["output_ids"] and again["meta_info"]["prompt_tokens"] > 0
     assert repeat["meta_info"]["output_token_logprobs"] == first["meta_info"]["output_token_logprobs"]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_one_pad_per_image_is_expanded_and_a_pre_expanded_run_refused_as_sglang_does(family, engine, engine3,
+                                                                                    models_root):
+    url = (engine if family == "qwen2_5_vl" else engine3).url
+    policy = load_policy(models_root / family, device="cpu", dtype="float32")
+    pad = policy.image_token_id
+    batch = process_images(policy.image_processor, [decode_image(png(s)) for s in (1, 2)])
+    expanded = prompt_ids(policy.tokenizer, prompt("Two shots", 2), pad, batch.token_counts)
+    lone = collapse_image_tokens(expanded, pad)
+    assert lone.count(pad) == 2 and len(expanded) - len(lone) == sum(batch.token_counts) - 2
+    images = [data_uri(png(s)) for s in (1, 2)]
+    body = {"input_ids": lone, "image_data": images, "return_prompt_token_ids": True,
+            "sampling_params": {"max_new_tokens": 3, "temperature": 0}}
+    status, out = call(url, "/generate", body)
+    assert status == 200 and out["prompt_token_ids"] == expanded, "the engine expands as the agent format does"
+    # A resume: the lone-pad prompt plus a partial output comes back as the expanded prompt plus that output.
+    status, again = call(url, "/generate", {**body, "input_ids": lone + out["output_ids"]})
+    assert status == 200 and again["prompt_token_ids"] == expanded + out["output_ids"]
+    assert "prompt_token_ids" not in call(url, "/generate", {**body, "return_prompt_token_ids": False})[1]
+    # SGLang refuses the caller's own expansion: 400 for Qwen2.5-VL's processor, 500 for Qwen3-VL's.
+    status, refused = call(url, "/generate", {**body, "input_ids": expanded})
+    assert status == EXPANDED_RUN_STATUS[family] and "input_ids" in refused["message"], refused
+    text = prompt("Two shots", 0) + "<|vision_start|>" + "<|image_pad|>" * 3 + "<|vision_end|>"
+    assert call(url, "/generate", {"text": text, "image_data": images[:1]})[0] == EXPANDED_RUN_STATUS[family]
+
+
+def test_weight_version_spans_follow_sglang():
+    assert version_spans([], "7") == [{"version": "7", "start": 0, "end": 0}]
+    assert version_spans(["1", "1", "2", "2", "2", "1"], "3") == [
+        {"version": "1", "start": 0, "end": 2}, {"version": "2", "start": 2, "end": 5},
+        {"version": "1", "start": 5, "end": 6}]

@@ -9,11 +9,14 @@ import uuid
 
 import pytest
 
-from asyncwebrl.common.inference import InferenceClient, NoEndpoint
+from asyncwebrl.common.agent.prompt import collapse_image_tokens, prompt_ids
+from asyncwebrl.common.agent.vision import decode_image, process_images
+from asyncwebrl.common.inference import BadGeneration, InferenceClient, NoEndpoint, token_versions
+from asyncwebrl.common.models.loading import load_policy
 from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.common.registry import Registry
 from asyncwebrl.common.localstack import EngineProcess
-from tests.engine.conftest import API_KEY, call
+from tests.engine.conftest import API_KEY, call, data_uri, png, prompt
 from tests.engine.test_engine import _perturbed_checkpoint
 
 PREFIX = "reg-test:"
@@ -109,8 +112,13 @@ async def test_a_weight_update_mid_generation_is_resumed_with_versions(pair, red
     engines[1].stop()  # one endpoint, so the update surely hits the request
     client, registry = await _client(redis_server, job)
     v7 = _perturbed_checkpoint(models_root, "v7", 0.3)
-    task = asyncio.create_task(client.generate(_ids(), [], {"max_new_tokens": 400, "temperature": 0,
-                                                            "ignore_eos": True}))
+    # As the gateway sends it: one pad per image, the expansion checked on every call, the resume included.
+    policy = load_policy(models_root / "qwen2_5_vl", device="cpu", dtype="float32")
+    batch = process_images(policy.image_processor, [decode_image(png(4))])
+    expanded = prompt_ids(policy.tokenizer, prompt("Resume me", 1), policy.image_token_id, batch.token_counts)
+    task = asyncio.create_task(client.generate(
+        collapse_image_tokens(expanded, policy.image_token_id), [data_uri(png(4))],
+        {"max_new_tokens": 400, "temperature": 0, "ignore_eos": True}, expanded_ids=expanded))
     deadline = time.monotonic() + 30
     while call(engines[0].url, "/model_info")[1]["running"] == 0:
         assert time.monotonic() < deadline
@@ -130,3 +138,33 @@ async def test_a_weight_update_mid_generation_is_resumed_with_versions(pair, red
     assert result.finish_reason["type"] == "length"
     await client.close()
     await registry.redis.aclose()
+
+
+async def test_an_expansion_unlike_ours_is_refused_loudly(pair, redis_server, models_root):
+    job, _ = pair
+    client, registry = await _client(redis_server, job)
+    policy = load_policy(models_root / "qwen2_5_vl", device="cpu", dtype="float32")
+    batch = process_images(policy.image_processor, [decode_image(png(5))])
+    expanded = prompt_ids(policy.tokenizer, prompt("Mismatch", 1), policy.image_token_id, batch.token_counts)
+    lone = collapse_image_tokens(expanded, policy.image_token_id)
+    ok = await client.generate(lone, [data_uri(png(5))], {"max_new_tokens": 2}, expanded_ids=expanded)
+    assert len(ok.output_ids) == 2 and ok.versions == ["0", "0"]
+    # Our side thinks the image has one merged patch fewer: the engine's expansion differs.
+    short = expanded[:]
+    short.remove(policy.image_token_id)
+    with pytest.raises(BadGeneration) as refused:
+        await client.generate(lone, [data_uri(png(5))], {"max_new_tokens": 2}, expanded_ids=short)
+    assert refused.value.reason == "prompt_expansion"
+    await client.close()
+    await registry.redis.aclose()
+
+
+def test_token_versions_come_from_sglangs_spans():
+    spans = [{"version": "3", "start": 0, "end": 2}, {"version": "4", "start": 2, "end": 5}]
+    assert token_versions({"weight_versions": spans}, 5) == ["3", "3", "4", "4", "4"]
+    assert token_versions({"weight_versions": [{"version": "3", "start": 0, "end": 0}]}, 0) == []
+    for meta, n in [({}, 1), ({"weight_version": "3"}, 2), ({"weight_versions": spans}, 6),
+                    ({"weight_versions": spans[1:]}, 3), ({"weight_versions": [spans[1], spans[0]]}, 5),
+                    ({"weight_versions": [{"version": 3, "start": 0, "end": 1}]}, 1)]:
+        with pytest.raises(BadGeneration):
+            token_versions(meta, n)

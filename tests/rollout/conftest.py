@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -66,3 +68,45 @@ def metric(svc: ServiceProcess, name: str, labels: str = "") -> float:
         if line.startswith(name + (f"{{{labels}}}" if labels else " ")):
             return float(line.split()[-1])
     return 0.0
+
+
+class RecordingProxy:
+    """A loopback HTTP proxy in front of an engine that keeps every /generate body
+    and response, so a test sees exactly what the gateway sent on the wire."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.target = ""
+        self.exchanges: list[tuple[dict, int, dict]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+                request = urllib.request.Request(proxy.target + self.path, data=body, headers=headers, method="POST")
+                try:
+                    with urllib.request.urlopen(request, timeout=120) as resp:
+                        status, answer = resp.status, resp.read()
+                except urllib.error.HTTPError as exc:
+                    status, answer = exc.code, exc.read()
+                if self.path == "/generate":
+                    proxy.exchanges.append((json.loads(body), status, json.loads(answer)))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

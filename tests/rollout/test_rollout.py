@@ -9,7 +9,7 @@ from transformers import Qwen2VLImageProcessorPil
 
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.v1 import buffer_pb2
-from tests.rollout.conftest import PREFIX, TASK, buffer_for, engine_for, gateway_for, metric, wait_until
+from tests.rollout.conftest import PREFIX, TASK, RecordingProxy, buffer_for, engine_for, gateway_for, metric, wait_until
 
 def test_a_short_run_writes_complete_consistent_groups(stack, redis_server):
     job = f"run-{uuid.uuid4().hex[:6]}"
@@ -17,13 +17,26 @@ def test_a_short_run_writes_complete_consistent_groups(stack, redis_server):
     # A random policy fails alike in every episode: keep zero-variance groups to look at them.
     buf.ConfigureJob(buffer_pb2.ConfigureJobRequest(job_id=job, batch_groups=2, max_staleness=2,
                                                     keep_zero_variance=True))
-    engine = engine_for(stack, redis_server, job)
+    proxy = RecordingProxy()
+    engine = engine_for(stack, redis_server, job, "--advertise-url", proxy.url)
+    proxy.target = engine.url
     gateway = gateway_for(stack, job, "--max-groups", "2")
     try:
         assert gateway.proc.wait(180) == 0, gateway.logs()[-3000:]
     finally:
         gateway.stop()
         engine.stop()
+        proxy.close()
+    # On the wire, SGLang's request shape: one pad per image, which the engine expands to what is trained on.
+    assert len(proxy.exchanges) >= 4
+    for body, status, answer in proxy.exchanges:
+        assert status == 200 and body["return_prompt_token_ids"] is True
+        pads = [i for i, t in enumerate(body["input_ids"]) if t == 5]
+        assert len(pads) == len(body["image_data"]) >= 1, "one <|image_pad|> per image"
+        assert all(body["input_ids"][i - 1] == 3 and body["input_ids"][i + 1] == 4 for i in pads), \
+            "each pad alone between <|vision_start|> and <|vision_end|>"
+        assert len(answer["prompt_token_ids"]) > len(body["input_ids"])
+    sent_expanded = {tuple(answer["prompt_token_ids"]) for _, _, answer in proxy.exchanges}
     stats = buf.Stats(buffer_pb2.BufferStatsRequest(job_id=job))
     assert stats.groups_accepted == 2 and stats.groups_running == 0, stats
     items = list(buf.GetBatch(buffer_pb2.GetBatchRequest(job_id=job, consumer="t", groups=2)))
@@ -44,6 +57,7 @@ def test_a_short_run_writes_complete_consistent_groups(stack, redis_server):
                 pads = sum(processor.get_number_of_image_patches(ref.height, ref.width, {}) // 4
                            for ref in s.screenshots)
                 assert list(s.prompt_ids).count(5) == pads, "one placeholder per merged patch of every image"
+                assert tuple(s.prompt_ids) in sent_expanded, "trained on the engine's own expansion"
                 for ref in s.screenshots:
                     assert r.hget(f"{PREFIX}job:{job}:blob:{ref.sha256}", "data"), "screenshot refs resolve"
     ch.close()

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from asyncwebrl.common.agent.prompt import prompt_ids, render
+from asyncwebrl.common.agent.prompt import collapse_image_tokens, prompt_ids, render
 from asyncwebrl.common.agent.vision import decode_image, image_tokens, load_processors
 from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.common.localstack import EngineProcess, ServiceProcess
@@ -88,7 +88,7 @@ class GroupMaker:
         ids = prompt_ids(self.tokenizer, render("Click the button.", [], 1), self.image_token,
                          [image_tokens(self.processor, image.height, image.width)])
         out = post(self.engine.url, "/generate", {
-            "input_ids": ids, "image_data": [data_uri(data)],
+            "input_ids": collapse_image_tokens(ids, self.image_token), "image_data": [data_uri(data)],
             "sampling_params": {"max_new_tokens": 6, "temperature": 1.0}, "return_logprob": True})
         meta = out["meta_info"]
         lps = [float(lp) for lp, _, _ in meta["output_token_logprobs"]]

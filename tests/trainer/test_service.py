@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from asyncwebrl.common import weights
+from asyncwebrl.common.agent.prompt import collapse_image_tokens
 from asyncwebrl.common.agent.vision import decode_image, process_images
 from asyncwebrl.common.archive import EpisodeArchive
 from asyncwebrl.common.models.loading import load_policy
@@ -68,7 +69,7 @@ def test_trains_publishes_acks_and_logs(stack):
         assert info["weight_version"] == "2", "the engine serves the new version"
         # The engine's policy moved: the same sampled step has other logprobs now.
         again = post(engine.url, "/generate", {
-            "input_ids": list(probe.prompt_ids), "image_data": [data_uri(png(990))],
+            "input_ids": collapse_image_tokens(list(probe.prompt_ids), maker.image_token), "image_data": [data_uri(png(990))],
             "sampling_params": {"max_new_tokens": 1, "temperature": 0.0}, "return_logprob": True})
         assert again["meta_info"]["weight_version"] == "2"
         entries = journal(tmp_path / "metrics.jsonl")

@@ -5,10 +5,14 @@
   flight there, with a timeout.
 - An endpoint that fails (connection refused, timeout, 5xx) leaves the rotation
   for a cool-down and the request is sent elsewhere.
+- Requests take SGLang's shape: one image pad per image, which the engine
+  expands itself (``return_prompt_token_ids`` shows how); an expansion that
+  differs from the caller's is an error, never trained on.
 - Interruptible generation: a request cut off by a weight update comes back
   with ``finish_reason`` abort and its partial output. It is resumed with that
   output appended to the prompt and the remaining token budget. Every token
-  keeps the weight version that produced it.
+  keeps the weight version that produced it, read from SGLang's
+  ``meta_info.weight_versions`` spans.
 """
 
 from __future__ import annotations
@@ -32,6 +36,35 @@ class NoEndpoint(Exception):
 
 class GenerationRefused(Exception):
     """The endpoint refused the request itself (4xx): retrying elsewhere cannot help."""
+
+
+class BadGeneration(Exception):
+    """The endpoint answered 200 with a response that cannot be trained on: a prompt
+    expansion that differs from ours, or weight-version spans that do not cover the
+    output. Counted and fatal to the episode, never retried into a pass."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+def token_versions(meta: dict, n_tokens: int) -> list[str]:
+    """One version per output token from SGLang's ``meta_info.weight_versions``
+    spans ``[{version, start, end}]``, which must tile ``[0, n_tokens)``."""
+    spans = meta.get("weight_versions")
+    if not isinstance(spans, list) or not spans:
+        raise BadGeneration("weight_versions", f"meta_info.weight_versions missing or empty: {str(spans)[:100]}")
+    versions: list[str] = []
+    for i, span in enumerate(spans):
+        if not isinstance(span, dict) or not isinstance(span.get("version"), str):
+            raise BadGeneration("weight_versions", f"span {i} is not {{version, start, end}}: {str(span)[:100]}")
+        start, end = span.get("start"), span.get("end")
+        if not (isinstance(start, int) and isinstance(end, int) and start == len(versions) <= end <= n_tokens):
+            raise BadGeneration("weight_versions", f"span {i} [{start}, {end}) does not follow [0, {len(versions)})")
+        versions += [span["version"]] * (end - start)
+    if len(versions) != n_tokens:
+        raise BadGeneration("weight_versions", f"spans cover {len(versions)} of {n_tokens} output tokens")
+    return versions
 
 
 @dataclasses.dataclass
@@ -107,13 +140,21 @@ class InferenceClient:
             self.outstanding[endpoint.endpoint_id] -= 1
 
     async def generate(self, input_ids: list[int], image_data: list[str], sampling_params: dict,
-                       rid: str | None = None) -> Generation:
-        """Generate to the end, across endpoint failures and weight updates."""
+                       rid: str | None = None, expanded_ids: list[int] | None = None,
+                       image_token_id: int | None = None) -> Generation:
+        """Generate to the end, across endpoint failures and weight updates.
+
+        ``input_ids`` is the request as SGLang takes it (one pad per image);
+        ``expanded_ids`` what the engine must expand it to (checked against its
+        ``prompt_token_ids``, resumes included)."""
         rid = rid or uuid.uuid4().hex
         budget = int(sampling_params.get("max_new_tokens", 128))
         result = Generation([], [], [], "", {}, [])
         attempts = 0
         while True:
+            if image_token_id is not None and image_token_id in result.output_ids:
+                # A resume would send the model's own pad as one more image placeholder.
+                raise BadGeneration("resume", "the partial output holds an image placeholder token")
             body = {
                 "input_ids": list(input_ids) + result.output_ids,
                 "image_data": image_data,
@@ -121,6 +162,8 @@ class InferenceClient:
                 "return_logprob": True,
                 "rid": f"{rid}-{result.resumes}-{attempts}",
             }
+            if expanded_ids is not None:
+                body["return_prompt_token_ids"] = True
             endpoint = await self.pick()
             try:
                 out = await self._post(endpoint, body)
@@ -135,10 +178,17 @@ class InferenceClient:
                 continue
             meta = out["meta_info"]
             ids = list(out["output_ids"])
+            if expanded_ids is not None and out.get("prompt_token_ids") != list(expanded_ids) + result.output_ids:
+                got = out.get("prompt_token_ids")
+                raise BadGeneration("prompt_expansion", f"{endpoint.endpoint_id} expanded the prompt to "
+                                    f"{len(got) if isinstance(got, list) else got!r} ids, expected "
+                                    f"{len(expanded_ids) + len(result.output_ids)} equal to ours")
+            logprobs = [lp for lp, _, _ in meta.get("output_token_logprobs", [])]
+            if len(logprobs) != len(ids):
+                raise BadGeneration("logprobs", f"{len(logprobs)} logprobs for {len(ids)} output tokens")
+            result.versions += token_versions(meta, len(ids))
             result.output_ids += ids
-            result.logprobs += [lp for lp, _, _ in meta.get("output_token_logprobs", [])]
-            # SGLang pods report one version per request; the embedded engine one per token.
-            result.versions += meta.get("output_token_weight_versions") or [str(meta.get("weight_version"))] * len(ids)
+            result.logprobs += logprobs
             result.endpoints.append(endpoint.endpoint_id)
             result.finish_reason = meta["finish_reason"]
             if (

@@ -24,7 +24,7 @@ import torch
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from asyncwebrl.common.agent.prompt import expand_image_tokens
+from asyncwebrl.common.agent.prompt import expand_image_tokens, image_pad_runs
 from asyncwebrl.common.agent.vision import BadImage, ImageBatch, decode_image, process_images
 from asyncwebrl.engine import metrics
 from asyncwebrl.engine.config import EngineConfig
@@ -34,7 +34,7 @@ log = logging.getLogger("asyncwebrl.engine")
 
 GENERATE_FIELDS = {
     "text", "input_ids", "image_data", "sampling_params", "rid", "return_logprob", "logprob_start_len",
-    "top_logprobs_num", "return_text_in_logprobs", "stream", "modalities",
+    "top_logprobs_num", "return_text_in_logprobs", "stream", "modalities", "return_prompt_token_ids",
 }
 # Sampling parameters whose SGLang meaning the engine implements.
 SAMPLING_FIELDS = {
@@ -54,9 +54,29 @@ MAX_STOP = 16
 
 
 class BadRequest(Exception):
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.status = status
+
+
+# How SGLang answers a run of image pads (a prompt expanded by the caller) per model
+# family: Qwen2.5-VL's Hugging Face processor raises ValueError on the pad count
+# (HTTP 400); Qwen3-VL's build_input_ids takes each pad for an image and fails
+# with an uncaught IndexError (HTTP 500).
+EXPANDED_RUN_STATUS = {"qwen2_5_vl": 400, "qwen3_vl": 500}
+
+
+def version_spans(versions: list[str], current: str) -> list[dict]:
+    """SGLang's ``meta_info.weight_versions``: runs of equal versions over the output
+    tokens as ``{version, start, end}``; with no output, one empty span at ``current``."""
+    spans: list[dict] = []
+    for i, v in enumerate(versions):
+        if spans and spans[-1]["version"] == v:
+            spans[-1]["end"] = i + 1
+        else:
+            spans.append({"version": v, "start": i, "end": i + 1})
+    return spans or [{"version": current, "start": 0, "end": 0}]
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -161,7 +181,7 @@ class Server:
             return await handler(request)
         except BadRequest as exc:
             metrics.REJECTED.labels(path).inc()
-            return _error(400, str(exc))
+            return _error(exc.status, str(exc))
         except web.HTTPRequestEntityTooLarge:
             metrics.REJECTED.labels(path).inc()
             return _error(413, f"body: larger than {self.config.max_body_bytes} bytes")
@@ -194,6 +214,7 @@ class Server:
             raise BadRequest("logprob_start_len", "only -1 (output tokens) is supported")
         params = self._sampling(body.get("sampling_params"))
         return_logprob = _flag(body.get("return_logprob", False), "return_logprob")
+        return_prompt_ids = _flag(body.get("return_prompt_token_ids", False), "return_prompt_token_ids")
         rid = body.get("rid") or uuid.uuid4().hex
         if not isinstance(rid, str) or len(rid) > MAX_RID:
             raise BadRequest("rid", f"must be a string of at most {MAX_RID} characters")
@@ -223,19 +244,21 @@ class Server:
             # The caller went away: free the slot.
             self.engine.command(lambda: self.engine.abort(rid))
             raise
-        return web.json_response(self._response(result))
+        out = self._response(result)
+        if return_prompt_ids:
+            out["prompt_token_ids"] = list(result.input_ids)
+        return web.json_response(out)
 
     def _response(self, r: GenRequest) -> dict:
+        spans = version_spans(r.versions, self.engine.weight_version)
         meta = {
             "id": r.rid,
             "finish_reason": r.finish,
             "prompt_tokens": len(r.input_ids),
             "completion_tokens": len(r.output_ids),
             "cached_tokens": 0,
-            "weight_version": r.versions[-1] if r.versions else self.engine.weight_version,
-            # Not in SGLang: the version of every output token, for requests that
-            # straddled a weight update (SGLang reports only the last).
-            "output_token_weight_versions": r.versions,
+            "weight_version": spans[-1]["version"],
+            "weight_versions": spans,
             "e2e_latency": time.monotonic() - r.created,
         }
         if r.return_logprob:
@@ -304,6 +327,10 @@ class Server:
             for t in ids:
                 if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab:
                     raise BadRequest("input_ids", f"token ids must be integers in [0, {self.vocab}), got {str(t)[:20]}")
+        runs = image_pad_runs(ids, self.policy.image_token_id)
+        if any(n != 1 for n in runs):
+            raise BadRequest("input_ids", f"image placeholder runs of {runs} tokens: give one <|image_pad|> per "
+                             "image, which the server expands", EXPANDED_RUN_STATUS.get(self.policy.family, 400))
         try:
             ids = expand_image_tokens(ids, self.policy.image_token_id, counts)
         except ValueError as exc:

@@ -11,7 +11,7 @@ import time
 import grpc
 
 from asyncwebrl.common.agent.actions import format_action, parse_action
-from asyncwebrl.common.agent.prompt import HistoryStep, prompt_ids, render
+from asyncwebrl.common.agent.prompt import HistoryStep, collapse_image_tokens, prompt_ids, render
 from asyncwebrl.common.agent.vision import image_tokens
 from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.common.inference import InferenceClient
@@ -127,7 +127,9 @@ async def run_episode(
                 logprobs, versions = [0.0] * len(output_ids), [version] * len(output_ids)
             else:
                 t = time.monotonic()
-                gen = await client.generate(ids, images, sampling)
+                # SGLang takes one pad per image and expands it; the trainer trains on ``ids``.
+                gen = await client.generate(collapse_image_tokens(ids, policy.image_token_id), images, sampling,
+                                            expanded_ids=ids, image_token_id=policy.image_token_id)
                 metrics.GENERATE_SECONDS.observe(time.monotonic() - t)
                 output_ids, logprobs, versions = gen.output_ids, gen.logprobs, _versions(gen.versions)
                 output = policy.decode(output_ids)

@@ -25,3 +25,7 @@ BARRIER_WAITS = Counter("asyncwebrl_rollout_barrier_waits_total",
                         "Synchronous mode: times new groups waited for the endpoints to serve the trainer's version.")
 JUDGED = Counter("asyncwebrl_rollout_judged_total", "Answered episodes judged against their rubric, by verdict.",
                  ["verdict"])
+BAD_GENERATIONS = Counter("asyncwebrl_rollout_bad_generations_total",
+                          "Generations that cannot be trained on, by reason: prompt_expansion (the engine "
+                          "expanded the image placeholders differently from the gateway), weight_versions, "
+                          "logprobs, resume.", ["reason"])

@@ -23,6 +23,7 @@ import uuid
 import grpc
 
 from asyncwebrl.common.cancel import end_if_cancelled
+from asyncwebrl.common.inference import BadGeneration
 from asyncwebrl.rollout import metrics
 from asyncwebrl.rollout.config import RolloutConfig
 from asyncwebrl.rollout.episode import EnvFault, NoDemonstration, Policy, run_episode
@@ -162,7 +163,8 @@ class Gateway:
             faults = [e for e in episodes if isinstance(e, BaseException)]
             if faults:
                 kinds = {"env_error" if isinstance(e, EnvFault) else "judge_error" if isinstance(e, JudgeError)
-                         else "no_demonstration" if isinstance(e, NoDemonstration) else "error" for e in faults}
+                         else "no_demonstration" if isinstance(e, NoDemonstration)
+                         else "bad_generation" if isinstance(e, BadGeneration) else "error" for e in faults}
                 self._drop(sorted(kinds)[0] if len(kinds) == 1 else "error", faults[0])
                 return
             versions = [v for e in episodes for s in e.steps for v in s.versions]
@@ -218,6 +220,12 @@ class Gateway:
                             judge=self.judge, rubric=self.rubrics.get(task.name),
                             demonstrate=self.config.demonstrations, version=self.trainer_version,
                         )
+                    except BadGeneration as exc:
+                        # The engine's answer cannot be trained on (e.g. its prompt expansion
+                        # differs from ours): loud, counted, never retried into a pass.
+                        metrics.BAD_GENERATIONS.labels(exc.reason).inc()
+                        log.error("episode %s: unusable generation: %s", episode_id, exc)
+                        raise
                     except EnvFault as exc:
                         metrics.EPISODES.labels("env_error").inc()
                         if attempt == self.config.env_retries:

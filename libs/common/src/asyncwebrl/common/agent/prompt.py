@@ -59,6 +59,20 @@ def render(instruction: str, history: list[HistoryStep], n_images: int) -> str:
     )
 
 
+def image_pad_runs(ids: list[int], image_token_id: int) -> list[int]:
+    """The length of every run of image pads, in order."""
+    runs: list[int] = []
+    previous = None
+    for t in ids:
+        if t == image_token_id:
+            if previous == image_token_id:
+                runs[-1] += 1
+            else:
+                runs.append(1)
+        previous = t
+    return runs
+
+
 def expand_image_tokens(ids: list[int], image_token_id: int, counts: list[int]) -> list[int]:
     """Replace the i-th lone image pad with ``counts[i]`` pads; a run already of
     the right length is kept. Raises ValueError when pads and images disagree."""
@@ -86,6 +100,13 @@ def expand_image_tokens(ids: list[int], image_token_id: int, counts: list[int]) 
     return out
 
 
+def collapse_image_tokens(ids: list[int], image_token_id: int) -> list[int]:
+    """Each run of image pads as one pad: the request SGLang accepts, which it
+    expands itself (the inverse of ``expand_image_tokens``)."""
+    return [t for i, t in enumerate(ids) if t != image_token_id or i == 0 or ids[i - 1] != image_token_id]
+
+
 def prompt_ids(tokenizer, text: str, image_token_id: int, counts: list[int]) -> list[int]:
+    """The expanded ids the model and the trainer consume."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return expand_image_tokens(ids, image_token_id, counts)
