@@ -49,6 +49,8 @@ def test_a_short_run_writes_complete_consistent_groups(stack, redis_server):
         assert len({e.episode_id for e in g.episodes}) == 2
         for e in g.episodes:
             assert 1 <= e.length == len(e.steps) <= 2 and e.finish_reason in ("step_limit", "done", "answer")
+            # GRPO sees success; MiniWoB's own reward (-1 for a wrong click) is kept beside it.
+            assert e.reward == float(e.success) and e.success == (e.raw_reward > 0) and -1 <= e.raw_reward <= 1
             for s in e.steps:
                 assert 1 <= len(s.output_ids) <= 12
                 assert len(s.output_ids) == len(s.logprobs) == len(s.versions) and set(s.versions) == {0}

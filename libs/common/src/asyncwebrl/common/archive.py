@@ -76,7 +76,8 @@ def episode_document(group: buffer_pb2.Group, episode: buffer_pb2.EpisodeRecord,
         })
     return {
         "id": episode.episode_id, "group_id": group.group_id, "task": group.task, "difficulty": group.difficulty,
-        "seed": group.seed, "success": episode.success, "reward": episode.reward, "length": episode.length,
+        "seed": group.seed, "success": episode.success, "reward": episode.reward, "raw_reward": episode.raw_reward,
+        "length": episode.length,
         "finish_reason": episode.finish_reason, "judged": episode.judged, "judge_text": episode.judge_text[:MAX_TEXT],
         "version": version, "unix": time.time(), "steps": steps,
     }

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
+from asyncwebrl.common.rewards import REWARD_MODES
+
 NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"  # also a DNS label, so workloads can carry it
 TASK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}){1,3}$"  # source/name, webgym-lite/<site>/<template>
 
@@ -59,6 +61,9 @@ class AlgorithmSpec(_Strict):
     clip_eps: float = Field(0.2, gt=0, le=1.0)
     kl_coef: float = Field(0.0, ge=0, le=10.0)
     keep_zero_variance: bool = False
+    reward: Literal[REWARD_MODES] = Field(  # type: ignore[valid-type]
+        "success", description="What GRPO sees: success (1 or 0) or raw (the task's own reward, e.g. MiniWoB's "
+                               "-1 for a wrong action). The raw reward is kept with every episode either way.")
     max_steps: int = Field(0, ge=0, le=10_000_000, description="Training steps; 0 = until cancelled.")
     warm_start_steps: int = Field(0, ge=0, le=100_000,
                                   description="Supervised steps on oracle demonstrations before RL.")

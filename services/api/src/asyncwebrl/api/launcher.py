@@ -122,7 +122,8 @@ def gateway_args(config: ApiConfig, spec: JobSpec, job_id: str, model: pathlib.P
         "--difficulties", ",".join(t.difficulties),
         "--max-concurrent-episodes", str(r.concurrency), "--temperature", str(r.temperature),
         "--max-new-tokens", str(r.max_new_tokens), "--seed", str(seed), "--split", split,
-        "--steps-easy", str(r.steps_easy), "--steps-medium", str(r.steps_medium), "--steps-hard", str(r.steps_hard)]
+        "--steps-easy", str(r.steps_easy), "--steps-medium", str(r.steps_medium), "--steps-hard", str(r.steps_hard),
+        "--reward", spec.algorithm.reward]
 
 
 def rollout_args(config: ApiConfig, job: Job, model: pathlib.Path) -> list[str]:

@@ -101,6 +101,8 @@ def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -
             or episode.episode_id in episode_ids
             or not np.isfinite(episode.reward)
             or abs(episode.reward) > MAX_REWARD
+            or not np.isfinite(episode.raw_reward)
+            or abs(episode.raw_reward) > MAX_REWARD
             or not FINISH_REASON.match(episode.finish_reason)
             or len(episode.judge_text) > limits.max_text_chars
             or not 1 <= n_steps <= limits.max_steps
@@ -190,6 +192,8 @@ def _check_slowly(group: buffer_pb2.Group, limits: Limits, trainer_version: int)
         seen_episodes.add(episode.episode_id)
         if not np.isfinite(episode.reward) or abs(episode.reward) > MAX_REWARD:
             raise InvalidArgument(f"{where}.reward", f"must be finite with magnitude <= {MAX_REWARD:g}")
+        if not np.isfinite(episode.raw_reward) or abs(episode.raw_reward) > MAX_REWARD:
+            raise InvalidArgument(f"{where}.raw_reward", f"must be finite with magnitude <= {MAX_REWARD:g}")
         if not FINISH_REASON.match(episode.finish_reason):
             raise InvalidArgument(f"{where}.finish_reason", "must match [a-z_]{0,32}")
         if len(episode.judge_text) > limits.max_text_chars:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from asyncwebrl.common.rewards import REWARD_MODES
 from asyncwebrl.common.config import option, require
 from asyncwebrl.common.keys import is_job_id
 from asyncwebrl.common.models.tiny import SHIPPED
@@ -44,6 +45,8 @@ class RolloutConfig(ServiceConfig):
                                "seeds of evaluations; the built-in sites' split rule), or any.")
     registry_ttl_s: float = option(10.0, "An endpoint whose heartbeat is older than this gets no requests.")
     gate_poll_s: float = option(0.5, "How often a closed staleness gate is checked again.")
+    reward: str = option("success", "What GRPO sees: success (1 or 0, the task's own check) or raw (the task's "
+                         "own reward, e.g. MiniWoB's -1 for a wrong action); the raw reward is kept either way.")
     env_retries: int = option(1, "Times an episode hit by an environment fault is run again.")
     rubrics: str = option("", "JSONL of rubric tasks ({task, evaluator_reference, reference_answer}); judged.")
     judge_url: str = option("", "Judge endpoint for rubric tasks (SGLang /generate or OpenAI-compatible).")
@@ -74,6 +77,7 @@ class RolloutConfig(ServiceConfig):
         require(0 <= self.env_retries <= 5, "env_retries", "must be in [0, 5]")
         require(self.split in ("any", "train", "test"), "split", f"must be any, train or test, got {self.split!r}")
         require(self.judge_kind in ("sglang", "openai"), "judge_kind", "must be sglang or openai")
+        require(self.reward in REWARD_MODES, "reward", f"must be one of {', '.join(REWARD_MODES)}")
         require(not self.rubrics or bool(self.judge_url), "judge_url", "rubric tasks need a judge endpoint")
         require(set(self.difficulties) <= {"easy", "medium", "hard"} and self.difficulties, "difficulties",
                 "must be among easy, medium, hard")

@@ -15,6 +15,7 @@ from asyncwebrl.common.agent.prompt import HistoryStep, collapse_image_tokens, p
 from asyncwebrl.common.agent.vision import image_tokens
 from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.common.inference import InferenceClient
+from asyncwebrl.common.rewards import succeeded, trained_reward
 from asyncwebrl.rollout import metrics
 from asyncwebrl.rollout.judge import Judge, Rubric
 from asyncwebrl.v1 import buffer_pb2, env_pb2
@@ -96,7 +97,7 @@ async def run_episode(
     *, env, blobs: BlobStore, client: InferenceClient, policy: Policy, job_id: str, task: str, seed: int,
     difficulty: str, episode_id: str, step_limit: int, timeout_s: float, history_window: int,
     sampling: dict, judge: Judge | None = None, rubric: Rubric | None = None,
-    demonstrate: bool = False, version: int = 0,
+    demonstrate: bool = False, version: int = 0, reward_mode: str = "success",
 ) -> buffer_pb2.EpisodeRecord:
     """``demonstrate``: the reference agent (envfleet's Oracle) acts instead of the
     policy, and its action is recorded as the tool call the policy should have
@@ -174,9 +175,10 @@ async def run_episode(
             verdict = await judge.judge(instruction, rubric, answer, [(s.mime, d) for s, d in zip(last, data)])
             reward, judged, judge_text = float(verdict.passed), True, verdict.text
             metrics.JUDGED.labels("pass" if verdict.passed else "fail").inc()
-    success = reward > 0
+    success = succeeded(reward)
     metrics.EPISODES.labels("success" if success else "failure").inc()
     metrics.STEPS_PER_EPISODE.labels("success" if success else "failure").observe(len(steps))
-    return buffer_pb2.EpisodeRecord(episode_id=episode_id, steps=steps, reward=reward, success=success,
-                                    length=len(steps), finish_reason=finish, judged=judged,
-                                    judge_text=judge_text)
+    metrics.RAW_REWARD.observe(reward)
+    return buffer_pb2.EpisodeRecord(episode_id=episode_id, steps=steps, reward=trained_reward(reward, reward_mode),
+                                    raw_reward=reward, success=success, length=len(steps), finish_reason=finish,
+                                    judged=judged, judge_text=judge_text)

@@ -29,3 +29,6 @@ BAD_GENERATIONS = Counter("asyncwebrl_rollout_bad_generations_total",
                           "Generations that cannot be trained on, by reason: prompt_expansion (the engine "
                           "expanded the image placeholders differently from the gateway), weight_versions, "
                           "logprobs, resume.", ["reason"])
+RAW_REWARD = Histogram("asyncwebrl_rollout_raw_reward", "The task's own reward of finished episodes (MiniWoB: -1 "
+                       "wrong action, 0 timeout, up to 1 success), whatever the job trains on.",
+                       buckets=(-1, -0.5, -1e-9, 0, 0.5, 1))

@@ -219,6 +219,7 @@ class Gateway:
                                       "temperature": self.config.temperature},
                             judge=self.judge, rubric=self.rubrics.get(task.name),
                             demonstrate=self.config.demonstrations, version=self.trainer_version,
+                            reward_mode=self.config.reward,
                         )
                     except BadGeneration as exc:
                         # The engine's answer cannot be trained on (e.g. its prompt expansion

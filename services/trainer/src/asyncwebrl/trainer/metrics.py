@@ -63,6 +63,7 @@ def batch_metrics(groups: list[buffer_pb2.Group], version: int) -> dict:
         "episodes": len(episodes),
         "env_steps": sum(len(e.steps) for e in episodes),
         "reward": _mean([e.reward for e in episodes]),
+        "raw_reward": _mean([e.raw_reward for e in episodes]),
         "success": _mean([float(e.success) for e in episodes]),
         "reward_by_difficulty": {d: _mean([e.reward for e in eps]) for d, eps in sorted(by_diff.items())},
         "success_by_difficulty": {d: _mean([float(e.success) for e in eps]) for d, eps in sorted(by_diff.items())},
