@@ -244,6 +244,18 @@ def test_watch_shows_the_trainer_metrics(stack):
     assert "serves no metrics series" not in out.stderr
     first = out.stdout.splitlines()[0]
     assert "traj/h -" not in first and "env steps/s -" not in first, first
+    assert " ess " in first and " entropy " in first and " invalid " in first, "off-policy health is shown"
+
+
+def test_watch_warns_of_a_collapse_from_off_policy_health():
+    from asyncwebrl.api.cli import _progress_line, health_warnings
+
+    healthy = {"step": 3, "version": 3, "ess": 0.97, "clip_fraction": 0.01, "behav_gap": 0.001,
+               "invalid_action_rate": 0.1, "entropy": 4.2}
+    assert health_warnings(healthy) == [] and "WARNING" not in _progress_line({"state": "running"}, healthy)
+    sick = {**healthy, "ess": 0.2, "invalid_action_rate": 0.9}
+    line = _progress_line({"state": "running"}, sick)
+    assert "WARNING: behaviour ESS 0.20 below 0.5; invalid actions 0.90 above 0.5" in line, line
 
 
 def test_logs_of_the_trainer(stack):

@@ -67,17 +67,20 @@ def _loss(ratio: float, adv: float, behav_weight: float = 1.0, **kw):
 
 @pytest.mark.parametrize(("ratio", "adv", "expected", "clipped"), [
     (1.1, 1.0, -1.1, 0),    # inside the trust region: -ratio * A
-    (1.5, 1.0, -1.2, 1),    # positive advantage, ratio above 1 + eps: clipped to 1.2
-    (0.5, 1.0, -0.5, 1),    # positive advantage, ratio below: min keeps the unclipped (pessimistic) 0.5
-    (0.5, -1.0, 0.8, 1),    # negative advantage, ratio below 1 - eps: clipped to 0.8
-    (1.5, -1.0, 1.5, 1),    # negative advantage, ratio above: min keeps 1.5 (pessimistic)
-    (5.0, -1.0, 3.0, 1),    # the dual clip bounds the negative side at c * |A| = 3
+    (1.5, 1.0, -1.2, 1),    # positive advantage, ratio above 1 + eps: the clipped branch, 1.2
+    (0.5, 1.0, -0.5, 0),    # positive advantage, ratio below: min keeps the unclipped (pessimistic) 0.5
+    (0.5, -1.0, 0.8, 1),    # negative advantage, ratio below 1 - eps: the clipped branch, 0.8
+    (1.5, -1.0, 1.5, 0),    # negative advantage, ratio above: min keeps the unclipped 1.5
+    (5.0, -1.0, 3.0, 0),    # the dual clip bounds the negative side at c * |A| = 3
 ])
 def test_clipped_and_dual_clipped_objective(ratio, adv, expected, clipped):
-    loss, stats, _ = _loss(ratio, adv)
+    loss, stats, logp = _loss(ratio, adv)
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-6)
     assert stats.clipped == clipped
     assert stats.dual_clipped == (1 if ratio == 5.0 else 0)
+    # What the counts mean: a token counted as clipped (either clip) is one with no gradient.
+    loss.backward()
+    assert (float(logp.grad) == 0.0) == bool(stats.clipped or stats.dual_clipped)
 
 
 def test_behaviour_weight_scales_and_the_cap_masks():

@@ -97,3 +97,27 @@ def test_a_training_step_moves_the_policy_towards_success(setup):
     assert after[1] < before[1] and after[2] < before[2], "the failed steps less likely"
     assert metrics.micro_batches == 3 and metrics.tokens == 8 and metrics.grad_norm > 0
     assert metrics.cap_fraction == 0.0 and metrics.clip_fraction == 0.0, "on-policy: ratio 1, weight 1"
+
+
+def test_off_policy_health_on_and_off_policy(setup):
+    policy, images, group = setup
+    model = load_policy(SHIPPED / "qwen2_5_vl", device="cpu").model
+    rows, _ = rows_from_groups([group], "constant", 1.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    # On-policy (the behaviour logprobs are this model's): every weight is 1.
+    on = train_step(model, optimizer, rows, images, StepConfig(), version=0)
+    assert on.ess == pytest.approx(1.0, abs=1e-6) and on.behav_gap == pytest.approx(0.0, abs=1e-5)
+    assert on.clip_fraction == 0.0 and on.dual_clip_fraction == 0.0
+    assert on.adv_pos_mass == pytest.approx(3 * 0.7071, abs=1e-3), "3 tokens of the success at +0.7071"
+    assert on.adv_neg_mass == pytest.approx(5 * 0.7071, abs=1e-3), "5 tokens of the failure at -0.7071"
+    vocab = policy.model.config.get_text_config().vocab_size
+    assert 0.5 < on.entropy <= np.log(vocab) + 1e-6, "a random model is near uniform"
+    # The engine disagreed on two tokens of a row the trainer's own version wrote: the gap and ESS show it.
+    rows[0].behav_logprobs = [rows[0].behav_logprobs[0] - 1.0, rows[0].behav_logprobs[1] + 1.0,
+                              *rows[0].behav_logprobs[2:]]
+    off = train_step(model, optimizer, rows, images, StepConfig(), version=0)
+    assert off.behav_gap == pytest.approx(2.0 / 8, abs=1e-4)
+    w = np.array([np.e, 1 / np.e] + [1.0] * 6)
+    assert off.ess == pytest.approx(w.sum() ** 2 / (8 * (w * w).sum()), rel=1e-4) and off.ess < 0.9
+    # Tokens of another version do not count towards the gap (they may differ by design).
+    assert train_step(model, optimizer, rows, images, StepConfig(), version=5).behav_gap is None

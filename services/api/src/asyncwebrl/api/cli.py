@@ -728,6 +728,24 @@ def _metrics_since(client: Client, job_id: str, since: int) -> tuple[list[dict],
     return rows, since
 
 
+# Off-policy health that warns of a collapse before success falls: (field, label, bad when, threshold).
+HEALTH_WARNINGS = (
+    ("ess", "behaviour ESS", "below", 0.5),            # rollouts far off the trained policy
+    ("clip_fraction", "clipped", "above", 0.2),        # updates pushing past the trust region
+    ("behav_gap", "engine/trainer logprob gap", "above", 0.05),  # the engine serves other weights or numerics
+    ("invalid_action_rate", "invalid actions", "above", 0.5),    # the tool-call format breaking down
+)
+
+
+def health_warnings(row: dict) -> list[str]:
+    out = []
+    for field, label, side, threshold in HEALTH_WARNINGS:
+        value = row.get(field)
+        if isinstance(value, (int, float)) and (value < threshold if side == "below" else value > threshold):
+            out.append(f"{label} {value:.2f} {side} {threshold:g}")
+    return out
+
+
 def _progress_line(job: dict, row: dict | None) -> str:
     prog = job.get("progress") or {}
     version = max(int(prog.get("version") or 0), int((row or {}).get("version") or 0))
@@ -740,7 +758,13 @@ def _progress_line(job: dict, row: dict | None) -> str:
     if row.get("step") is not None:
         parts.insert(2, f"step {row['step']}")
     parts.append(f"groups {_fmt(prog.get('groups_consumed'))}")
+    if row.get("ess") is not None:
+        parts += [f"ess {_fmt(row.get('ess'), '.2f')}", f"clip {_fmt(row.get('clip_fraction'), '.3f')}",
+                  f"entropy {_fmt(row.get('entropy'), '.2f')}", f"invalid {_fmt(row.get('invalid_action_rate'), '.2f')}"]
     parts.append(str(job.get("state")))
+    warnings = health_warnings(row)
+    if warnings:
+        parts.append("WARNING: " + "; ".join(warnings))
     return "  ".join(parts)
 
 

@@ -57,8 +57,8 @@ class LossStats:
     tokens: int              # response tokens in the denominator
     kept: int                # tokens under the behaviour cap
     capped: int              # tokens masked for a behaviour weight above the cap
-    clipped: int             # kept tokens whose ratio was clipped
-    dual_clipped: int        # kept tokens held by the dual clip
+    clipped: int             # kept tokens where the objective took its clipped branch (no gradient)
+    dual_clipped: int        # kept tokens held by the dual clip (no gradient)
     ratio_mean: float
     approx_kl: float         # mean of (ratio - 1) - log(ratio) over kept tokens (k3 estimator)
 
@@ -121,7 +121,10 @@ def decoupled_ppo_loss(
             tokens=n,
             kept=int(kept.sum()),
             capped=int(over_cap.sum()),
-            clipped=int((kept & ((r < 1 - clip_eps) | (r > 1 + clip_eps))).sum()),
+            # min(r A, clip(r) A) takes clip(r) A only for A > 0 above the band and A < 0 below it;
+            # outside the band on the other side the unclipped term is smaller and keeps its gradient.
+            clipped=int((kept & (((advantages > 0) & (r > 1 + clip_eps))
+                                 | ((advantages < 0) & (r < 1 - clip_eps)))).sum()),
             dual_clipped=int((kept & (advantages < 0) & (clipped_obj < dual_clip * advantages)).sum()),
             ratio_mean=float(r[kept].mean()) if kept.any() else 1.0,
             approx_kl=float(((r - 1) - torch.log(r))[kept].mean()) if kept.any() else 0.0,

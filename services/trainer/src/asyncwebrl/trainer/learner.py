@@ -84,11 +84,11 @@ class Learner:
     def vocab_size(self) -> int:
         return int(self.model.config.get_text_config().vocab_size)
 
-    def train(self, rows: list[Row], images: ImageResolver) -> StepMetrics:
+    def train(self, rows: list[Row], images: ImageResolver, version: int | None = None) -> StepMetrics:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         metrics = train_step(self.model, self.optimizer, rows, images, self.config.step_config(self.step), self.d,
-                             self.ref_model)
+                             self.ref_model, version)
         self.step += 1
         return metrics
 

@@ -17,7 +17,18 @@ REJECTED = Counter("asyncwebrl_trainer_rejected_groups_total", "Groups the buffe
                    "or the trainer dropped, by reason.", ["reason"])
 LOSS = Gauge("asyncwebrl_trainer_loss", "Loss of the last step.")
 GRAD_NORM = Gauge("asyncwebrl_trainer_grad_norm", "Gradient norm (before clipping) of the last step.")
-CLIP_FRACTION = Gauge("asyncwebrl_trainer_clip_fraction", "Kept tokens whose ratio was clipped, last step.")
+CLIP_FRACTION = Gauge("asyncwebrl_trainer_clip_fraction", "Kept tokens where the PPO objective took its clipped "
+                      "branch (no gradient), last step.")
+DUAL_CLIP_FRACTION = Gauge("asyncwebrl_trainer_dual_clip_fraction", "Kept tokens held by the dual clip, last step.")
+# Off-policy health: what warns of a collapse before success falls.
+ESS = Gauge("asyncwebrl_trainer_behaviour_ess", "Effective sample size of the behaviour weights exp(prox - behav), "
+            "as a fraction of tokens (1: on-policy), last step.")
+BEHAV_GAP = Gauge("asyncwebrl_trainer_behaviour_logprob_gap", "Mean |proximal - rollout logprob| over tokens the "
+                  "trainer's own version produced (engine/trainer mismatch), last step.")
+ADV_MASS = Gauge("asyncwebrl_trainer_advantage_mass", "Sum of token advantages by sign, last step.", ["sign"])
+ENTROPY = Gauge("asyncwebrl_trainer_entropy", "Mean policy entropy at response positions (nats), last step.")
+INVALID_ACTIONS = Gauge("asyncwebrl_trainer_invalid_action_rate", "Steps of the last batch whose output did not "
+                        "parse as an action.")
 CAP_FRACTION = Gauge("asyncwebrl_trainer_behaviour_cap_fraction", "Tokens masked by the behaviour cap, last step.")
 APPROX_KL = Gauge("asyncwebrl_trainer_approx_kl", "k3 KL estimate between the proximal and updated policy.")
 LR = Gauge("asyncwebrl_trainer_lr", "Learning rate of the last step.")
@@ -72,6 +83,7 @@ def batch_metrics(groups: list[buffer_pb2.Group], version: int) -> dict:
         "lengths_success": wins,
         "lengths_failure": losses,
         "tokens_per_step": _mean(tokens),
+        "invalid_action_rate": _mean([float(s.invalid_action) for e in episodes for s in e.steps]),
         "step_tokens": tokens,
         "staleness": staleness,
     }
@@ -89,6 +101,12 @@ def record(entry: dict) -> None:
                         ("train_tokens_per_s", TRAIN_TOKENS_PER_S), ("trajectories_per_hour", TRAJECTORIES_PER_HOUR),
                         ("env_steps_per_s", ENV_STEPS_PER_S), ("micro_batches", MICRO_BATCHES)):
         gauge.set(entry[name])
+    for name, gauge in (("dual_clip_fraction", DUAL_CLIP_FRACTION), ("ess", ESS), ("behav_gap", BEHAV_GAP),
+                        ("entropy", ENTROPY), ("invalid_action_rate", INVALID_ACTIONS)):
+        if entry.get(name) is not None:
+            gauge.set(entry[name])
+    ADV_MASS.labels("positive").set(entry.get("adv_pos_mass", 0.0))
+    ADV_MASS.labels("negative").set(entry.get("adv_neg_mass", 0.0))
     for d, v in entry["reward_by_difficulty"].items():
         REWARD.labels(d).set(v)
     for d, v in entry["success_by_difficulty"].items():

@@ -118,7 +118,7 @@ def train_on(learner: Learner, batch: Batch) -> dict:
                                    getattr(p.model.config, "video_token_id", None)) if isinstance(i, int))
     rows, dropped = usable_rows(rows, images, p.image_token_id, vision)
     lr = learner.lr
-    step_metrics = learner.train(rows, images)
+    step_metrics = learner.train(rows, images, batch.version - 1)
     started = time.monotonic()
     manifest = learner.write_version(batch.version, ",".join(batch.batch_ids))
     learner.version = batch.version
@@ -138,7 +138,13 @@ def train_on(learner: Learner, batch: Batch) -> dict:
         "loss": step_metrics.loss,
         "grad_norm": step_metrics.grad_norm,
         "clip_fraction": step_metrics.clip_fraction,
+        "dual_clip_fraction": step_metrics.dual_clip_fraction,
         "cap_fraction": step_metrics.cap_fraction,
+        "ess": step_metrics.ess,
+        "behav_gap": step_metrics.behav_gap,
+        "adv_pos_mass": step_metrics.adv_pos_mass,
+        "adv_neg_mass": step_metrics.adv_neg_mass,
+        "entropy": step_metrics.entropy,
         "approx_kl": step_metrics.approx_kl,
         "kl_ref": step_metrics.kl_ref,
         "lr": lr,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from asyncwebrl.common.models.logprobs import Sample, output_logprobs
+from asyncwebrl.common.models.logprobs import Sample, output_logprobs, output_logprobs_and_entropy
 from asyncwebrl.trainer.algorithm import decoupled_ppo_loss
 from asyncwebrl.trainer.batching import Row, micro_batches
 from asyncwebrl.trainer.dist import Dist
@@ -48,10 +48,17 @@ class StepConfig:
 class StepMetrics:
     loss: float = 0.0
     grad_norm: float = 0.0
-    clip_fraction: float = 0.0
+    clip_fraction: float = 0.0       # kept tokens where PPO took its clipped branch (no gradient)
+    dual_clip_fraction: float = 0.0  # kept tokens held by the dual clip (no gradient)
     cap_fraction: float = 0.0
     approx_kl: float = 0.0
     kl_ref: float = 0.0
+    # Off-policy health, from the proximal pass (the policy before the step):
+    ess: float = 1.0                 # effective sample size of the behaviour weights, as a fraction of tokens
+    behav_gap: float | None = None   # mean |logp_prox - logp_behav| over tokens of the trainer's own version
+    adv_pos_mass: float = 0.0        # sum of positive token advantages
+    adv_neg_mass: float = 0.0        # sum of |negative token advantages|
+    entropy: float = 0.0             # mean entropy of the policy at response positions
     micro_batches: int = 0
     tokens: int = 0
     seconds_forward_backward: float = 0.0
@@ -91,15 +98,46 @@ def local_micro_batches(rows: list[Row], d: Dist, budget: int,
 
 
 def _logprobs(model, rows: list[Row], images: ImageResolver, cfg: StepConfig, d: Dist,
-              owner: dict[int, int]) -> dict[int, torch.Tensor]:
-    """Logprobs of this rank's rows under ``model`` (no gradient), by id(row)."""
+              owner: dict[int, int], entropy: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+    """Logprobs of this rank's rows under ``model`` (no gradient), by id(row); with ``entropy``,
+    the policy's entropy at each response position goes there too."""
     out: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for batch, weight in local_micro_batches(rows, d, cfg.token_budget, owner):
-            logps = output_logprobs(model, _samples(batch, images), cfg.temperature)
+            if entropy is None:
+                logps, ents = output_logprobs(model, _samples(batch, images), cfg.temperature), []
+            else:
+                logps, ents = output_logprobs_and_entropy(model, _samples(batch, images), cfg.temperature)
             if weight:
                 out.update({id(r): t.detach().float() for r, t in zip(batch, logps)})
+                if entropy is not None:
+                    entropy.update({id(r): e.detach().float() for r, e in zip(batch, ents)})
     return out
+
+
+def _health(rows: list[Row], prox: dict[int, torch.Tensor], entropy: dict[int, torch.Tensor],
+            version: int | None) -> list[float]:
+    """This rank's sums for the off-policy health metrics: behaviour weights (sum, sum of squares),
+    tokens, |prox - behav| and its count at the trainer's own version, advantage mass (+, -), entropy."""
+    sums = [0.0] * 8
+    for r in rows:
+        if id(r) not in prox:
+            continue
+        p = prox[id(r)].double().cpu()
+        b = torch.tensor(r.behav_logprobs, dtype=torch.float64)
+        # Bounded so that one wild token reads as ESS near 0, not as inf/nan.
+        w = torch.exp(torch.clamp(p - b, max=30.0))
+        sums[0] += float(w.sum())
+        sums[1] += float((w * w).sum())
+        sums[2] += len(r.output_ids)
+        if version is not None:
+            same = torch.tensor([v == version for v in r.versions], dtype=torch.bool)
+            sums[3] += float((p - b).abs()[same].sum())
+            sums[4] += int(same.sum())
+        sums[5] += max(r.advantage, 0.0) * len(r.output_ids)
+        sums[6] += max(-r.advantage, 0.0) * len(r.output_ids)
+        sums[7] += float(entropy[id(r)].sum())
+    return sums
 
 
 def _grad_norm(model, max_norm: float) -> float:
@@ -109,8 +147,9 @@ def _grad_norm(model, max_norm: float) -> float:
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, rows: list[Row], images: ImageResolver,
-               cfg: StepConfig, d: Dist | None = None, ref_model=None) -> StepMetrics:
-    """``rows`` is the whole batch, the same on every rank."""
+               cfg: StepConfig, d: Dist | None = None, ref_model=None, version: int | None = None) -> StepMetrics:
+    """``rows`` is the whole batch, the same on every rank; ``version`` the one the model's
+    weights are (tokens of that version should have behaviour logprobs equal to the proximal)."""
     d = d or Dist()
     metrics = StepMetrics()
     if not rows:
@@ -122,14 +161,22 @@ def train_step(model, optimizer: torch.optim.Optimizer, rows: list[Row], images:
     owner = {id(r): i % d.world for i, r in enumerate(rows)}  # a row's rank for the whole step
     started = time.monotonic()
     # The proximal policy: the current weights, before this step changes them.
-    prox = _logprobs(model, rows, images, cfg, d, owner) if grpo else {}
+    entropy: dict[int, torch.Tensor] = {}
+    prox = _logprobs(model, rows, images, cfg, d, owner, entropy) if grpo else {}
+    if grpo:
+        w_sum, w_sq, n_tok, gap, gap_n, pos, neg, ent = d.all_reduce_sum(_health(rows, prox, entropy, version))
+        metrics.ess = w_sum * w_sum / (n_tok * w_sq) if w_sq > 0 else 0.0
+        metrics.behav_gap = gap / gap_n if gap_n else None
+        metrics.adv_pos_mass, metrics.adv_neg_mass = pos, neg
+        metrics.entropy = ent / n_tok if n_tok else 0.0
     ref = _logprobs(ref_model, rows, images, cfg, d, owner) if grpo and ref_model is not None and cfg.kl_coef > 0 \
         else None
     metrics.seconds_proximal = time.monotonic() - started
     order = list(range(len(rows)))
     rng = random.Random(cfg.seed)
-    # Local sums, reduced over ranks at the end: loss, clipped, kept, capped, tokens, kl, kl rows, ref kl.
-    sums = [0.0] * 8
+    # Local sums, reduced over ranks at the end: loss, clipped, kept, capped, tokens, kl, kl rows, ref kl,
+    # dual-clipped.
+    sums = [0.0] * 9
     norms: list[float] = []
     model.train()
     for _ in range(cfg.epochs):
@@ -160,6 +207,7 @@ def train_step(model, optimizer: torch.optim.Optimizer, rows: list[Row], images:
                         n = sum(len(r.output_ids) for r in micro)
                         sums[1:7] = [a + b for a, b in zip(sums[1:7], (
                             stats.clipped, stats.kept, stats.capped, n, stats.approx_kl, 1))]
+                        sums[8] += stats.dual_clipped
                         if ref:
                             with torch.no_grad():
                                 log_r = _padded([ref[id(r)] for r in micro], width, device) - logp.detach()
@@ -177,11 +225,12 @@ def train_step(model, optimizer: torch.optim.Optimizer, rows: list[Row], images:
             metrics.seconds_optimizer += time.monotonic() - t
             metrics.tokens += total
     model.eval()
-    loss, clipped, kept, capped, tokens, kl, kl_rows, kl_ref = d.all_reduce_sum(sums)
+    loss, clipped, kept, capped, tokens, kl, kl_rows, kl_ref, dual = d.all_reduce_sum(sums)
     metrics.micro_batches = int(d.all_reduce_sum([metrics.micro_batches])[0])
     metrics.loss = loss
     metrics.grad_norm = max(norms) if norms else 0.0
     metrics.clip_fraction = clipped / kept if kept else 0.0
+    metrics.dual_clip_fraction = dual / kept if kept else 0.0
     metrics.cap_fraction = capped / tokens if tokens else 0.0
     metrics.approx_kl = kl / kl_rows if kl_rows else 0.0
     metrics.kl_ref = kl_ref / tokens if tokens else 0.0

@@ -65,16 +65,29 @@ def batch_inputs(model, samples: list[Sample], device: torch.device) -> dict:
 
 def output_logprobs(model, samples: list[Sample], temperature: float = 1.0) -> list[torch.Tensor]:
     """For each sample, the logprob of each output token given everything before it."""
+    return _outputs(model, samples, temperature, entropy=False)[0]
+
+
+def output_logprobs_and_entropy(model, samples: list[Sample],
+                                temperature: float = 1.0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``output_logprobs`` and, at each output position, the entropy of the sampling distribution."""
+    return _outputs(model, samples, temperature, entropy=True)
+
+
+def _outputs(model, samples: list[Sample], temperature: float, entropy: bool):
     if temperature <= 0:
         raise ValueError("temperature: must be > 0 (use 1.0 for greedy outputs)")
     device = next(model.parameters()).device
     inputs = batch_inputs(model, samples, device)
     logits = model(**inputs, use_cache=False).logits.float()
     logprobs = torch.log_softmax(logits / temperature, dim=-1)
-    out = []
+    out, entropies = [], []
     for i, s in enumerate(samples):
         start, n = len(s.prompt_ids), len(s.output_ids)
         targets = inputs["input_ids"][i, start : start + n]
         # Position p predicts token p + 1.
-        out.append(logprobs[i, start - 1 : start - 1 + n].gather(-1, targets[:, None])[:, 0])
-    return out
+        rows = logprobs[i, start - 1 : start - 1 + n]
+        out.append(rows.gather(-1, targets[:, None])[:, 0])
+        if entropy:
+            entropies.append(-(rows.exp() * rows).sum(-1))
+    return out, entropies
