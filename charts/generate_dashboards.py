@@ -294,8 +294,10 @@ def rollout() -> Board:
     b.stat("Gate capacity", [q(f"min by (job_id) (asyncwebrl_rollout_gate_capacity{{{J}}})", "{{job_id}}")])
     b.stat("Episodes / min", [q(f"60 * sum by (job_id) (rate(asyncwebrl_rollout_episodes_total{{{J}}}[{RI}]))",
                                 "{{job_id}}")], decimals=1)
-    b.stat("Generated tokens / s", [q(f"sum(rate(asyncwebrl_engine_generated_tokens_total{{{J}}}[{RI}]))",
-                                      "tokens/s")], decimals=1)
+    b.stat("Generated tokens / s", [
+        q(f"sum(rate(asyncwebrl_engine_generated_tokens_total{{{J}}}[{RI}]))", "embedded"),
+        q(f"sum(rate(sglang:generation_tokens_total{{{J}}}[{RI}]))", "SGLang")], decimals=1,
+        desc="Output tokens per second of the selected jobs' engines: embedded engines and SGLang servers.")
     b.stat("Generate latency p95", quantiles("asyncwebrl_rollout_generate_seconds", J, qs=(0.95,)), "s")
     b.ts("Episodes and groups running", [
         q(f"asyncwebrl_rollout_episodes_running{{{J}}}", "episodes {{job_id}}"),
@@ -361,7 +363,38 @@ def rollout() -> Board:
         q(f"count by (job_id, version) (asyncwebrl_engine_weight_version_info{{{J}}} == 1)",
           "{{job_id}} v{{version}}")],
         w=8, stack=True, desc="The weight version each engine reports serving.")
+    sglang_panels(b)
     return b
+
+
+def sglang_panels(b: Board) -> None:
+    """SGLang's own metrics (--enable-metrics), for jobs whose engines are SGLang servers (job="asyncwebrl-sglang").
+    Names and labels as SGLang 0.5.20 and 0.5.23 define them (srt/observability/metrics_collector.py): the
+    scheduler's gauges carry model_name, engine_type, tp_rank, pp_rank, moe_ep_rank (one series per
+    scheduler that reports: attention-TP rank 0, or each DP-attention rank), the tokenizer's counters and
+    histograms model_name, engine_type, is_streaming; the scrape adds job, instance and job_id. Summed per
+    server (instance) over its schedulers; token usage is the fullest scheduler's."""
+    b.row("SGLang engines")
+    b.ts("SGLang requests running and queued", [
+        q(f"sum by (job_id, instance) (sglang:num_running_reqs{{{J}}})", "running {{instance}}"),
+        q(f"sum by (job_id, instance) (sglang:num_queue_reqs{{{J}}})", "queued {{instance}}")], w=8,
+        desc="Requests in the running batch and in the waiting queue of each SGLang server "
+             "(sglang:num_running_reqs, sglang:num_queue_reqs).")
+    b.ts("SGLang KV cache token usage", [
+        q(f"max by (job_id, instance) (sglang:token_usage{{{J}}})", "{{instance}}")], "percentunit", w=8,
+        min_=0, max_=1, desc="Share of the KV cache's token slots in use (sglang:token_usage); near 1 new "
+                             "requests queue and running ones may be retracted.")
+    b.ts("SGLang generation throughput", [
+        q(f"sum by (job_id, instance) (rate(sglang:generation_tokens_total{{{J}}}[{RI}]))", "generated {{instance}}"),
+        q(f"sum by (job_id, instance) (rate(sglang:prompt_tokens_total{{{J}}}[{RI}]))", "prefilled {{instance}}"),
+        q(f"sum by (job_id, instance) (sglang:gen_throughput{{{J}}})", "decode (scheduler) {{instance}}")], w=8,
+        desc="Tokens per second: output and prompt tokens of finished requests (rate of "
+             "sglang:generation_tokens_total, sglang:prompt_tokens_total), and the decode throughput the "
+             "scheduler last logged (sglang:gen_throughput).")
+    b.ts("SGLang time to first token", quantiles("sglang:time_to_first_token_seconds", J), "s", w=12,
+         desc="Queue and prefill time of a request (sglang:time_to_first_token_seconds).")
+    b.ts("SGLang end-to-end request latency", quantiles("sglang:e2e_request_latency_seconds", J), "s", w=12,
+         desc="From arrival to the last token (sglang:e2e_request_latency_seconds).")
 
 
 def buffer() -> Board:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
+import os
 import pathlib
+import re
 import shutil
 import types
 
@@ -143,16 +146,99 @@ def test_engines_sglang_and_torchrun(tmp_path, models):
     assert sglang["metadata"]["labels"][k8s.ENGINE_LABEL] == "sglang"
     assert c["command"] == ["python", "-m", "sglang.launch_server"]
     assert c["args"] == ["--model-path", str(models / "qwen"), "--host", "0.0.0.0", "--port", "30000",
-                         "--enable-metrics", "--tp-size", "2"]
+                         "--enable-metrics", "--weight-version", "0",
+                         "--api-key", "$(ASYNCWEBRL_ENGINE_API_KEY)", "--admin-api-key", "$(ASYNCWEBRL_ENGINE_API_KEY)",
+                         "--tp-size", "2"]
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": 30000}
     assert c["startupProbe"]["httpGet"] == {"path": "/health", "port": 30000}
     assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
-    assert not [e for e in c["env"] if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]]
 
     trainer = containers(k8s.manifests(job_of("torchrun"), settings))["trainer"]
     assert trainer["command"] == ["torchrun", "--standalone", "--nproc-per-node", "4", "-m", "asyncwebrl.trainer"]
     one = containers(k8s.manifests(job_of("sglang-gpu"), settings))["trainer"]
     assert one["command"] == ["python", "-m", "asyncwebrl.trainer"]
+
+
+# The sglang.launch_server flags the launcher gives, and where SGLang defines them: ServerArgs fields
+# (CLI flag = "--" + field name with "-" for "_"), read in the 0.5.20 and 0.5.23 wheels on 2026-12-04.
+SGLANG_FLAGS = {
+    "--model-path": "srt/arg_groups/fields/model.py: model_path (0.5.20 line 52, 0.5.23 line 51)",
+    "--host": "srt/arg_groups/fields/serving.py: host (72, 65)",
+    "--port": "srt/arg_groups/fields/serving.py: port (73, 66)",
+    "--enable-metrics": "srt/arg_groups/fields/observability.py: enable_metrics (77, 70)",
+    "--weight-version": "srt/arg_groups/fields/serving.py: weight_version (167, 172)",
+    "--api-key": "srt/arg_groups/fields/serving.py: api_key (155, 160)",
+    "--admin-api-key": "srt/arg_groups/fields/serving.py: admin_api_key (159, 164)",
+    "--tp-size": "srt/arg_groups/fields/parallel.py: tp_size (52, 45)",
+}
+
+
+def sglang_sources() -> list[pathlib.Path]:
+    """Unpacked SGLang packages to check against: $ASYNCWEBRL_SGLANG_SRC (paths of ``sglang`` package
+    folders, os.pathsep between), else an installed sglang, else the 0.5.20/0.5.23 unpacked under /tmp/sgl."""
+    given = os.environ.get("ASYNCWEBRL_SGLANG_SRC")
+    if given:
+        return [pathlib.Path(p) for p in given.split(os.pathsep) if p]
+    spec = importlib.util.find_spec("sglang")
+    if spec is not None and spec.origin:
+        return [pathlib.Path(spec.origin).parent]
+    return [p for p in (pathlib.Path(f"/tmp/sgl/{v}/sglang") for v in ("x520", "x523")) if p.is_dir()]
+
+
+def sglang_cli_flags(package: pathlib.Path) -> set[str]:
+    """The flags ``sglang.launch_server`` takes, read from its source without importing it: the ServerArgs
+    fields (``name: A[...]``, in srt/arg_groups/fields/ in 0.5.20 and 0.5.23), their ``aliases`` and
+    ``cli_name``, and the flags srt/server_args.py adds with ``parser.add_argument``."""
+    files = [package / "srt" / "server_args.py", *sorted((package / "srt" / "arg_groups").rglob("*.py"))]
+    flags: set[str] = set()
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        fields = re.findall(r"^\s+([a-z][a-z0-9_]*)\s*:\s*(?:A|Annotated)\[", text, re.M)
+        flags |= {"--" + name.replace("_", "-") for name in fields}
+        for listed in re.findall(r"aliases\s*=\s*\[([^\]]*)\]", text):
+            flags |= set(re.findall(r"[\"'](--[a-z0-9][a-z0-9-]*)[\"']", listed))
+        flags |= set(re.findall(r"(?:cli_name\s*=\s*|add_argument\(\s*)[\"'](--[a-z0-9][a-z0-9-]*)[\"']", text))
+    return flags
+
+
+def test_sglang_flags_exist_in_sglang(tmp_path, models):
+    settings = k8s.settings_from_config(config(tmp_path, model_roots=(str(models),)), NAMESPACE)
+    c = k8s.manifests(job_of("sglang-gpu"), settings)[0]["spec"]["template"]["spec"]["containers"][0]
+    flags = {a for a in c["args"] if a.startswith("--")}
+    assert flags == set(SGLANG_FLAGS)
+    sources = sglang_sources()
+    if not sources:
+        pytest.skip("no SGLang source here (set ASYNCWEBRL_SGLANG_SRC); checked against SGLANG_FLAGS only")
+    for package in sources:
+        known = sglang_cli_flags(package)
+        assert len(known) > 100, f"{package}: not an sglang package (found {len(known)} flags)"
+        assert not flags - known, f"{package}: sglang.launch_server has no {sorted(flags - known)}"
+
+
+def test_sglang_key_comes_from_the_secret(tmp_path, models):
+    """SGLang's API key and admin key are the engine key of the Secret, by reference: the env var comes
+    from a secretKeyRef and the args name it as $(VAR), which the kubelet expands."""
+    settings = k8s.settings_from_config(config(tmp_path, model_roots=(str(models),)), NAMESPACE)
+    objects = k8s.manifests(job_of("sglang-gpu"), settings)
+    c = containers(objects)["inference"]
+    env = {e["name"]: e for e in c["env"]}
+    args = c["args"]
+    refs = {args[args.index(flag) + 1] for flag in ("--api-key", "--admin-api-key")}
+    (ref,) = refs  # one key for both
+    var = re.fullmatch(r"\$\(([A-Z_][A-Z0-9_]*)\)", ref).group(1)
+    assert "value" not in env[var]
+    assert env[var]["valueFrom"] == {"secretKeyRef": {"name": "rl-secrets", "key": "engine-api-key", "optional": False}}
+    # The gateway and the trainer send that same key (weightsync too: the chart gives it engine-api-key).
+    for role in ("rollout", "trainer"):
+        sender = {e["name"]: e for e in containers(objects)[role]["env"]}["ASYNCWEBRL_ENGINE_API_KEY"]
+        assert sender["valueFrom"]["secretKeyRef"] | {"optional": False} == env[var]["valueFrom"]["secretKeyRef"]
+    # The kubelet expands $(VAR) only for a variable of the container's env; no other reference is in the args.
+    assert [a for a in args if "$(" in a] == [ref, ref]
+    # The embedded engine keeps its own flags (no SGLang ones).
+    embedded = containers(k8s.manifests(job_of("embedded-cpu"), settings))["inference"]
+    assert not {"--api-key", "--admin-api-key", "--weight-version"} & set(embedded["args"])
 
 
 def test_pod_args_are_the_local_launchers_with_the_pod_differences(tmp_path):

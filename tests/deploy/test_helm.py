@@ -84,7 +84,10 @@ COMBOS = {
         "jobs": {"images": {"sglang": "lmsysorg/sglang:v0.5.4"}, "gpu": GPU},
         "networkPolicy": {"dns": {"extraCIDRs": ["169.254.20.10/32"]},
                           "envfleet": {"allowIPv6": True, "extraBlockedCIDRs": ["203.0.113.0/24", "2001:db8:1::/48"]},
-                          "redis": {"extraFrom": [{"namespaceSelector": {"matchLabels": {"name": "ops"}}}]}},
+                          "redis": {"extraFrom": [{"namespaceSelector": {"matchLabels": {"name": "ops"}}}]},
+                          "inference": {"scrapeFrom": [{"namespaceSelector": {"matchLabels": {"name": "obs"}},
+                                                        "podSelector": {"matchLabels": {"app": "prometheus"}}},
+                                                       {"ipBlock": {"cidr": "10.9.0.0/16"}}]}},
         "envfleet": {"nodeSelector": {"pool": "browsers"}, "tolerations": [{"key": "browsers", "operator": "Exists"}]},
     },
 }
@@ -260,6 +263,10 @@ BAD_VALUES = [
     ({"checkpoints": {"accessModes": ["ReadWriteSometimes"]}}, "/checkpoints/accessModes/0", "must be one of"),
     ({"secrets": {"redisPassword": 'has"quote'}}, "/secrets/redisPassword", "does not match"),
     ({"api": {"service": {"port": 70000}}}, "/api/service/port", "maximum"),
+    ({"networkPolicy": {"inference": {"scrapeFrom": [{"namespace": "monitoring"}]}}},
+     "/networkPolicy/inference/scrapeFrom/0", "additional properties 'namespace' not allowed"),
+    ({"networkPolicy": {"inference": {"scrapeFrom": [{"ipBlock": {"cidr": "10.0.0.1"}}]}}},
+     "/networkPolicy/inference/scrapeFrom/0/ipBlock/cidr", "does not match"),
     ({"surprise": True}, "''", "additional properties 'surprise' not allowed"),
 ]
 
@@ -389,6 +396,85 @@ def test_redis_reachable_only_from_our_pods(rendered):
     assert extra[2:] == COMBOS["everything"]["networkPolicy"]["redis"]["extraFrom"]
     assert not rendered["external-redis"].has("NetworkPolicy", f"{FULL}-redis")
     assert not rendered["existing"].kind("NetworkPolicy")  # networkPolicy.enabled false there
+
+
+def job_pods(settings: k8s.K8sSettings) -> dict[str, dict[str, str]]:
+    """Pod labels of every workload the api's launcher creates (RL and warm-start phases, SGLang and embedded
+    engines), by "<role>" or "inference-<engine>", from asyncwebrl.api.k8s itself."""
+    sglang = Job("sglang-0a1b2c", JobSpec.model_validate({
+        "name": "sglang", "model": {"path": "qwen"}, "algorithm": {"warm_start_steps": 2},
+        "resources": {"engine_kind": "sglang", "engine_gpus": 1, "trainer_gpus": 1}}), "pending", 0, 0)
+    embedded = Job("cpu-0a1b2c", JobSpec.model_validate({"name": "cpu", "resources": {"device": "cpu"}}),
+                   "pending", 0, 0)
+    model = pathlib.Path("/models/qwen")
+    out: dict[str, dict[str, str]] = {}
+    for obj in [*k8s.manifests(sglang, settings, model=model), *k8s.manifests(sglang, settings, phase="warm_start",
+                                                                              model=model),
+                *k8s.manifests(embedded, settings)]:
+        if "template" not in obj["spec"]:
+            continue  # the gateway's HorizontalPodAutoscaler
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        role = labels[k8s.ROLE_LABEL]
+        out[f"{role}-{labels[k8s.ENGINE_LABEL]}" if role == "inference" else role] = labels
+    assert set(out) == {"inference-sglang", "inference-embedded", "rollout", "trainer", "warm-rollout",
+                        "warm-trainer"}
+    return out
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector of matchLabels only selects a pod with ``labels``."""
+    assert set(selector) == {"matchLabels"}, selector
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def test_inference_reachable_only_from_gateways_trainers_and_weightsync(rendered):
+    """The jobs' inference pods (SGLang or embedded engine) take connections on their HTTP port from the
+    jobs' RL gateways and trainers, weightsync, and the Prometheus of networkPolicy.inference.scrapeFrom."""
+    environ = environ_of(container(rendered["gpu-sglang"].get("Deployment", f"{FULL}-api")))
+    settings = k8s.settings_from_config(parse_config(ApiConfig, [], environ), NAMESPACE)
+    pods = job_pods(settings)
+    # Both kinds are of component inference, as weightsync's selector and the PodMonitor's relabelling expect.
+    for name in ("inference-sglang", "inference-embedded"):
+        assert pods[name][k8s.COMPONENT] == "inference"
+    for combo in ("default", "external-redis", "gpu-sglang", "everything"):
+        r = rendered[combo]
+        spec = r.get("NetworkPolicy", f"{FULL}-inference")["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        # It selects the launcher's inference pods, both kinds, and no other pod (job or chart).
+        chart_pods = {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in r.workloads()}
+        selected = {n for n, labels in {**pods, **chart_pods}.items() if selects(spec["podSelector"], labels)}
+        assert selected == {"inference-sglang", "inference-embedded"}, combo
+        (rule,) = spec["ingress"]
+        assert rule["ports"] == [{"port": k8s.ENGINE_PORT, "protocol": "TCP"}]
+        # The peers: pod selectors of this namespace, which match exactly the RL gateway, the trainer and
+        # weightsync; then the scrapers of the values.
+        own = [p for p in rule["from"] if set(p) == {"podSelector"}]
+        rest = [p for p in rule["from"] if set(p) != {"podSelector"}]
+        assert rule["from"] == own + rest and len(own) == 3, combo
+        peers = {n for p in own for n, labels in {**pods, **chart_pods}.items() if selects(p["podSelector"], labels)}
+        assert peers == {"rollout", "trainer", f"{FULL}-weightsync"}, combo
+        scrapers = (COMBOS[combo].get("networkPolicy", {}).get("inference", {}).get("scrapeFrom")
+                    or [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}])
+        assert rest == scrapers, combo
+    # The launcher's inference containers (valid manifests) listen on that port, named http, which the
+    # PodMonitor scrapes for /metrics.
+    job = Job("sglang-0a1b2c", JobSpec.model_validate(
+        {"name": "sglang", "model": {"path": "qwen"}, "resources": {"engine_kind": "sglang", "engine_gpus": 1}}),
+        "pending", 0, 0)
+    inference = k8s.manifests(job, settings, model=pathlib.Path("/models/qwen"))[0]
+    for version in VERSIONS:
+        kubernetes_validate.validate(inference, version, strict=True)
+    ports = inference["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert ports == [{"name": "http", "containerPort": k8s.ENGINE_PORT}]
+    (pm,) = rendered["everything"].kind("PodMonitor")
+    assert "http" in {e["port"] for e in pm["spec"]["podMetricsEndpoints"]}
+    # No scrapers: only the three peers. networkPolicy.enabled false: no policy.
+    with helm.Chart.load(CHART) as chart:
+        bare = render(chart, {"networkPolicy": {"inference": {"scrapeFrom": []}}})
+    (rule,) = bare.get("NetworkPolicy", f"{FULL}-inference")["spec"]["ingress"]
+    assert len(rule["from"]) == 3 and all(set(p) == {"podSelector"} for p in rule["from"])
+    assert not rendered["existing"].has("NetworkPolicy", f"{FULL}-inference")
 
 
 # --- secrets -------------------------------------------------------------------------------------
@@ -690,6 +776,15 @@ def test_gpu_sglang_values_give_valid_gpu_workloads(rendered):
     assert rendered["gpu-sglang"].get("ServiceAccount", f"{FULL}-job")["automountServiceAccountToken"] is False
     trainer = by_role["trainer"]["spec"]["template"]["spec"]["containers"][0]
     assert trainer["resources"]["limits"] == {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": 1}
+    # SGLang's --api-key and --admin-api-key: the chart Secret's engine-api-key, by reference, the key the
+    # gateway, the trainer and weightsync send.
+    key = c["args"][c["args"].index("--api-key") + 1]
+    assert key == c["args"][c["args"].index("--admin-api-key") + 1] == f"$({k8s.SGLANG_KEY_ENV})"
+    assert env_of(c)[k8s.SGLANG_KEY_ENV]["valueFrom"]["secretKeyRef"] == {"name": FULL, "key": "engine-api-key",
+                                                                          "optional": False}
+    assert "engine-api-key" in rendered["gpu-sglang"].get("Secret", FULL)["data"]
+    for sender in (env_of(trainer), env_of(container(rendered["gpu-sglang"].get("Deployment", f"{FULL}-weightsync")))):
+        assert sender["ASYNCWEBRL_ENGINE_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "engine-api-key"
     for obj in objects:
         for e in obj["spec"]["template"]["spec"]["containers"][0].get("env", []):
             if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]:

@@ -11,15 +11,19 @@
   scraped over HTTP, and from the services' prometheus_client registries for the label names;
 - ``promtool check metrics`` finds nothing to lint in any service's /metrics.
 
-Names not checked against a service: ``up`` (Prometheus' own) and ``redis_*`` (redis_exporter's,
+Names not checked against a service: ``up`` (Prometheus' own), ``redis_*`` (redis_exporter's,
 which the buffer does not re-export: it reports its own blob bytes and budget; the names used are
-listed in REDIS_EXPORTER below).
+listed in REDIS_EXPORTER below) and ``sglang:*`` (SGLang's own, for jobs whose engines are SGLang
+servers: held to SGLANG below, a copy of SGLang's source, and to the source itself where an unpacked
+SGLang is at hand).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -57,6 +61,24 @@ TARGET_LABELS = {"job", "instance", "job_id"}
 # the buffer dashboard use.
 REDIS_EXPORTER = {"redis_memory_used_bytes", "redis_memory_max_bytes", "redis_commands_processed_total",
                   "redis_connected_clients", "redis_db_keys"}
+# SGLang's metric families the dashboards query, as SGLang 0.5.20 and 0.5.23 define them in
+# sglang/srt/observability/metrics_collector.py (read in both wheels on 2026-12-04; line of the
+# name= in 0.5.20, 0.5.23), with the labels SGLang puts on them: SchedulerMetricsCollector's gauges get
+# the scheduler's labels (dp_rank with --dp-size > 1, priority with --enable-priority-scheduling),
+# TokenizerMetricsCollector's series the tokenizer's plus is_streaming. Prometheus' scrape adds
+# TARGET_LABELS. test_sglang_names_are_sglangs holds this copy to the source where one is unpacked.
+SGLANG_SCHEDULER_LABELS = {"model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank", "dp_rank", "priority"}
+SGLANG_TOKENIZER_LABELS = {"model_name", "engine_type", "priority"}
+SGLANG = {
+    "sglang:num_running_reqs": ("gauge", SGLANG_SCHEDULER_LABELS),  # 280, 365
+    "sglang:num_queue_reqs": ("gauge", SGLANG_SCHEDULER_LABELS),  # 286, 371
+    "sglang:gen_throughput": ("gauge", SGLANG_SCHEDULER_LABELS),  # 298, 383
+    "sglang:token_usage": ("gauge", SGLANG_SCHEDULER_LABELS),  # 320, 405
+    "sglang:prompt_tokens_total": ("counter", SGLANG_TOKENIZER_LABELS | {"is_streaming"}),  # 1559, 1856
+    "sglang:generation_tokens_total": ("counter", SGLANG_TOKENIZER_LABELS | {"is_streaming"}),  # 1564, 1861
+    "sglang:time_to_first_token_seconds": ("histogram", SGLANG_TOKENIZER_LABELS | {"is_streaming"}),  # 1744, 2041
+    "sglang:e2e_request_latency_seconds": ("histogram", SGLANG_TOKENIZER_LABELS | {"is_streaming"}),  # 1761, 2068
+}
 # Values of the dashboards' variables for parsing.
 VARIABLES = {"job_id": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
 
@@ -180,6 +202,22 @@ def rule_exprs() -> list[tuple[str, str, str]]:
             for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]]
 
 
+def family_series(name: str, kind: str, labels: set[str]) -> dict[str, set[str]]:
+    """The series names a prometheus_client family exposes, with their label names."""
+    if kind == "histogram":
+        return {name + "_bucket": labels | {"le"}, name + "_sum": set(labels), name + "_count": set(labels)}
+    if kind == "counter":
+        return {name.removesuffix("_total") + "_total": set(labels)}
+    return {name: set(labels)}
+
+
+def sglang_series() -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for name, (kind, labels) in SGLANG.items():
+        out.update(family_series(name, kind, labels))
+    return out
+
+
 def test_the_scanner_finds_names_labels_and_groupings():
     sel, groups = parse('histogram_quantile(0.95, sum by (le, job_id) (rate(a_bucket{x="b{c}", y=~"1|2"}[5m]))) '
                         '/ on (job_id) group_left () max(b_total offset 5m) > bool 1e-3 or vector(0) '
@@ -279,6 +317,86 @@ def test_every_dashboard_expression_parses():
         out = out.replace(f'"{name}"', f'"{name}" ({desc})')
     assert res.returncode == 0, out
     assert f"{len(exprs)} rules found" in res.stdout
+
+
+# --- SGLang ---------------------------------------------------------------------------------------
+
+def test_the_dashboards_query_sglang_series_sglang_exports():
+    """Every sglang:* series a dashboard or rule names is one of SGLANG's, with the labels it filters and
+    groups by; and the rollout dashboard charts running and queued requests, token usage, throughput, TTFT."""
+    series = sglang_series()
+    problems, used = [], set()
+    for source, where, expr in dashboard_exprs() + rule_exprs():
+        selectors, groupings = parse(substitute(expr))
+        for name, matched in selectors:
+            if name.startswith("sglang:"):
+                used.add(name)
+                if name not in series:
+                    problems.append(f"{source} {where}: {name} is not an SGLang series of SGLANG")
+                elif matched - series[name] - TARGET_LABELS:
+                    problems.append(f"{source} {where}: {name} has no label {sorted(matched - series[name])}")
+        for labels, names in groupings:
+            if names and all(n.startswith("sglang:") and n in series for n in names):
+                known = set().union(*(series[n] for n in names)) | TARGET_LABELS
+                if labels - known:
+                    problems.append(f"{source} {where}: grouped by {sorted(labels - known)}, "
+                                    f"which {sorted(names)} lack")
+    assert not problems, "\n".join(problems)
+    rollout = {n for board, _, expr in dashboard_exprs() if board == "rollout.json"
+               for n, _ in parse(substitute(expr))[0]}
+    for name in ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage", "sglang:gen_throughput",
+                 "sglang:generation_tokens_total", "sglang:time_to_first_token_seconds_bucket"):
+        assert name in rollout, f"the rollout dashboard does not chart {name}"
+    assert used <= set(series)
+
+
+def sglang_sources() -> list[pathlib.Path]:
+    """Unpacked SGLang packages: $ASYNCWEBRL_SGLANG_SRC (``sglang`` package folders, os.pathsep between),
+    else an installed sglang, else the 0.5.20 and 0.5.23 wheels unpacked under /tmp/sgl."""
+    given = os.environ.get("ASYNCWEBRL_SGLANG_SRC")
+    if given:
+        return [pathlib.Path(p) for p in given.split(os.pathsep) if p]
+    spec = importlib.util.find_spec("sglang")
+    if spec is not None and spec.origin:
+        return [pathlib.Path(spec.origin).parent]
+    return [p for p in (pathlib.Path(f"/tmp/sgl/{v}/sglang") for v in ("x520", "x523")) if p.is_dir()]
+
+
+def sglang_families(package: pathlib.Path) -> dict[str, tuple[str, set[str]]]:
+    """{name: (type, extra label names)} of every ``Gauge|Counter|Histogram|Summary(name="sglang:...")`` in
+    an SGLang package's srt/ (extra: the quoted names its labelnames adds to the collector's labels)."""
+    call = re.compile(r"\b(Gauge|Counter|Histogram|Summary)\(\s*name\s*=\s*[\"'](sglang:[a-zA-Z0-9_:]+)[\"']")
+    out: dict[str, tuple[str, set[str]]] = {}
+    for path in sorted((package / "srt").rglob("*.py")):
+        text = path.read_text(errors="replace")
+        for m in call.finditer(text):
+            rest = text[m.end():]
+            end = re.search(r"\n\s*\)", rest)  # the call's closing line (black's layout)
+            body = rest[:end.start() if end else 2000]
+            labelnames = re.search(r"labelnames\s*=\s*([^\n]*)", body)
+            extra = set(re.findall(r"[\"']([a-zA-Z_][a-zA-Z0-9_]*)[\"']", labelnames.group(1))) if labelnames else set()
+            out[m.group(2)] = (m.group(1).lower(), extra)
+    return out
+
+
+def test_sglang_names_are_sglangs():
+    """SGLANG against SGLang's source: each family is defined there, of that type, with those extra labels;
+    the collectors' label dicts name SGLang's scheduler and tokenizer labels."""
+    sources = sglang_sources()
+    if not sources:
+        pytest.skip("no SGLang source here (set ASYNCWEBRL_SGLANG_SRC); SGLANG is the copy checked")
+    for package in sources:
+        families = sglang_families(package)
+        assert len(families) > 50, f"{package}: not an SGLang package ({len(families)} sglang:* families)"
+        collector = (package / "srt" / "observability" / "metrics_collector.py").read_text()
+        for label in SGLANG_SCHEDULER_LABELS | SGLANG_TOKENIZER_LABELS:
+            assert re.search(rf"[\"']{label}[\"']", collector), f"{package}: no label {label}"
+        for name, (kind, labels) in SGLANG.items():
+            assert name in families, f"{package}: SGLang defines no {name}"
+            found_kind, extra = families[name]
+            assert found_kind == kind, f"{package}: {name} is a {found_kind}, not a {kind}"
+            base = SGLANG_SCHEDULER_LABELS if labels >= SGLANG_SCHEDULER_LABELS else SGLANG_TOKENIZER_LABELS
+            assert extra == labels - base, f"{package}: {name} adds labels {sorted(extra)}, not {sorted(labels - base)}"
 
 
 # --- the services ---------------------------------------------------------------------------------------
@@ -400,8 +518,10 @@ def test_every_metric_and_label_the_charts_name_is_exported(scrapes):
             seen_labels.setdefault(k, set()).update(v)
     declared = registry_labels()
 
+    sglang = sglang_series()  # SGLang's series: held to SGLang by test_the_dashboards_query_sglang_series_...
+
     def labels_of(name: str) -> set[str]:
-        return declared.get(name, set()) | seen_labels.get(name, set()) | TARGET_LABELS
+        return declared.get(name, set()) | seen_labels.get(name, set()) | sglang.get(name, set()) | TARGET_LABELS
 
     problems = []
     used = set()
@@ -411,6 +531,12 @@ def test_every_metric_and_label_the_charts_name_is_exported(scrapes):
         for name, matched in selectors:
             used.add(name)
             if name == "up":
+                continue
+            if name.startswith("sglang:"):
+                if name not in sglang:
+                    problems.append(f"{source} {where}: {name} is not among the SGLang names checked")
+                elif matched - labels_of(name):
+                    problems.append(f"{source} {where}: {name} has no label {sorted(matched - labels_of(name))}")
                 continue
             if name.startswith("redis_"):
                 if name not in REDIS_EXPORTER:
@@ -429,5 +555,5 @@ def test_every_metric_and_label_the_charts_name_is_exported(scrapes):
     assert not problems, "\n".join(problems)
     # The charts cover every service.
     for prefix in ("asyncwebrl_envfleet_", "asyncwebrl_buffer_", "asyncwebrl_engine_", "asyncwebrl_rollout_",
-                   "asyncwebrl_trainer_", "asyncwebrl_weightsync_", "asyncwebrl_api_", "grpc_server_"):
+                   "asyncwebrl_trainer_", "asyncwebrl_weightsync_", "asyncwebrl_api_", "grpc_server_", "sglang:"):
         assert any(n.startswith(prefix) for n in used), f"no panel or rule uses {prefix}*"

@@ -70,12 +70,13 @@ helm.sh/chart: {{ include "asyncwebrl.chart" .ctx }}
 {{- end -}}
 {{- end -}}
 
-{{/* The services' default ports (the launcher's per-job pods use the same numbers). */}}
+{{/* The services' default ports (the launcher's per-job pods use the same numbers; "inference" is the
+     HTTP port of its inference pods, asyncwebrl.api.k8s.ENGINE_PORT: API and /metrics). */}}
 {{- define "asyncwebrl.grpcPort" -}}
 {{- get (dict "envfleet" 50061 "buffer" 50062 "weightsync" 50065 "api" 50070) . -}}
 {{- end -}}
 {{- define "asyncwebrl.httpPort" -}}
-{{- get (dict "envfleet" 9461 "buffer" 9462 "weightsync" 9465 "api" 9470) . -}}
+{{- get (dict "envfleet" 9461 "buffer" 9462 "weightsync" 9465 "api" 9470 "inference" 30000) . -}}
 {{- end -}}
 
 {{/* host:port of a component's gRPC Service, resolvable from any namespace. */}}
@@ -100,6 +101,21 @@ helm.sh/chart: {{ include "asyncwebrl.chart" .ctx }}
 {{- $port | default "6379" -}}
 {{- end -}}
 
+{{/* The one place the chart names the labels the api's launcher puts on the job pods it creates
+     (asyncwebrl.api.k8s.labels: part-of, managed-by = k8s.MANAGER, component = k8s.ROLES[role],
+     asyncwebrl.io/role = k8s.ROLE_LABEL). (dict) selects every job pod, (dict "role" "rollout") the pods
+     of one role (the RL gateway, not the warm-start one), (dict "component" "rollout") of a component. */}}
+{{- define "asyncwebrl.jobPodLabels" -}}
+app.kubernetes.io/part-of: asyncwebrl
+app.kubernetes.io/managed-by: asyncwebrl-api
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- with .role }}
+asyncwebrl.io/role: {{ . }}
+{{- end }}
+{{- end -}}
+
 {{/* Pod metadata labels of our pods allowed to talk to Redis (chart pods and the api's job pods). */}}
 {{- define "asyncwebrl.ourPods" -}}
 - podSelector:
@@ -108,8 +124,7 @@ helm.sh/chart: {{ include "asyncwebrl.chart" .ctx }}
       app.kubernetes.io/part-of: asyncwebrl
 - podSelector:
     matchLabels:
-      app.kubernetes.io/managed-by: asyncwebrl-api
-      app.kubernetes.io/part-of: asyncwebrl
+      {{- include "asyncwebrl.jobPodLabels" (dict) | nindent 6 }}
 {{- end -}}
 
 {{/* A secret environment variable: (dict "ctx" $ "name" "ASYNCWEBRL_AUTH_TOKEN" "key" "auth-token"). */}}

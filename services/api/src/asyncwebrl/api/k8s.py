@@ -6,7 +6,8 @@ overriding only what a pod needs (ports, bind address, JSON logs, publishing thr
 - inference: an ``apps/v1`` Deployment of ``resources.engines`` replicas, the embedded engine (registers
   itself in Redis under its pod name) or an SGLang server (registered by weightsync from its labels: give
   weightsync ``--k8s-selector app.kubernetes.io/component=inference,asyncwebrl.io/engine=sglang`` so it
-  leaves the self-registering embedded engines alone);
+  leaves the self-registering embedded engines alone; started at ``--weight-version 0`` with the Secret's
+  engine key as its API and admin key, see ``sglang_args``);
 - rollout: an ``apps/v1`` Deployment, the job's gateway;
 - trainer: a ``batch/v1`` Job (``torchrun`` for more than one GPU), restarts bounded by its backoffLimit;
 - with ``algorithm.warm_start_steps``, first a warm-start phase: the supervised trainer and the
@@ -70,6 +71,8 @@ WARM_ROLES = ("warm-rollout", "warm-trainer")
 ENGINE_PORT = 30000
 PORTS = {"trainer": (50064, 9464), "rollout": (50063, 9463)}  # (grpc, http) as the services' defaults
 
+# The env var an SGLang container gets the engine key in, for $(...) expansion in its args.
+SGLANG_KEY_ENV = "ASYNCWEBRL_ENGINE_API_KEY"
 # Env var -> (key in the Secret, optional). Only what each process reads.
 SECRET_ENV = {
     "asyncwebrl": {"ASYNCWEBRL_AUTH_TOKEN": ("auth-token", False),
@@ -77,7 +80,9 @@ SECRET_ENV = {
                    "ASYNCWEBRL_ENGINE_API_KEY": ("engine-api-key", True)},
     "embedded": {"ASYNCWEBRL_REGISTRY_REDIS_PASSWORD": ("redis-password", False),
                  "ASYNCWEBRL_API_KEY": ("engine-api-key", True)},
-    "sglang": {},
+    # SGLang's --api-key and --admin-api-key (sglang_args): the key the gateway, trainer and weightsync send.
+    # Required: were it missing, the kubelet would pass "$(ASYNCWEBRL_ENGINE_API_KEY)" itself as the key.
+    "sglang": {SGLANG_KEY_ENV: ("engine-api-key", False)},
 }
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -396,6 +401,20 @@ def _check_gpus(job: Job) -> None:
         raise LaunchError("resources.trainer_gpus: device cuda needs at least one trainer GPU in Kubernetes")
 
 
+def sglang_args(model: pathlib.Path, gpus: int) -> list[str]:
+    """``sglang.launch_server`` flags, as deploy/sglang/launch.sh gives them in compose: /metrics for the
+    PodMonitor; the starting checkpoint as weight version 0 (SGLang says "default" until told), which the
+    gateway and weightsync compare with published versions; the engine key from the Secret, by reference
+    (``$(VAR)``, expanded by the kubelet from the container's environment, never in the manifest), as the
+    API key and the admin key (with an admin key SGLang accepts only it on the weight and pause routes).
+    Every flag is in SGLang 0.5.20's and 0.5.23's ServerArgs (srt/arg_groups/fields/serving.py,
+    observability.py, parallel.py, model.py)."""
+    key = f"$({SGLANG_KEY_ENV})"
+    return ["--model-path", str(model), "--host", "0.0.0.0", "--port", str(ENGINE_PORT), "--enable-metrics",
+            "--weight-version", "0", "--api-key", key, "--admin-api-key", key,
+            *(["--tp-size", str(gpus)] if gpus > 1 else [])]
+
+
 def inference_manifest(job: Job, settings: K8sSettings, model: pathlib.Path, ckpt: pathlib.Path) -> dict:
     r = job.spec.resources
     gpus = r.engine_gpus
@@ -405,8 +424,7 @@ def inference_manifest(job: Job, settings: K8sSettings, model: pathlib.Path, ckp
         if model.is_relative_to(SHIPPED):
             raise LaunchError("model.path: a shipped tiny model is only in the asyncwebrl images, not SGLang's")
         image, kind, command = settings.image_sglang, "sglang", ["python", "-m", "sglang.launch_server"]
-        args = ["--model-path", str(model), "--host", "0.0.0.0", "--port", str(ENGINE_PORT), "--enable-metrics",
-                *(["--tp-size", str(gpus)] if gpus > 1 else [])]
+        args = sglang_args(model, gpus)
     else:
         image, kind, command = settings.image_engine, "embedded", ["python", "-m", "asyncwebrl.engine"]
         args = pod_args("inference", engine_args(settings, job, model, ckpt, 0, "engine"), settings)
