@@ -473,7 +473,8 @@ def trainer() -> Board:
     b.ts("Clip and behaviour-cap fractions", [
         q(f"asyncwebrl_trainer_clip_fraction{{{J}}}", "clipped {{job_id}}"),
         q(f"asyncwebrl_trainer_behaviour_cap_fraction{{{J}}}", "behaviour cap {{job_id}}")], "percentunit", w=8,
-        desc="Kept tokens whose ratio was clipped; tokens masked because exp(logp_prox - logp_behav) > cap.")
+        desc="Kept tokens where PPO took its clipped branch (no gradient); tokens masked because "
+             "exp(logp_prox - logp_behav) > cap.")
     b.ts("Approximate KL (proximal to updated)", [q(f"asyncwebrl_trainer_approx_kl{{{J}}}", "{{job_id}}")], w=8)
     b.ts("Learning rate", [q(f"asyncwebrl_trainer_lr{{{J}}}", "{{job_id}}")], w=8)
     b.ts("Micro-batches per step", [q(f"asyncwebrl_trainer_micro_batches{{{J}}}", "{{job_id}}")], w=8)
@@ -509,6 +510,28 @@ def trainer() -> Board:
         q(f"sum by (job_id, phase) (rate(asyncwebrl_trainer_phase_seconds_total{{{J}}}[{RI}])) / on (job_id) "
           f"group_left () sum by (job_id) (rate(asyncwebrl_trainer_steps_total{{{J}}}[{RI}]))",
           "{{job_id}} {{phase}}")], "s", stack=True, w=12)
+    # Appended, so the panels above keep their ids.
+    b.row("Off-policy health (warns of a collapse before success falls)")
+    b.ts("Behaviour weights: effective sample size", [q(f"asyncwebrl_trainer_behaviour_ess{{{J}}}", "{{job_id}}")],
+         "percentunit", w=8, min_=0, max_=1,
+         desc="(sum w)^2 / (n sum w^2) of w = exp(logp_prox - logp_behav) over response tokens: 1 on-policy; "
+              "low when rollouts come from a policy far from the one being trained.")
+    b.ts("Clipped and dual-clipped tokens", [
+        q(f"asyncwebrl_trainer_clip_fraction{{{J}}}", "clipped branch {{job_id}}"),
+        q(f"asyncwebrl_trainer_dual_clip_fraction{{{J}}}", "dual clip {{job_id}}")], "percentunit", w=8,
+        desc="Kept tokens with no gradient because the update left the trust region.")
+    b.ts("Rollout vs proximal logprob gap (same version)", [
+        q(f"asyncwebrl_trainer_behaviour_logprob_gap{{{J}}}", "{{job_id}}")], w=8,
+        desc="Mean |logp_prox - logp_behav| over tokens of the trainer's own version: the engine and the trainer "
+             "should agree; a gap means other weights or numerics.")
+    b.ts("Advantage mass by sign", [
+        q(f"asyncwebrl_trainer_advantage_mass{{{J}}}", "{{job_id}} {{sign}}")], w=8,
+        desc="Sum of token advantages, positive and |negative|: a push dominated by one sign moves the policy "
+             "the most.")
+    b.ts("Policy entropy", [q(f"asyncwebrl_trainer_entropy{{{J}}}", "{{job_id}}")], w=8,
+         desc="Mean entropy (nats) of the policy at response positions.")
+    b.ts("Invalid actions", [q(f"asyncwebrl_trainer_invalid_action_rate{{{J}}}", "{{job_id}}")], "percentunit",
+         w=8, min_=0, max_=1, desc="Steps of the last batch whose output did not parse as an action.")
     return b
 
 
