@@ -58,7 +58,7 @@ class AlgorithmSpec(_Strict):
     warmup_steps: int = Field(0, ge=0, le=100_000)
     epochs: int = Field(1, ge=1, le=16)
     minibatches: int = Field(1, ge=1, le=64)
-    clip_eps: float = Field(0.2, gt=0, le=1.0)
+    clip_eps: float = Field(0.2, gt=0, lt=1.0)
     kl_coef: float = Field(0.0, ge=0, le=10.0)
     keep_zero_variance: bool = False
     reward: Literal[REWARD_MODES] = Field(  # type: ignore[valid-type]
@@ -74,7 +74,7 @@ class AlgorithmSpec(_Strict):
 
 class RolloutSpec(_Strict):
     mode: Literal["async", "sync"] = "async"
-    group_size: int = Field(8, ge=2, le=256)
+    group_size: int = Field(8, ge=2, le=64)
     batch_groups: int = Field(4, ge=1, le=1024)
     max_staleness: int = Field(2, ge=0, le=64)
     concurrency: int = Field(16, ge=1, le=4096, description="Episodes running at once (per gateway).")
@@ -116,7 +116,7 @@ class EvaluateRequest(_Strict):
     version: int | None = Field(None, ge=0, le=10_000_000, description="Version to evaluate; default the newest "
                                 "(0 is the starting policy, after any warm-start).")
     groups: int | None = Field(None, ge=1, le=1024, description="Groups to run; default tasks.eval_groups.")
-    group_size: int | None = Field(None, ge=1, le=256, description="Episodes per group; default rollout.group_size.")
+    group_size: int | None = Field(None, ge=1, le=64, description="Episodes per group; default rollout.group_size.")
     base: bool = Field(False, description="Evaluate the model the job started from, before any warm-start "
                                           "(version is then ignored).")
 

@@ -30,6 +30,7 @@ from asyncwebrl.api.jobspec import JobSpec
 from asyncwebrl.api.store import FINAL, Job, JobStore
 from asyncwebrl.common.grpcclient import aio_channel
 from asyncwebrl.common.localstack import free_port
+from asyncwebrl.common.models.logprobs import logprob_temperature
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.common.weights import latest_version
 from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
@@ -91,7 +92,8 @@ def trainer_args(config: ApiConfig, job: Job, model: pathlib.Path, ckpt: pathlib
         "--batch-groups", str(r.batch_groups), "--max-staleness", str(r.max_staleness),
         "--step-norm", a.step_norm, "--k", str(a.k), "--lr", str(a.lr), "--warmup-steps", str(a.warmup_steps),
         "--epochs", str(a.epochs), "--minibatches", str(a.minibatches), "--clip-eps", str(a.clip_eps),
-        "--kl-coef", str(a.kl_coef), "--max-steps", str(a.max_steps), "--temperature", str(r.temperature),
+        "--kl-coef", str(a.kl_coef), "--max-steps", str(a.max_steps),
+        "--temperature", str(logprob_temperature(r.temperature)),
         "--publish", "endpoints", "--seed", str(t.train_seed), "--archive-dir", str(archive_dir(ckpt.parent, "train")),
         *(["--keep-zero-variance"] if a.keep_zero_variance else [])]
 

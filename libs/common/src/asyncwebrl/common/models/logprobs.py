@@ -63,6 +63,11 @@ def batch_inputs(model, samples: list[Sample], device: torch.device) -> dict:
     }
 
 
+def logprob_temperature(sampling_temperature: float) -> float:
+    """The temperature logprobs are taken at for a sampling temperature: greedy (0) at 1."""
+    return sampling_temperature if sampling_temperature > 0 else 1.0
+
+
 def output_logprobs(model, samples: list[Sample], temperature: float = 1.0) -> list[torch.Tensor]:
     """For each sample, the logprob of each output token given everything before it."""
     return _outputs(model, samples, temperature, entropy=False)[0]
