@@ -9,7 +9,7 @@ import pytest
 
 from asyncwebrl.envfleet.sites.splits import split_of
 from asyncwebrl.rollout.config import RolloutConfig
-from asyncwebrl.rollout.pool import split_seed
+from asyncwebrl.common.tasks import split_seed
 
 
 def test_seeds_land_in_their_split_and_stay_in_range():

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from asyncwebrl.common.tasks import is_zero_variance
 from asyncwebrl.trainer.algorithm import (
     decoupled_ppo_loss,
     group_advantages,
-    is_zero_variance,
     lr_at,
     step_advantage,
 )

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from asyncwebrl.common.rewards import REWARD_MODES
+from asyncwebrl.common.tasks import DIFFICULTIES
 
 NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"  # also a DNS label, so workloads can carry it
 TASK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}){1,3}$"  # source/name, webgym-lite/<site>/<template>
@@ -36,7 +37,7 @@ class TaskSpec(_Strict):
     tasks: list[Annotated[str, StringConstraints(pattern=TASK)]] = Field(default_factory=list, max_length=256,
                              description="Task names (source/name); empty: every task of `source`.")
     source: str = Field("builtin", pattern=r"^[a-z0-9_-]{1,32}$")
-    difficulties: list[Literal["easy", "medium", "hard"]] = Field(
+    difficulties: list[Literal[DIFFICULTIES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["easy", "medium", "hard"], min_length=1, max_length=3)
     train_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of task sampling in training (the "
                             "warm-start's demonstrations draw from it, RL from train_seed + 1000).")

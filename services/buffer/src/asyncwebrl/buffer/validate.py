@@ -15,18 +15,17 @@ from asyncwebrl.buffer.config import Limits
 from asyncwebrl.buffer.errors import InvalidArgument
 from asyncwebrl.common.blobstore import MAX_DIMENSION, MIME_TYPES
 from asyncwebrl.common.keys import is_job_id, is_sha256
+from asyncwebrl.common.tasks import DIFFICULTIES, is_zero_variance
 from asyncwebrl.v1 import buffer_pb2
 
 GROUP_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 EPISODE_ID = GROUP_ID
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 FINISH_REASON = re.compile(r"^[a-z_]{0,32}$")
-DIFFICULTIES = ("easy", "medium", "hard")
 MAX_TASK_CHARS = 256
 MAX_REWARD = 1e6
 # Logprobs are <= 0; a little above tolerates rounding in the engine.
 MAX_LOGPROB = 1e-3
-ZERO_VARIANCE_TOL = 1e-9
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,10 +146,8 @@ def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -
         or int(all_versions.max()) > trainer_version + limits.max_version_lead
     ):
         return None
-    spread = max(rewards) - min(rewards)
     return GroupSummary(
-        int(all_versions.min()), int(all_versions.max()), steps, tokens, spread <= ZERO_VARIANCE_TOL,
-        tuple(blobs),
+        int(all_versions.min()), int(all_versions.max()), steps, tokens, is_zero_variance(rewards), tuple(blobs),
     )
 
 
@@ -237,8 +234,7 @@ def _check_slowly(group: buffer_pb2.Group, limits: Limits, trainer_version: int)
             steps += 1
             tokens += prompt.size + n
     assert min_version is not None  # every step has at least one output token
-    spread = max(rewards) - min(rewards)
-    return GroupSummary(min_version, max_version, steps, tokens, spread <= ZERO_VARIANCE_TOL, tuple(blobs))
+    return GroupSummary(min_version, max_version, steps, tokens, is_zero_variance(rewards), tuple(blobs))
 
 
 def _check_ref(ref, field: str) -> None:

@@ -24,13 +24,13 @@ import grpc
 
 from asyncwebrl.common.cancel import end_if_cancelled
 from asyncwebrl.common.inference import BadGeneration
+from asyncwebrl.common.tasks import split_seed
 from asyncwebrl.rollout import metrics
 from asyncwebrl.rollout.config import RolloutConfig
 from asyncwebrl.rollout.episode import EnvFault, NoDemonstration, Policy, run_episode
 from asyncwebrl.rollout.judge import Judge, JudgeError, Rubric
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
-TEST_EVERY = 10  # envfleet.sites.splits.TEST_EVERY (a service never imports another)
 
 log = logging.getLogger("asyncwebrl.rollout")
 
@@ -235,16 +235,6 @@ class Gateway:
             finally:
                 metrics.EPISODES_RUNNING.dec()
         raise AssertionError("unreachable")
-
-
-def split_seed(seed: int, split: str) -> int:
-    """Move a drawn seed into its split: test seeds are the multiples of TEST_EVERY (as envfleet's
-    built-in sites define them), train seeds the rest, so training never sees an evaluation's instance."""
-    if split == "test":
-        return seed - seed % TEST_EVERY
-    if split == "train" and seed % TEST_EVERY == 0:
-        return seed + 1
-    return seed
 
 
 def _version(label: str) -> int:

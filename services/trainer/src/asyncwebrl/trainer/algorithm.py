@@ -35,10 +35,6 @@ def group_advantages(rewards: list[float] | torch.Tensor, eps: float = 1e-5) -> 
     return (r - r.mean()) / (std + eps)
 
 
-def is_zero_variance(rewards: list[float]) -> bool:
-    return len(rewards) < 2 or max(rewards) - min(rewards) <= 1e-9
-
-
 def step_advantage(episode_advantage: float, n_steps: int, step_norm: str = "constant", k: float = 10.0) -> float:
     """The advantage every output token of every step of the episode gets."""
     if step_norm == "constant":

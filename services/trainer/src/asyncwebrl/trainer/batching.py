@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from asyncwebrl.trainer.algorithm import group_advantages, is_zero_variance, step_advantage
+from asyncwebrl.common.tasks import is_zero_variance
+from asyncwebrl.trainer.algorithm import group_advantages, step_advantage
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
 

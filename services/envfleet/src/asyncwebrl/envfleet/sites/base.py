@@ -24,7 +24,6 @@ from typing import Any
 
 from aiohttp import web
 
-DIFFICULTIES = ("easy", "medium", "hard")
 MAX_FIELD_CHARS = 500
 
 

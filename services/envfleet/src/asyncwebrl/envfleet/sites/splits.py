@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-SPLITS = ("train", "test", "ood")
-TEST_EVERY = 10
-DIFFICULTIES = ("easy", "medium", "hard")
+from asyncwebrl.common.tasks import DIFFICULTIES, SPLITS, TEST_EVERY, is_test_seed
+
+__all__ = ["DIFFICULTIES", "SPLITS", "TEST_EVERY", "seeds", "split_of", "success_by_difficulty", "tasks_for"]
 
 
 def split_of(held_out: bool, seed: int) -> str:
     if held_out:
         return "ood"
-    return "test" if seed % TEST_EVERY == 0 else "train"
+    return "test" if is_test_seed(seed) else "train"
 
 
 def seeds(split: str, count: int, start: int = 0) -> list[int]:
@@ -33,7 +33,7 @@ def seeds(split: str, count: int, start: int = 0) -> list[int]:
     out, seed = [], start
     want_test = split in ("test", "ood")
     while len(out) < count:
-        if (seed % TEST_EVERY == 0) == want_test:
+        if is_test_seed(seed) == want_test:
             out.append(seed)
         seed += 1
     return out
