@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -35,6 +33,7 @@ from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.common.weights import version_dir, write_manifest
 from tests.api.test_api import call
+from tests.engine.sglang_side import packages as sglang_packages
 from tests.helpers import fake_http_server
 
 SHARED = "k8s-shared-token-value"
@@ -173,18 +172,6 @@ SGLANG_FLAGS = {
 }
 
 
-def sglang_sources() -> list[pathlib.Path]:
-    """Unpacked SGLang packages to check against: $ASYNCWEBRL_SGLANG_SRC (paths of ``sglang`` package
-    folders, os.pathsep between), else an installed sglang, else the 0.5.20/0.5.23 unpacked under /tmp/sgl."""
-    given = os.environ.get("ASYNCWEBRL_SGLANG_SRC")
-    if given:
-        return [pathlib.Path(p) for p in given.split(os.pathsep) if p]
-    spec = importlib.util.find_spec("sglang")
-    if spec is not None and spec.origin:
-        return [pathlib.Path(spec.origin).parent]
-    return [p for p in (pathlib.Path(f"/tmp/sgl/{v}/sglang") for v in ("x520", "x523")) if p.is_dir()]
-
-
 def sglang_cli_flags(package: pathlib.Path) -> set[str]:
     """The flags ``sglang.launch_server`` takes, read from its source without importing it: the ServerArgs
     fields (``name: A[...]``, in srt/arg_groups/fields/ in 0.5.20 and 0.5.23), their ``aliases`` and
@@ -208,9 +195,7 @@ def test_sglang_flags_exist_in_sglang(tmp_path, models):
     c = k8s.manifests(job_of("sglang-gpu"), settings)[0]["spec"]["template"]["spec"]["containers"][0]
     flags = {a for a in c["args"] if a.startswith("--")}
     assert flags == set(SGLANG_FLAGS)
-    sources = sglang_sources()
-    if not sources:
-        pytest.skip("no SGLang source here (set ASYNCWEBRL_SGLANG_SRC); checked against SGLANG_FLAGS only")
+    sources = sglang_packages()
     for package in sources:
         known = sglang_cli_flags(package)
         assert len(known) > 100, f"{package}: not an sglang package (found {len(known)} flags)"

@@ -21,9 +21,7 @@ SGLang is at hand).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -38,6 +36,7 @@ import yaml
 
 from asyncwebrl.common.localstack import EngineProcess, ServiceProcess, free_port
 from asyncwebrl.common.models.tiny import SHIPPED
+from tests.engine.sglang_side import packages as sglang_packages
 from tests.helpers import start_envfleet_and_buffer, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -350,18 +349,6 @@ def test_the_dashboards_query_sglang_series_sglang_exports():
     assert used <= set(series)
 
 
-def sglang_sources() -> list[pathlib.Path]:
-    """Unpacked SGLang packages: $ASYNCWEBRL_SGLANG_SRC (``sglang`` package folders, os.pathsep between),
-    else an installed sglang, else the 0.5.20 and 0.5.23 wheels unpacked under /tmp/sgl."""
-    given = os.environ.get("ASYNCWEBRL_SGLANG_SRC")
-    if given:
-        return [pathlib.Path(p) for p in given.split(os.pathsep) if p]
-    spec = importlib.util.find_spec("sglang")
-    if spec is not None and spec.origin:
-        return [pathlib.Path(spec.origin).parent]
-    return [p for p in (pathlib.Path(f"/tmp/sgl/{v}/sglang") for v in ("x520", "x523")) if p.is_dir()]
-
-
 def sglang_families(package: pathlib.Path) -> dict[str, tuple[str, set[str]]]:
     """{name: (type, extra label names)} of every ``Gauge|Counter|Histogram|Summary(name="sglang:...")`` in
     an SGLang package's srt/ (extra: the quoted names its labelnames adds to the collector's labels)."""
@@ -382,9 +369,7 @@ def sglang_families(package: pathlib.Path) -> dict[str, tuple[str, set[str]]]:
 def test_sglang_names_are_sglangs():
     """SGLANG against SGLang's source: each family is defined there, of that type, with those extra labels;
     the collectors' label dicts name SGLang's scheduler and tokenizer labels."""
-    sources = sglang_sources()
-    if not sources:
-        pytest.skip("no SGLang source here (set ASYNCWEBRL_SGLANG_SRC); SGLANG is the copy checked")
+    sources = sglang_packages()
     for package in sources:
         families = sglang_families(package)
         assert len(families) > 50, f"{package}: not an SGLang package ({len(families)} sglang:* families)"

@@ -454,7 +454,6 @@ class Server:
             "success": True,
             "message": f"loaded {result['bytes']} bytes in {result['seconds']:.3f}s",
             "num_paused_requests": self.engine.stats()["running"] if self.engine.paused else 0,
-            "weight_version": new_version,
         })
 
     async def pause(self, request: web.Request) -> web.Response:
@@ -465,12 +464,13 @@ class Server:
         result = await asyncio.wrap_future(self.engine.command(lambda: self.engine.pause(mode)))
         metrics.PAUSED.set(1)
         metrics.PAUSES.inc()
-        return web.json_response({"success": True, **result})
+        # SGLang's answer (http_server.pause_generation), with the engine's counts beside it.
+        return web.json_response({"message": "Generation paused successfully.", "status": "ok", **result})
 
     async def resume(self, request: web.Request) -> web.Response:
         result = await asyncio.wrap_future(self.engine.command(self.engine.resume))
         metrics.PAUSED.set(0)
-        return web.json_response({"success": True, **result})
+        return web.json_response({"message": "Generation continued successfully.", "status": "ok", **result})
 
     async def abort(self, request: web.Request) -> web.Response:
         body = await self._body(request)
