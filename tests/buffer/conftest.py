@@ -108,10 +108,11 @@ def make_group(
 
 
 def get_batch(stub, job: str, consumer: str = "trainer-0", groups: int = 16, version: int = 0,
-              max_staleness: int = -1, wait_ms: int = 0) -> tuple[buffer_pb2.BatchHeader, list[buffer_pb2.Group]]:
+              max_staleness: int = -1, wait_ms: int = 0,
+              take_own_pending: bool = False) -> tuple[buffer_pb2.BatchHeader, list[buffer_pb2.Group]]:
     items = list(stub.GetBatch(buffer_pb2.GetBatchRequest(
         job_id=job, consumer=consumer, groups=groups, current_version=version,
-        max_staleness=max_staleness, wait_ms=wait_ms,
+        max_staleness=max_staleness, wait_ms=wait_ms, take_own_pending=take_own_pending,
     )))
     assert items[0].WhichOneof("item") == "header"
     header = items[0].header

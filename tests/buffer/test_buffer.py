@@ -177,6 +177,25 @@ def test_zero_variance_groups_dropped_or_kept_per_job(stub, job):
     assert s.keep_zero_variance and s.batch_groups == 4
 
 
+def test_a_restarted_consumer_takes_back_its_own_unacked_entries_first(stub, job):
+    refs = put_blobs(stub, job, ["o"])
+    old = [make_group(job, refs) for _ in range(2)]
+    for g in old:
+        stub.PutGroup(buffer_pb2.PutGroupRequest(group=g))
+    _, read = get_batch(stub, job, consumer="trainer-a", groups=2)
+    assert len(read) == 2
+    # trainer-a dies; newer groups arrive; it restarts under the same name, well inside the claim timeout.
+    new = [make_group(job, refs) for _ in range(2)]
+    for g in new:
+        stub.PutGroup(buffer_pb2.PutGroupRequest(group=g))
+    header, groups = get_batch(stub, job, consumer="trainer-a", groups=2, take_own_pending=True)
+    assert [g.group_id for g in groups] == [g.group_id for g in old], "its own, oldest first, before newer ones"
+    assert header.reclaimed == 2
+    assert stub.Ack(buffer_pb2.AckRequest(job_id=job, batch_id=header.batch_id, consumer="trainer-a")).groups == 2
+    header, groups = get_batch(stub, job, consumer="trainer-a", groups=4, take_own_pending=True)
+    assert sorted(g.group_id for g in groups) == sorted(g.group_id for g in new), "acked ones never come back"
+
+
 def test_unacked_batch_goes_to_another_consumer_and_is_trained_once(stub, job):
     refs = put_blobs(stub, job, ["c"])
     sent = [make_group(job, refs) for _ in range(3)]

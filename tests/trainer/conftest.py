@@ -38,8 +38,8 @@ def stack(redis_server, tmp_path_factory):
     shutil.copytree(SHIPPED / "qwen2_5_vl", models / "base")
     env = {"ASYNCWEBRL_AUTH_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": redis_server.password}
     common = ["--redis-url", redis_server.url, "--key-prefix", PREFIX, "--log-format", "text"]
-    buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0", "--claim-idle-s", "2"], env,
-                            logs / "buffer.log")
+    # The buffer's default --claim-idle-s (600 s): a restarted trainer must not depend on it.
+    buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0"], env, logs / "buffer.log")
     buffer.wait_ready()
     ch = channel(buffer.target, TOKEN)
     yield {"buffer": buffer, "stub": buffer_pb2_grpc.BufferServiceStub(ch), "logs": logs, "env": env,

@@ -22,7 +22,7 @@ from asyncwebrl.common.localstack import ServiceProcess
 from asyncwebrl.v1 import buffer_pb2, weightsync_pb2, weightsync_pb2_grpc
 from tests.engine.conftest import data_uri
 from tests.helpers import wait_until
-from tests.trainer.conftest import TOKEN, GroupMaker, engine_for, png, post, stats, trainer_for
+from tests.trainer.conftest import PREFIX, TOKEN, GroupMaker, engine_for, png, post, stats, trainer_for
 
 
 def journal(path) -> list[dict]:
@@ -141,21 +141,34 @@ def test_killed_and_restarted_it_resumes_without_training_a_batch_twice(stack):
         trainer.proc.wait(timeout=30)
         assert [v for v, _ in weights.list_versions(tmp_path)][-1] >= 3
         assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["s00000002"]
+        interrupted = stats(stack, job).trainer_version == 3
+        # Newer groups arrive while it is down; the interrupted batch still goes first.
+        maker.put(2, seed=45)
+        redis = stack["redis"].client()
+        stream = f"{PREFIX}job:{job}:groups"
+        entries = [_id.decode() for _id, _ in redis.xrange(stream)]
 
         restarted = trainer_for(stack, job, tmp_path, *args)
         restarted.wait_ready(120)
-        wait_until(lambda: stats(stack, job).trainer_version == 4, what="the interrupted batch trained")
+        # With the buffer's default --claim-idle-s of 600 s, at once rather than ten minutes later.
+        wait_until(lambda: stats(stack, job).trainer_version >= 5, timeout=120, what="both batches trained")
+        if interrupted:
+            manifest = weights.read_manifest(weights.version_dir(tmp_path, 4))
+            first = {i for b in manifest.batch_id.split(",")
+                     for i in redis.hget(f"{PREFIX}job:{job}:batch:{b}", "ids").decode().split()}
+            assert first == set(entries[:2]), "the restarted trainer trained the interrupted batch first"
         maker.put(2, seed=50)
-        wait_until(lambda: stats(stack, job).trainer_version == 5, what="version 5")
+        wait_until(lambda: stats(stack, job).trainer_version == 6, what="version 6")
         assert restarted.stop() == 0, "SIGTERM: a clean exit"
         s = stats(stack, job)
-        assert s.groups_consumed == 10 and s.stream_length == 0 and s.groups_accepted == 10
+        assert s.groups_consumed == 12 and s.stream_length == 0 and s.groups_accepted == 12
+        assert sum(r.groups for r in s.rejected) == 0, "nothing rejected for the restart"
         trained = [e["version"] for e in journal(log)]
         assert len(trained) == len(set(trained)), f"a version trained twice: {trained}"
-        assert set(trained) >= {1, 2, 3, 5} and max(trained) == 5
-        assert weights.read_manifest(weights.version_dir(tmp_path, 5)).step == 5
+        assert set(trained) >= {1, 2, 3, 5, 6} and max(trained) == 6
+        assert weights.read_manifest(weights.version_dir(tmp_path, 6)).step == 6
         assert "resum" in restarted.logs() and "s00000002" in restarted.logs()
-        assert post(engine.url, "/model_info")["weight_version"] == "5"
+        assert post(engine.url, "/model_info")["weight_version"] == "6"
     finally:
         engine.stop()
 

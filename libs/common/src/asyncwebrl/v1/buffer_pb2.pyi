@@ -82,20 +82,22 @@ class PutGroupResponse(_message.Message):
     def __init__(self, duplicate: _Optional[bool] = ..., entry_id: _Optional[str] = ...) -> None: ...
 
 class GetBatchRequest(_message.Message):
-    __slots__ = ("job_id", "consumer", "groups", "current_version", "max_staleness", "wait_ms")
+    __slots__ = ("job_id", "consumer", "groups", "current_version", "max_staleness", "wait_ms", "take_own_pending")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    TAKE_OWN_PENDING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     consumer: str
     groups: int
     current_version: int
     max_staleness: int
     wait_ms: int
-    def __init__(self, job_id: _Optional[str] = ..., consumer: _Optional[str] = ..., groups: _Optional[int] = ..., current_version: _Optional[int] = ..., max_staleness: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    take_own_pending: bool
+    def __init__(self, job_id: _Optional[str] = ..., consumer: _Optional[str] = ..., groups: _Optional[int] = ..., current_version: _Optional[int] = ..., max_staleness: _Optional[int] = ..., wait_ms: _Optional[int] = ..., take_own_pending: _Optional[bool] = ...) -> None: ...
 
 class RejectionCount(_message.Message):
     __slots__ = ("reason", "groups")

@@ -137,7 +137,7 @@ class BufferServicer:
                 raise InvalidArgument("wait_ms", "must be in [0, 600000]")
             batch = await self.store.get_batch(
                 request.job_id, request.consumer, request.groups, request.current_version,
-                request.max_staleness, request.wait_ms,
+                request.max_staleness, request.wait_ms, request.take_own_pending,
             )
         except (BufferError, RedisError) as exc:
             await self._fail(context, exc, "GetBatch")

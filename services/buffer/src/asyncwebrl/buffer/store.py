@@ -350,7 +350,8 @@ class GroupStore:
                 raise
 
     async def get_batch(
-        self, job_id: str, consumer: str, want: int, current_version: int, max_staleness: int, wait_ms: int
+        self, job_id: str, consumer: str, want: int, current_version: int, max_staleness: int, wait_ms: int,
+        take_own_pending: bool = False,
     ) -> Batch:
         jp = self.jp(job_id)
         stream = jp + "groups"
@@ -360,11 +361,20 @@ class GroupStore:
         batch = Batch(uuid.uuid4().hex, [])
         ids: list[str] = []
 
+        if take_own_pending:
+            # A restarted consumer's own unacked entries (its last life read them and died): first, oldest
+            # first, so the interrupted batch is trained before anything newer and not left to go stale.
+            reply = await self.redis.xreadgroup(CONSUMER_GROUP, consumer, {stream: "0"}, count=want)
+            own = [(i, f) for i, f in (reply[0][1] if reply else []) if f]
+            batch.reclaimed += await self._admit(jp, stream, own, batch, ids, current_version, eta, settings)
+
         # Entries idle past the claim timeout belong to a consumer that died (or
         # read and never acked): take them over first.
         claim_ms = int(self.config.claim_idle_s * 1000)
-        _, claimed, _ = await self.redis.xautoclaim(stream, CONSUMER_GROUP, consumer, claim_ms, "0-0", count=want)
-        batch.reclaimed = await self._admit(jp, stream, claimed, batch, ids, current_version, eta, settings)
+        if len(ids) < want:
+            _, claimed, _ = await self.redis.xautoclaim(stream, CONSUMER_GROUP, consumer, claim_ms, "0-0",
+                                                        count=want - len(ids))
+            batch.reclaimed += await self._admit(jp, stream, claimed, batch, ids, current_version, eta, settings)
 
         deadline = time.monotonic() + wait_ms / 1000
         while len(ids) < want:

@@ -175,6 +175,8 @@ class Trainer:
         self.weightsync = weightsync_pb2_grpc.WeightSyncServiceStub(weightsync) if weightsync is not None else None
         self.registry = Registry(redis, config.key_prefix, config.job_id, config.registry_ttl_s) if redis else None
         self.stopping = asyncio.Event()
+        # The first GetBatch of this life takes back what the last one read and never acked.
+        self.own_pending_taken = False
         self.log = metrics.JsonlLog(config.metrics_log or pathlib.Path(config.checkpoint_dir) / "metrics.jsonl")
         self.archive = EpisodeArchive(config.archive_dir or pathlib.Path(config.checkpoint_dir) / "episodes")
 
@@ -220,7 +222,8 @@ class Trainer:
             header = None
             call = self.stub.GetBatch(buffer_pb2.GetBatchRequest(
                 job_id=c.job_id, consumer=c.consumer, groups=c.batch_groups - len(batch.groups),
-                current_version=self.learner.version, max_staleness=-1, wait_ms=int(c.batch_wait_s * 1000)))
+                current_version=self.learner.version, max_staleness=-1, wait_ms=int(c.batch_wait_s * 1000),
+                take_own_pending=not self.own_pending_taken))
             async for item in call:
                 if item.WhichOneof("item") == "header":
                     header = item.header
@@ -228,6 +231,7 @@ class Trainer:
                     batch.groups.append(item.group.SerializeToString())
             if header is None:
                 raise RuntimeError("GetBatch: the stream had no header")
+            self.own_pending_taken = True
             if header.batch_id:
                 batch.batch_ids.append(header.batch_id)
             for r in header.rejected:
