@@ -80,6 +80,9 @@ class RecordingProxy:
 
         self.target = ""
         self.exchanges: list[tuple[dict, int, dict]] = []
+        # tamper(index, answer) -> answer: the n-th /generate answer as the gateway will see it.
+        self.tamper = None
+        self._lock = __import__("threading").Lock()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -93,7 +96,11 @@ class RecordingProxy:
                 except urllib.error.HTTPError as exc:
                     status, answer = exc.code, exc.read()
                 if self.path == "/generate":
-                    proxy.exchanges.append((json.loads(body), status, json.loads(answer)))
+                    with proxy._lock:
+                        index = len(proxy.exchanges)
+                        proxy.exchanges.append((json.loads(body), status, json.loads(answer)))
+                    if proxy.tamper is not None and status == 200:
+                        answer = json.dumps(proxy.tamper(index, json.loads(answer))).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))

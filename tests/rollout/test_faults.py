@@ -12,7 +12,7 @@ from asyncwebrl.common.models.loading import load_policy
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.v1 import buffer_pb2, env_pb2, env_pb2_grpc
 from tests.engine.conftest import call, wait_running
-from tests.rollout.conftest import TOKEN, buffer_for, engine_for, gateway_for, metric, wait_until
+from tests.rollout.conftest import RecordingProxy, TOKEN, buffer_for, engine_for, gateway_for, metric, wait_until
 
 
 def _configure(buf, job: str) -> None:
@@ -132,3 +132,30 @@ def test_a_stopped_gateway_releases_its_sessions_within_the_grace(stack, redis_s
         engine.stop()
         env_ch.close()
         ch.close()
+
+
+def test_a_failed_episode_costs_only_itself(stack, redis_server):
+    """The engine's answer for one episode cannot be trained on (its prompt expansion differs from the
+    gateway's): that episode is left out and counted, the other two of its group are written."""
+    job = f"lose1-{uuid.uuid4().hex[:6]}"
+    ch, buf = buffer_for(stack)
+    _configure(buf, job)
+    proxy = RecordingProxy()
+    proxy.tamper = lambda i, out: {**out, "prompt_token_ids": out["prompt_token_ids"] + [7]} if i == 0 else out
+    engine = engine_for(stack, redis_server, job, "--advertise-url", proxy.url)
+    proxy.target = engine.url
+    gateway = gateway_for(stack, job, "--group-size", "3", "--max-groups", "1", "--steps-easy", "1")
+    try:
+        assert gateway.proc.wait(180) == 0, gateway.logs()[-3000:]
+        logs = gateway.logs()
+        # Loud: the expansion mismatch and the episode left out are logged (and counted in the metrics).
+        assert logs.count("unusable generation: prompt_expansion") == 1, logs[-3000:]
+        assert logs.count("episode left out of its group (bad_generation)") == 1
+        assert "group dropped" not in logs
+    finally:
+        gateway.stop()
+        engine.stop()
+        proxy.close()
+    (group,) = _groups(buf, job, 4)
+    assert len(group.episodes) == 2, "the group is trained with the two episodes that did not fail"
+    ch.close()

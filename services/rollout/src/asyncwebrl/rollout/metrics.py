@@ -32,3 +32,5 @@ BAD_GENERATIONS = Counter("asyncwebrl_rollout_bad_generations_total",
 RAW_REWARD = Histogram("asyncwebrl_rollout_raw_reward", "The task's own reward of finished episodes (MiniWoB: -1 "
                        "wrong action, 0 timeout, up to 1 success), whatever the job trains on.",
                        buckets=(-1, -0.5, -1e-9, 0, 0.5, 1))
+EPISODES_LOST = Counter("asyncwebrl_rollout_episodes_lost_total", "Episodes left out of their group after a fault "
+                        "(the rest of the group is still trained when at least two remain), by reason.", ["reason"])

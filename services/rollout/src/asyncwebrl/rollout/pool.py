@@ -161,10 +161,14 @@ class Gateway:
                 return_exceptions=True,
             )
             faults = [e for e in episodes if isinstance(e, BaseException)]
-            if faults:
-                kinds = {"env_error" if isinstance(e, EnvFault) else "judge_error" if isinstance(e, JudgeError)
-                         else "no_demonstration" if isinstance(e, NoDemonstration)
-                         else "bad_generation" if isinstance(e, BadGeneration) else "error" for e in faults}
+            for fault in faults:
+                # Only the failed episode is lost (AsyncWebRL drops failed episodes, not their group).
+                reason = fault_reason(fault)
+                metrics.EPISODES_LOST.labels(reason).inc()
+                log.warning("episode left out of its group (%s): %s", reason, fault)
+            episodes = [e for e in episodes if not isinstance(e, BaseException)]
+            if len(episodes) < min(MIN_GROUP, self.config.group_size):
+                kinds = {fault_reason(e) for e in faults}
                 self._drop(sorted(kinds)[0] if len(kinds) == 1 else "error", faults[0])
                 return
             versions = [v for e in episodes for s in e.steps for v in s.versions]
@@ -235,6 +239,22 @@ class Gateway:
             finally:
                 metrics.EPISODES_RUNNING.dec()
         raise AssertionError("unreachable")
+
+
+# A group is trained with at least this many of its episodes: two outcomes to compare.
+MIN_GROUP = 2
+
+
+def fault_reason(fault: BaseException) -> str:
+    if isinstance(fault, EnvFault):
+        return "env_error"
+    if isinstance(fault, JudgeError):
+        return "judge_error"
+    if isinstance(fault, NoDemonstration):
+        return "no_demonstration"
+    if isinstance(fault, BadGeneration):
+        return "bad_generation"
+    return "error"
 
 
 def _version(label: str) -> int:
