@@ -159,3 +159,30 @@ def test_a_failed_episode_costs_only_itself(stack, redis_server):
     (group,) = _groups(buf, job, 4)
     assert len(group.episodes) == 2, "the group is trained with the two episodes that did not fail"
     ch.close()
+
+
+def test_a_gateway_killed_without_warning_frees_its_leases_long_before_the_lease_timeout(stack, redis_server):
+    job = f"kill-{uuid.uuid4().hex[:6]}"
+    ch, buf = buffer_for(stack)
+    _configure(buf, job)
+    engine = engine_for(stack, redis_server, job)
+    # Long episodes (step limit 10), so leases are held when the gateway dies.
+    gateway = gateway_for(stack, job, "--steps-easy", "10", "--max-new-tokens", "32")
+    env_ch = channel(stack["envfleet"].target, TOKEN)
+    env = env_pb2_grpc.EnvServiceStub(env_ch)
+    try:
+        wait_until(lambda: env.Stats(env_pb2.StatsRequest()).sessions >= 2, timeout=60, what="leases held")
+        gateway.proc.send_signal(signal.SIGKILL)
+        gateway.proc.wait(timeout=30)
+        killed = time.monotonic()
+        # envfleet's defaults: --owner-ttl-s 20 against a --lease-timeout-s of 300.
+        wait_until(lambda: env.Stats(env_pb2.StatsRequest()).sessions == 0, timeout=90,
+                   what="the dead gateway's leases released")
+        assert time.monotonic() - killed < 60
+        lost = metric(stack["envfleet"], "asyncwebrl_envfleet_owner_lost_sessions_total")
+        assert lost >= 2, "the lost episodes are counted"
+    finally:
+        gateway.stop()
+        engine.stop()
+        env_ch.close()
+        ch.close()

@@ -91,20 +91,22 @@ class ScreenshotOptions(_message.Message):
     def __init__(self, format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
-    __slots__ = ("task", "seed", "viewport", "screenshot", "include_elements", "job_id")
+    __slots__ = ("task", "seed", "viewport", "screenshot", "include_elements", "job_id", "owner")
     TASK_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     VIEWPORT_FIELD_NUMBER: _ClassVar[int]
     SCREENSHOT_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     task: str
     seed: int
     viewport: Viewport
     screenshot: ScreenshotOptions
     include_elements: bool
     job_id: str
-    def __init__(self, task: _Optional[str] = ..., seed: _Optional[int] = ..., viewport: _Optional[_Union[Viewport, _Mapping]] = ..., screenshot: _Optional[_Union[ScreenshotOptions, _Mapping]] = ..., include_elements: _Optional[bool] = ..., job_id: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, task: _Optional[str] = ..., seed: _Optional[int] = ..., viewport: _Optional[_Union[Viewport, _Mapping]] = ..., screenshot: _Optional[_Union[ScreenshotOptions, _Mapping]] = ..., include_elements: _Optional[bool] = ..., job_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ScreenshotRef(_message.Message):
     __slots__ = ("sha256", "width", "height", "mime", "size_bytes")
@@ -327,6 +329,20 @@ class ReleaseResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: bool
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("owner",)
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    def __init__(self, owner: _Optional[str] = ...) -> None: ...
+
+class RenewResponse(_message.Message):
+    __slots__ = ("sessions", "owner_ttl_s")
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    sessions: int
+    owner_ttl_s: float
+    def __init__(self, sessions: _Optional[int] = ..., owner_ttl_s: _Optional[float] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()

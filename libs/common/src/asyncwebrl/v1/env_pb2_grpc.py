@@ -54,6 +54,11 @@ class EnvServiceStub:
                 request_serializer=asyncwebrl_dot_v1_dot_env__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=asyncwebrl_dot_v1_dot_env__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/asyncwebrl.v1.EnvService/Renew',
+                request_serializer=asyncwebrl_dot_v1_dot_env__pb2.RenewRequest.SerializeToString,
+                response_deserializer=asyncwebrl_dot_v1_dot_env__pb2.RenewResponse.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/asyncwebrl.v1.EnvService/Stats',
                 request_serializer=asyncwebrl_dot_v1_dot_env__pb2.StatsRequest.SerializeToString,
@@ -103,6 +108,14 @@ class EnvServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Renew(self, request, context):
+        """The owner named in Allocate is alive: its leases stay. Leases whose owner has not renewed for
+        --owner-ttl-s end at once (a gateway killed without warning), long before the idle lease timeout.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -141,6 +154,11 @@ def add_EnvServiceServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=asyncwebrl_dot_v1_dot_env__pb2.ReleaseRequest.FromString,
                     response_serializer=asyncwebrl_dot_v1_dot_env__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=asyncwebrl_dot_v1_dot_env__pb2.RenewRequest.FromString,
+                    response_serializer=asyncwebrl_dot_v1_dot_env__pb2.RenewResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -261,6 +279,33 @@ class EnvService:
             '/asyncwebrl.v1.EnvService/Release',
             asyncwebrl_dot_v1_dot_env__pb2.ReleaseRequest.SerializeToString,
             asyncwebrl_dot_v1_dot_env__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncwebrl.v1.EnvService/Renew',
+            asyncwebrl_dot_v1_dot_env__pb2.RenewRequest.SerializeToString,
+            asyncwebrl_dot_v1_dot_env__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,

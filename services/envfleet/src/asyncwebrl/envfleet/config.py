@@ -42,6 +42,8 @@ class EnvfleetConfig(ServiceConfig):
     chromium_path: str = option("/usr/bin/chromium", "Chromium executable.")
     chromium_extra_flags: tuple[str, ...] = option((), "Extra Chromium flags, comma-separated.")
     lease_timeout_s: float = option(300.0, "An idle session (no Step) is reclaimed after this many seconds.")
+    owner_ttl_s: float = option(20.0, "A session whose owner (AllocateRequest.owner) has not renewed for this "
+                                      "many seconds is reclaimed: its gateway died.")
     screenshot_format: str = option("jpeg", "Default screenshot format: jpeg or png.")
     screenshot_quality: int = option(80, "Default JPEG quality (1-100).")
     blob_ttl_s: int = option(
@@ -77,6 +79,7 @@ class EnvfleetConfig(ServiceConfig):
         require(1 <= self.contexts_per_browser <= 64, "contexts_per_browser", "must be in [1, 64]")
         require(os.access(self.chromium_path, os.X_OK), "chromium_path", f"{self.chromium_path} is not executable")
         require(self.lease_timeout_s >= 1, "lease_timeout_s", "must be at least 1")
+        require(1 <= self.owner_ttl_s <= 3600, "owner_ttl_s", "must be in [1, 3600]")
         require(self.screenshot_format in ("jpeg", "png"), "screenshot_format", "must be jpeg or png")
         require(1 <= self.screenshot_quality <= 100, "screenshot_quality", "must be in [1, 100]")
         require(self.blob_ttl_s >= 10, "blob_ttl_s", "must be at least 10")

@@ -108,6 +108,7 @@ class Session:
     include_elements: bool
     instruction: str
     job_id: str
+    owner: str = ""
     step_index: int = 0
     done: bool = False
     last_used: float = dataclasses.field(default_factory=time.monotonic)
@@ -119,6 +120,14 @@ class Session:
     @property
     def page(self) -> Any:
         return self.lease.page
+
+
+_OWNER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
+
+
+def _check_owner(owner: str) -> None:
+    if len(owner) > 128 or not set(owner) <= _OWNER_CHARS:
+        raise InvalidArgument("owner", "must match [A-Za-z0-9_.:-]{0,128}")
 
 
 def _check_session_id(session_id: str) -> None:
@@ -143,6 +152,7 @@ class Fleet:
         self.tasks: dict[str, tuple[TaskSpec, TaskSource]] = {}
         self.browsers: list[Browser | None] = [None] * config.browsers
         self.sessions: dict[str, Session] = {}
+        self.owners: dict[str, float] = {}  # owner -> when it last allocated or renewed (monotonic)
         self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._pw = None
         self._stopping = False
@@ -289,18 +299,37 @@ class Fleet:
             session.blocked += 1
         log.info("blocked", extra={"reason": reason, "url": url[:200], "session": session.id if session else ""})
 
+    def renew(self, owner: str) -> int:
+        """The owner is alive; returns the leases it holds."""
+        _check_owner(owner)
+        if owner:
+            self.owners[owner] = time.monotonic()
+        return sum(1 for s in self.sessions.values() if s.owner == owner) if owner else 0
+
     async def _reap_forever(self) -> None:
-        period = max(0.5, min(5.0, self.config.lease_timeout_s / 4))
+        period = max(0.5, min(5.0, self.config.lease_timeout_s / 4, self.config.owner_ttl_s / 4))
         while True:
             await asyncio.sleep(period)
-            deadline = time.monotonic() - self.config.lease_timeout_s
+            now = time.monotonic()
+            deadline = now - self.config.lease_timeout_s
+            gone = {o for o, seen in self.owners.items() if seen < now - self.config.owner_ttl_s}
             for s in list(self.sessions.values()):
-                if s.last_used < deadline and not s.lock.locked():
+                if s.owner in gone:
+                    # Its gateway stopped renewing: no one will Step or Release it. Its lock may be held
+                    # by a Step still running for the dead caller; the session ends all the same.
+                    metrics.OWNER_LOST.inc()
+                    ended = self._end(s.id, "owner gone")
+                elif s.last_used < deadline and not s.lock.locked():
                     self.expired_total += 1
                     metrics.EXPIRED.inc()
                     ended = self._end(s.id, "lease expired")
-                    if ended is not None:
-                        await self._close(ended)
+                else:
+                    continue
+                if ended is not None:
+                    await self._close(ended)
+            for owner in gone:
+                if not any(s.owner == owner for s in self.sessions.values()):
+                    self.owners.pop(owner, None)
 
     async def _close(self, session: Session) -> None:
         try:
@@ -321,6 +350,7 @@ class Fleet:
         fmt, quality = self._screenshot_options(request)
         if len(request.job_id) > 64 or not all(c.isalnum() or c in "-_" for c in request.job_id):
             raise InvalidArgument("job_id", "must match [A-Za-z0-9_-]{0,64}")
+        self.renew(request.owner)
         host = self._reserve(spec.name)
         if host is None:
             metrics.ALLOCATIONS.labels("exhausted").inc()
@@ -353,6 +383,7 @@ class Fleet:
                 include_elements=request.include_elements,
                 instruction="",
                 job_id=request.job_id,
+                owner=request.owner,
             )
             lease.session = session
             if not warm:

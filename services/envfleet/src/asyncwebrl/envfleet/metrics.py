@@ -30,4 +30,6 @@ BLOCKED = Counter(
 )
 ENV_FAULTS = Counter("asyncwebrl_envfleet_env_faults_total", "Episodes voided by an environment fault.", ["kind"])
 EXPIRED = Counter("asyncwebrl_envfleet_expired_leases_total", "Idle sessions reclaimed.")
+OWNER_LOST = Counter("asyncwebrl_envfleet_owner_lost_sessions_total", "Sessions reclaimed because their owner "
+                     "stopped renewing (a gateway killed mid-episode): episodes lost.")
 WARM_RESETS = Counter("asyncwebrl_envfleet_warm_resets_total", "Episodes started by an in-page reset of a parked context.")

@@ -111,6 +111,13 @@ class EnvServicer(env_pb2_grpc.EnvServiceServicer):
         except InvalidArgument as exc:
             await self._fail(context, exc)
 
+    async def Renew(self, request, context):
+        try:
+            sessions = self.fleet.renew(request.owner)
+        except InvalidArgument as exc:
+            await self._fail(context, exc)
+        return env_pb2.RenewResponse(sessions=sessions, owner_ttl_s=self.fleet.config.owner_ttl_s)
+
     async def Oracle(self, request, context):
         try:
             return await self.fleet.oracle(request.session_id)

@@ -97,13 +97,14 @@ async def run_episode(
     *, env, blobs: BlobStore, client: InferenceClient, policy: Policy, job_id: str, task: str, seed: int,
     difficulty: str, episode_id: str, step_limit: int, timeout_s: float, history_window: int,
     sampling: dict, judge: Judge | None = None, rubric: Rubric | None = None,
-    demonstrate: bool = False, version: int = 0, reward_mode: str = "success",
+    demonstrate: bool = False, version: int = 0, reward_mode: str = "success", owner: str = "",
 ) -> buffer_pb2.EpisodeRecord:
     """``demonstrate``: the reference agent (envfleet's Oracle) acts instead of the
     policy, and its action is recorded as the tool call the policy should have
     written (logprob 0, the trainer's current ``version``), for supervised warm-starts."""
     started = time.monotonic()
-    lease = await _allocate(env, env_pb2.AllocateRequest(task=task, seed=seed, job_id=job_id), started + timeout_s)
+    lease = await _allocate(env, env_pb2.AllocateRequest(task=task, seed=seed, job_id=job_id, owner=owner),
+                            started + timeout_s)
     session = lease.session_id
     observation = lease.observation
     instruction = observation.instruction

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 import uuid
 
@@ -57,6 +58,9 @@ class Gateway:
         self.tasks: list[env_pb2.TaskInfo] = []
         self._groups: set[asyncio.Task] = set()
         self._stop = asyncio.Event()
+        # This life of the gateway owns its envfleet leases, renewed with every report: killed
+        # without warning, its leases end after envfleet's --owner-ttl-s, not its idle lease timeout.
+        self.owner = f"{re.sub(r'[^A-Za-z0-9_.:-]', '-', config.gateway_id)[:100]}.{uuid.uuid4().hex[:12]}"
 
     async def load_tasks(self) -> None:
         reply = await self.env.ListTasks(env_pb2.ListTasksRequest(
@@ -137,9 +141,11 @@ class Gateway:
 
     async def _report_loop(self) -> None:
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(REPORT_EVERY_S)
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await self.report_running()
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self.env.Renew(env_pb2.RenewRequest(owner=self.owner), timeout=REPORT_EVERY_S)
             end_if_cancelled()
 
     def _start_group(self) -> None:
@@ -223,7 +229,7 @@ class Gateway:
                                       "temperature": self.config.temperature},
                             judge=self.judge, rubric=self.rubrics.get(task.name),
                             demonstrate=self.config.demonstrations, version=self.trainer_version,
-                            reward_mode=self.config.reward,
+                            reward_mode=self.config.reward, owner=self.owner,
                         )
                     except BadGeneration as exc:
                         # The engine's answer cannot be trained on (e.g. its prompt expansion
@@ -241,6 +247,9 @@ class Gateway:
         raise AssertionError("unreachable")
 
 
+# Running counts to the buffer and lease renewals to envfleet (whose --owner-ttl-s, 20 s by default,
+# must leave room for a few missed ones).
+REPORT_EVERY_S = 5.0
 # A group is trained with at least this many of its episodes: two outcomes to compare.
 MIN_GROUP = 2
 
