@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from asyncwebrl.common.tasks import is_zero_variance
 from asyncwebrl.trainer.algorithm import group_advantages, step_advantage
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
@@ -34,21 +33,19 @@ class Row:
 @dataclasses.dataclass
 class RowStats:
     groups: int = 0
-    zero_variance_dropped: int = 0
     rows: int = 0
     response_tokens: int = 0
 
 
 def rows_from_groups(groups: list[buffer_pb2.Group], step_norm: str = "constant", k: float = 10.0,
-                     keep_zero_variance: bool = False, vocab_size: int | None = None) -> tuple[list[Row], RowStats]:
+                     vocab_size: int | None = None) -> tuple[list[Row], RowStats]:
+    """Every group's steps as rows. Which groups arrive is the buffer's decision (it drops zero-variance
+    groups unless the job keeps them); a kept one has advantage 0 everywhere."""
     stats = RowStats()
     rows: list[Row] = []
     for group in groups:
         stats.groups += 1
         rewards = [e.reward for e in group.episodes]
-        if is_zero_variance(rewards) and not keep_zero_variance:
-            stats.zero_variance_dropped += 1
-            continue
         for episode, adv in zip(group.episodes, group_advantages(rewards).tolist()):
             a = step_advantage(adv, len(episode.steps), step_norm, k)
             for step in episode.steps:

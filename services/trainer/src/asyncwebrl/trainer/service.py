@@ -110,8 +110,7 @@ def train_on(learner: Learner, batch: Batch) -> dict:
     """Every rank: train on the batch, write the version (rank 0), full checkpoint when due."""
     config = learner.config
     groups = [buffer_pb2.Group.FromString(g) for g in batch.groups]
-    keep = config.keep_zero_variance or config.objective == "sft"
-    rows, row_stats = rows_from_groups(groups, config.step_norm, config.k, keep, learner.vocab_size)
+    rows, _ = rows_from_groups(groups, config.step_norm, config.k, learner.vocab_size)
     images = Images(learner.policy.image_processor, batch.blobs)
     p = learner.policy
     vision = frozenset(i for i in (p.image_token_id, p.vision_start_id, p.vision_end_id,
@@ -133,7 +132,8 @@ def train_on(learner: Learner, batch: Batch) -> dict:
         "step": learner.step,
         "version": batch.version,
         "rows": len(rows),
-        "zero_variance_dropped": row_stats.zero_variance_dropped,
+        # The buffer's decision, while it gathered this batch.
+        "zero_variance_dropped": batch.rejected.get("zero_variance", 0),
         "rejected": {**batch.rejected, **{f"trainer_{k}": v for k, v in dropped.items()}},
         "loss": step_metrics.loss,
         "grad_norm": step_metrics.grad_norm,
