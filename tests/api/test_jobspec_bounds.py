@@ -11,8 +11,8 @@ import pytest
 from asyncwebrl.api import k8s
 from asyncwebrl.api.config import ApiConfig
 from asyncwebrl.api.jobspec import EvaluateRequest, JobSpec
-from asyncwebrl.api.launcher import (engine_args, gateway_args, rollout_args, trainer_args, warm_rollout_args,
-                                     warm_trainer_args)
+from asyncwebrl.api.jobargs import (engine_args, gateway_args, rollout_args, trainer_args, warm_rollout_args,
+                                    warm_trainer_args)
 from asyncwebrl.api.store import Job
 from asyncwebrl.common.config import parse_config
 from asyncwebrl.engine.config import EngineConfig

@@ -25,7 +25,8 @@ from aiohttp import web
 from asyncwebrl.api import k8s
 from asyncwebrl.api.config import ApiConfig
 from asyncwebrl.api.jobspec import JobSpec
-from asyncwebrl.api.launcher import JobRun, resolve_model
+from asyncwebrl.api.jobargs import resolve_model
+from asyncwebrl.api.launcher import JobRun
 from asyncwebrl.api.store import Job, JobStore
 from asyncwebrl.common.config import parse_config
 from asyncwebrl.common.localstack import ServiceProcess, free_port, wait_for_port

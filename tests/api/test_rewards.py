@@ -9,7 +9,7 @@ import pytest
 
 from asyncwebrl.api.config import ApiConfig
 from asyncwebrl.api.jobspec import JobSpec
-from asyncwebrl.api.launcher import rollout_args
+from asyncwebrl.api.jobargs import rollout_args
 from asyncwebrl.api.store import Job
 from asyncwebrl.common.config import parse_config
 from asyncwebrl.common.rewards import REWARD_MODES, succeeded, trained_reward

@@ -32,7 +32,7 @@ import pytest
 import redis as redis_py
 import yaml
 
-from asyncwebrl.api import k8s
+from asyncwebrl.api import k8s, k8s_settings
 from asyncwebrl.api.config import ApiConfig
 from asyncwebrl.api.jobspec import JobSpec
 from asyncwebrl.api.store import Job
@@ -198,7 +198,7 @@ def test_every_manifest_validates(rendered):
             key = (doc["kind"], meta["name"])
             assert key not in names, f"{combo}: {key} rendered twice"
             names.add(key)
-            assert k8s.DNS_SUBDOMAIN.match(meta["name"]) and len(meta["name"]) <= 63, (combo, key)
+            assert k8s_settings.DNS_SUBDOMAIN.match(meta["name"]) and len(meta["name"]) <= 63, (combo, key)
             assert meta["labels"]["app.kubernetes.io/part-of"] == "asyncwebrl", (combo, key)
             assert meta["labels"]["app.kubernetes.io/instance"] == RELEASE, (combo, key)
             if doc["kind"] in CRD_KINDS:
@@ -795,7 +795,7 @@ def test_gpu_sglang_values_give_valid_gpu_workloads(rendered):
     # The default values: the embedded engine's CPU job validates too, and the launcher's defaults hold.
     config = parse_config(ApiConfig, [], environ_of(container(rendered["default"].get("Deployment", f"{FULL}-api"))))
     settings = k8s.settings_from_config(config, NAMESPACE)
-    assert settings.gpu_tolerations == (k8s.Toleration("nvidia.com/gpu", "", "NoSchedule"),)
+    assert settings.gpu_tolerations == (k8s_settings.Toleration("nvidia.com/gpu", "", "NoSchedule"),)
     cpu_job = Job("cpu-0a1b2c", JobSpec.model_validate({"name": "cpu", "resources": {"device": "cpu"}}),
                   "pending", 0, 0)
     for obj in k8s.manifests(cpu_job, settings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from asyncwebrl.common.config import option, require
+from asyncwebrl.api.k8s_settings import check_config
 from asyncwebrl.common.service_config import ServiceConfig
 
 
@@ -90,6 +91,4 @@ class ApiConfig(ServiceConfig):
         require(0 <= self.torch_threads <= 1024, "torch_threads", "must be in [0, 1024]")
         require(1 <= self.engine_start_timeout_s <= 3600, "engine_start_timeout_s", "must be in [1, 3600]")
         if self.launcher == "kubernetes":
-            from asyncwebrl.api.k8s import check_config  # k8s imports this module
-
             check_config(self)

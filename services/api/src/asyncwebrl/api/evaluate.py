@@ -22,8 +22,8 @@ import time
 import grpc
 
 from asyncwebrl.api.jobspec import EvaluateRequest
-from asyncwebrl.api.launcher import (Child, LaunchError, archive_dir, engine_args, engines_healthy, gateway_args,
-                                     resolve_model, spawn, stop_children)
+from asyncwebrl.api.children import Child, engines_healthy, spawn, stop_children
+from asyncwebrl.api.jobargs import LaunchError, archive_dir, engine_args, gateway_args, resolve_model
 from asyncwebrl.api.store import Job
 from asyncwebrl.common import weights
 from asyncwebrl.common.archive import EpisodeArchive

@@ -14,7 +14,7 @@ from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.envfleet.config import EnvfleetConfig
 from asyncwebrl.envfleet.fleet import Fleet
 from asyncwebrl.envfleet.service import EnvServicer
-from asyncwebrl.envfleet.tasks import build_sources
+from asyncwebrl.envfleet.sources import build_sources
 from asyncwebrl.v1 import env_pb2, env_pb2_grpc
 
 log = logging.getLogger("asyncwebrl.envfleet")

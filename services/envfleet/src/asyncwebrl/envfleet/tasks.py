@@ -10,7 +10,6 @@ import abc
 import dataclasses
 import json
 import math
-import os
 import pathlib
 from typing import Any
 
@@ -237,17 +236,3 @@ class StaticSource(TaskSource):
         except (TypeError, ValueError):
             return Outcome(0.0, False, "unreadable outcome")
         return Outcome(_reward(reward), done is True)
-
-
-def build_sources(task_sources: tuple[str, ...], static_dirs: tuple[str, ...], miniwob_episode_ms: int) -> list[TaskSource]:
-    sources: list[TaskSource] = []
-    for name in task_sources:
-        if name == "webgym-lite":
-            from asyncwebrl.envfleet.sites.server import SiteSource
-
-            sources.append(SiteSource())
-        if name == "miniwob":
-            sources.append(MiniWoBSource(miniwob_episode_ms))
-        elif name == "static":
-            sources.append(StaticSource(tuple(os.fspath(d) for d in static_dirs)))
-    return sources

@@ -1,0 +1,133 @@
+"""A job document turned into its processes' command lines: the one place job settings become flags, for
+the local launcher, evaluations and the Kubernetes launcher (which overrides a few for pods, ``k8s.pod_args``).
+Every line is parsed by the target service's own config class in tests/api/test_jobspec_bounds.py."""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+
+from asyncwebrl.api.config import ApiConfig
+from asyncwebrl.api.jobspec import JobSpec
+from asyncwebrl.api.store import Job
+from asyncwebrl.common.models.logprobs import logprob_temperature
+from asyncwebrl.common.models.tiny import SHIPPED
+
+
+class LaunchError(Exception):
+    pass
+
+
+def resolve_model(spec: JobSpec, roots: tuple[str, ...]) -> pathlib.Path:
+    """``tiny/<family>`` is a shipped tiny model; anything else a directory under a model root."""
+    if spec.model.path.startswith("tiny/"):
+        path = SHIPPED / spec.model.path.split("/", 1)[1]
+        if (path / "config.json").is_file():
+            return path
+        raise LaunchError(f"model.path: no shipped tiny model {spec.model.path!r}")
+    for root in roots:
+        path = pathlib.Path(root) / spec.model.path
+        if (path / "config.json").is_file():
+            return path
+    raise LaunchError(f"model.path: {spec.model.path!r} is under none of the model roots {list(roots)}")
+
+
+def _common_args(config: ApiConfig, job_id: str) -> list[str]:
+    return ["--redis-url", config.redis_url, "--key-prefix", config.key_prefix, "--log-format", "text",
+            "--job-id", job_id]
+
+
+def engine_args(config: ApiConfig, job: Job, model: pathlib.Path, ckpt: pathlib.Path, port: int,
+                endpoint_id: str, job_id: str | None = None) -> list[str]:
+    """``python -m asyncwebrl.engine`` flags of one embedded engine (of ``job_id``, default the job's)."""
+    return ["--http-port", str(port), "--host", "127.0.0.1", "--model-path", str(model),
+            "--model-roots", ",".join([str(model.parent), str(ckpt)]), "--device", job.spec.resources.device,
+            "--registry-redis-url", config.redis_url, "--key-prefix", config.key_prefix,
+            "--job-id", job_id or job.job_id, "--endpoint-id", endpoint_id, "--heartbeat-s", "1",
+            "--log-format", "text"]
+
+
+def local_torch_threads(config: ApiConfig, job: Job) -> int:
+    """Threads of each local trainer and engine: the configured number, or the cores divided among them
+    (on 2 cores, a trainer beside an engine and Chromium ran its step 10x slower with torch's default)."""
+    if config.torch_threads:
+        return config.torch_threads
+    return max(1, (os.cpu_count() or 1) // (job.spec.resources.engines + 1))
+
+
+def trainer_args(config: ApiConfig, job: Job, model: pathlib.Path, ckpt: pathlib.Path) -> list[str]:
+    """``python -m asyncwebrl.trainer`` flags."""
+    s = job.spec
+    a, r, t = s.algorithm, s.rollout, s.tasks
+    return [
+        *_common_args(config, job.job_id), "--grpc-port", "0", "--http-port", "0",
+        "--buffer-target", config.buffer_target, "--model-path", str(model), "--checkpoint-dir", str(ckpt),
+        "--device", s.resources.device,
+        "--batch-groups", str(r.batch_groups), "--max-staleness", str(r.max_staleness),
+        "--step-norm", a.step_norm, "--k", str(a.k), "--lr", str(a.lr), "--warmup-steps", str(a.warmup_steps),
+        "--epochs", str(a.epochs), "--minibatches", str(a.minibatches), "--clip-eps", str(a.clip_eps),
+        "--kl-coef", str(a.kl_coef), "--max-steps", str(a.max_steps),
+        "--temperature", str(logprob_temperature(r.temperature)),
+        "--publish", "endpoints", "--seed", str(t.train_seed), "--archive-dir", str(archive_dir(ckpt.parent, "train")),
+        *(["--keep-zero-variance"] if a.keep_zero_variance else [])]
+
+
+def warm_trainer_args(config: ApiConfig, job: Job, model: pathlib.Path, warm: pathlib.Path) -> list[str]:
+    """The warm-start's supervised trainer (``--objective sft`` on demonstration groups)."""
+    s = job.spec
+    a = s.algorithm
+    return [
+        *_common_args(config, warm_job_id(job.job_id)), "--grpc-port", "0", "--http-port", "0",
+        "--buffer-target", config.buffer_target, "--model-path", str(model), "--checkpoint-dir", str(warm),
+        "--device", s.resources.device, "--objective", "sft", "--batch-groups", str(a.warm_start_batch),
+        "--max-staleness", "64", "--max-steps", str(a.warm_start_steps), "--lr", str(a.warm_start_lr),
+        "--epochs", str(a.warm_start_epochs), "--minibatches", str(min(4, a.warm_start_batch)),
+        "--publish", "none", "--full-every", str(a.warm_start_steps), "--seed", str(s.tasks.train_seed),
+        "--archive-per-step", "0"]
+
+
+def gateway_args(config: ApiConfig, spec: JobSpec, job_id: str, model: pathlib.Path, split: str,
+                 seed: int) -> list[str]:
+    """A rollout gateway over the job's tasks and rollout settings, for ``job_id`` in the buffer."""
+    r, t = spec.rollout, spec.tasks
+    return [
+        *_common_args(config, job_id), "--grpc-port", "0", "--http-port", "0",
+        "--gateway-id", f"{job_id}-gw", "--envfleet-target", config.envfleet_target,
+        "--buffer-target", config.buffer_target, "--model-path", str(model),
+        *(["--tasks", ",".join(t.tasks)] if t.tasks else ["--task-source", t.source]),
+        "--difficulties", ",".join(t.difficulties),
+        "--max-concurrent-episodes", str(r.concurrency), "--temperature", str(r.temperature),
+        "--max-new-tokens", str(r.max_new_tokens), "--seed", str(seed), "--split", split,
+        "--steps-easy", str(r.steps_easy), "--steps-medium", str(r.steps_medium), "--steps-hard", str(r.steps_hard),
+        "--reward", spec.algorithm.reward]
+
+
+def rollout_args(config: ApiConfig, job: Job, model: pathlib.Path) -> list[str]:
+    """``python -m asyncwebrl.rollout`` flags of the job's gateway (train split)."""
+    r = job.spec.rollout
+    # Not the demonstrations' seed: RL draws other train instances than the warm-start saw.
+    return [*gateway_args(config, job.spec, job.job_id, model, "train", job.spec.tasks.train_seed + RL_SEED_OFFSET),
+            "--group-size", str(r.group_size), *(["--sync"] if r.mode == "sync" else [])]
+
+
+def warm_rollout_args(config: ApiConfig, job: Job, model: pathlib.Path) -> list[str]:
+    """The reference agent's episodes as demonstrations. Some may be dropped (a page it cannot solve):
+    a margin keeps the warm-start's trainer from waiting for its last batch forever."""
+    a = job.spec.algorithm
+    demos = math.ceil(1.1 * a.warm_start_steps * a.warm_start_batch) + 2
+    return [*gateway_args(config, job.spec, warm_job_id(job.job_id), model, "train", job.spec.tasks.train_seed),
+            "--demonstrations", "--group-size", "1", "--max-groups", str(demos)]
+
+
+RL_SEED_OFFSET = 1000
+
+
+def warm_job_id(job_id: str) -> str:
+    """The warm-start's demonstrations are a job of their own in the buffer, apart from RL groups."""
+    return f"{job_id}-warm"
+
+
+def archive_dir(job_dir: pathlib.Path, source: str) -> pathlib.Path:
+    """Where the viewer finds a job's episodes: ``train`` (the trainer's), ``eval-<n>`` (an evaluation's)."""
+    return job_dir / "episodes" / source
