@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTO_OUT := libs/common/src
 
-.PHONY: setup test demo demo-down demo-envfleet protos bench bench-quick bench-report bench-e2e bench-staleness bench-normaliser bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync sites-report gallery clean
+.PHONY: setup test demo demo-down demo-envfleet protos bench bench-quick bench-report bench-e2e bench-staleness bench-normaliser bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync gpu-check sites-report gallery clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -65,6 +65,12 @@ bench-buffer: setup
 bench-envfleet: setup
 	@bash bench/peers/setup.sh
 	$(PY) bench/envfleet.py
+
+# The GPU path in one script (scripts/gpu_check.py): with a GPU, the 3B training step, the engine on CUDA
+# and a weight transfer (< 8 min, runs/gpu_check.json); without one, the same code on a tiny model on the CPU.
+gpu-check: setup
+	$(PY) scripts/gpu_check.py --out runs/gpu_check.json \
+		$$($(PY) -c 'import torch; print("" if torch.cuda.is_available() else "--cpu-smoke")')
 
 # The built-in sites: oracle and random agents per template, docs/tasks.md, docs/gallery/*.png.
 sites-report: setup
