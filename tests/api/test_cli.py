@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 import yaml
@@ -230,6 +231,19 @@ def test_submit_status_and_watch_a_training_job(stack, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "reached version" in out.stdout
     assert any(line.split()[1].startswith("v") for line in out.stdout.splitlines() if "running" in line)
+    # One publisher, as in a cluster: the stack's weightsync took the version to the job's engine.
+    from asyncwebrl.api.cli import load_stack
+    from tests.helpers import wait_until
+
+    ws = load_stack(stack["run_dir"])["components"]["weightsync"]["http_port"]
+
+    def published() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ws}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        lines = [l for l in text.splitlines() if l.startswith(f'asyncwebrl_weightsync_published_version{{job="{jid}"}}')]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    wait_until(lambda: published() >= 1, timeout=60, what="weightsync published the job's version 1")
 
     out = cli("status", jid, run_dir=stack["run_dir"])
     rows = table_rows(out.stdout)

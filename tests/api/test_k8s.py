@@ -243,10 +243,12 @@ def test_pod_args_are_the_local_launchers_with_the_pod_differences(tmp_path):
             threads = {e["name"]: e for e in pods[container]["env"]}["ASYNCWEBRL_TORCH_THREADS"]
             assert threads["valueFrom"]["resourceFieldRef"] == {"containerName": container, "resource": "limits.cpu",
                                                                 "divisor": "1"}
+        # One publisher: weightsync, for a local job as for a pod (jobargs.publish_args).
+        at = local["trainer"].index("--publish")
+        assert local["trainer"][at:at + 4] == ["--publish", "weightsync", "--weightsync-target", WEIGHTSYNC]
         assert pods["trainer"]["args"] == [
-            *replaced(local["trainer"], {"--grpc-port": "50064", "--http-port": "9464", "--log-format": "json",
-                                         "--publish": "weightsync"}),
-            "--host", "0.0.0.0", "--weightsync-target", WEIGHTSYNC]
+            *replaced(local["trainer"], {"--grpc-port": "50064", "--http-port": "9464", "--log-format": "json"}),
+            "--host", "0.0.0.0"]
         assert pods["rollout"]["args"] == [
             *replaced(local["rollout"], {"--grpc-port": "50063", "--http-port": "9463", "--log-format": "json",
                                          "--gateway-id": "$(POD_NAME)"}),

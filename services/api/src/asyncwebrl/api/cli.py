@@ -44,7 +44,7 @@ COMPONENTS = ("redis", "envfleet", "buffer", "weightsync", "api")
 FINAL = ("succeeded", "failed", "cancelled")
 # Who is given whose address at start.
 DEPENDS = {"redis": (), "envfleet": ("redis",), "buffer": ("redis",), "weightsync": ("redis",),
-           "api": ("redis", "envfleet", "buffer")}
+           "api": ("redis", "envfleet", "buffer", "weightsync")}
 READY_TIMEOUT_S = {"redis": 30.0, "envfleet": 120.0, "buffer": 60.0, "weightsync": 60.0, "api": 90.0}
 # SIGTERM -> SIGKILL grace: the api first stops every job's processes (their own grace + 10 s).
 STOP_GRACE_S = {"api": 60.0, "envfleet": 30.0, "buffer": 30.0, "weightsync": 30.0, "redis": 20.0}
@@ -267,7 +267,9 @@ def _command(name: str, stack: dict, run_dir: pathlib.Path) -> list[str]:
         return [*py, *common, "--api-port", str(c["api_port"]), "--launcher", "local",
                 "--run-dir", str(run_dir / "jobs"),
                 "--envfleet-target", f"127.0.0.1:{comps['envfleet']['grpc_port']}",
-                "--buffer-target", f"127.0.0.1:{comps['buffer']['grpc_port']}"]
+                "--buffer-target", f"127.0.0.1:{comps['buffer']['grpc_port']}",
+                # Versions reach the engines through weightsync, as in a cluster.
+                "--weightsync-target", f"127.0.0.1:{comps['weightsync']['grpc_port']}"]
     raise AssertionError(name)
 
 

@@ -75,8 +75,9 @@ class ApiConfig(ServiceConfig):
                                        "backoffLimit), gateway or engine container before the job fails.")
     k8s_job_label: str = option("asyncwebrl.io/job", "kubernetes launcher: weightsync's --k8s-job-label, carried "
                                                      "beside asyncwebrl.io/job when it differs.")
-    weightsync_target: str = option("", "kubernetes launcher: weightsync gRPC address the trainers publish to "
-                                        "(required with --launcher kubernetes).")
+    weightsync_target: str = option("", "weightsync gRPC address the trainers publish to (required with --launcher "
+                                        "kubernetes; local jobs publish through it when given, as `asyncwebrl up` "
+                                        "does, else load their engines themselves).")
 
     def __post_init__(self) -> None:
         super().__post_init__()

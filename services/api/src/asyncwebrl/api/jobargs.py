@@ -69,8 +69,16 @@ def trainer_args(config: ApiConfig, job: Job, model: pathlib.Path, ckpt: pathlib
         "--epochs", str(a.epochs), "--minibatches", str(a.minibatches), "--clip-eps", str(a.clip_eps),
         "--kl-coef", str(a.kl_coef), "--max-steps", str(a.max_steps),
         "--temperature", str(logprob_temperature(r.temperature)),
-        "--publish", "endpoints", "--seed", str(t.train_seed), "--archive-dir", str(archive_dir(ckpt.parent, "train")),
+        *publish_args(config), "--seed", str(t.train_seed), "--archive-dir", str(archive_dir(ckpt.parent, "train")),
         *(["--keep-zero-variance"] if a.keep_zero_variance else [])]
+
+
+def publish_args(config: ApiConfig) -> list[str]:
+    """weightsync takes each version to the engines, as in a cluster, wherever there is one (``asyncwebrl up``
+    starts it); a bare api without one has the trainer load its engines itself."""
+    if config.weightsync_target:
+        return ["--publish", "weightsync", "--weightsync-target", config.weightsync_target]
+    return ["--publish", "endpoints"]
 
 
 def warm_trainer_args(config: ApiConfig, job: Job, model: pathlib.Path, warm: pathlib.Path) -> list[str]:

@@ -131,8 +131,7 @@ def pod_args(role: str, args: list[str], settings: K8sSettings) -> list[str]:
     grpc_port, http_port = PORTS[role.removeprefix("warm-")]
     values = {"--grpc-port": str(grpc_port), "--http-port": str(http_port), "--log-format": "json"}
     if role == "trainer":
-        return _override(args, values | {"--publish": "weightsync"},
-                         ("--host", "0.0.0.0", "--weightsync-target", settings.weightsync_target))
+        return _override(args, values, ("--host", "0.0.0.0"))
     if role == "rollout":  # replicas of one job's gateway (its HPA) each need their own name in the buffer
         return _override(args, values | {"--gateway-id": "$(POD_NAME)"}, ("--host", "0.0.0.0"))
     return _override(args, values, ("--host", "0.0.0.0"))
