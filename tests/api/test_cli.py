@@ -19,8 +19,10 @@ import urllib.request
 import pytest
 import yaml
 
+from asyncwebrl.api.cli import load_stack
 from asyncwebrl.api.jobspec import JobSpec
 from asyncwebrl.common.localstack import free_port
+from tests.helpers import wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "jobs" / "demo.yaml"
@@ -232,9 +234,6 @@ def test_submit_status_and_watch_a_training_job(stack, tmp_path):
     assert "reached version" in out.stdout
     assert any(line.split()[1].startswith("v") for line in out.stdout.splitlines() if "running" in line)
     # One publisher, as in a cluster: the stack's weightsync took the version to the job's engine.
-    from asyncwebrl.api.cli import load_stack
-    from tests.helpers import wait_until
-
     ws = load_stack(stack["run_dir"])["components"]["weightsync"]["http_port"]
 
     def published() -> float:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import urllib.error
 import urllib.request
 
@@ -75,14 +77,11 @@ class RecordingProxy:
     and response, so a test sees exactly what the gateway sent on the wire."""
 
     def __init__(self) -> None:
-        import http.server
-        import threading
-
         self.target = ""
         self.exchanges: list[tuple[dict, int, dict]] = []
         # tamper(index, answer) -> answer: the n-th /generate answer as the gateway will see it.
         self.tamper = None
-        self._lock = __import__("threading").Lock()
+        self._lock = threading.Lock()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
