@@ -14,7 +14,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, esc, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.html import NO_AUTOCOMPLETE, banner, esc, hidden, links, option, pill, table, text_input
 
 ORG, DOMAIN = "Lumen Labs", "lumenlabs.io"
 ME = "Jordan Avery"
@@ -91,30 +92,25 @@ NAV_OF = {"overview": "overview", "users": "users", "teams": "users", "audit": "
 
 
 def _banner(ok: str = "", error: str = "") -> str:
-    if error:
-        return f'<div class="banner error" id="error">{esc(error)}</div>'
-    return f'<div class="banner ok" id="notice">{esc(ok)}</div>' if ok else ""
+    return banner(error) if error else banner(ok, "ok", "notice")
 
 
 def _tabs(items: list[tuple[str, str, str]], active: str) -> str:
-    return '<div class="tabs cn-tabs">' + "".join(
-        f'<a id="tab-{key}" class="{"active" if key == active else ""}" href="{esc(href)}">{esc(label)}</a>'
-        for key, label, href in items) + "</div>"
+    return '<div class="tabs cn-tabs">' + links(items, active, "tab-") + "</div>"
 
 
 def _check(id_: str, name: str, label: str, on: bool) -> str:
-    return (f'<label class="cn-check" for="{id_}"><input type="checkbox" id="{id_}" name="{name}" '
-            f'{"checked" if on else ""}> {esc(label)}</label>')
+    return option("checkbox", id_, name, esc(label), checked=on, cls="cn-check")
 
 
 def _radios(group: str, name: str, options: list[tuple[str, str]], value: str) -> str:
     return '<div class="cn-radios">' + "".join(
-        f'<label class="cn-radio" for="{group}-{key}"><input type="radio" id="{group}-{key}" name="{name}" value="{key}" '
-        f'{"checked" if key == value else ""}> {esc(label)}</label>' for key, label in options) + "</div>"
+        option("radio", f"{group}-{key}", name, esc(label), value=key, checked=key == value, cls="cn-radio")
+        for key, label in options) + "</div>"
 
 
 def _pill(text: str) -> str:
-    return f'<span class="cn-pill cn-{esc(text.lower())}">{esc(text)}</span>'
+    return pill(text, "cn-pill", "cn-")
 
 
 class AdminSite(Site):
@@ -245,10 +241,7 @@ class AdminSite(Site):
 
     def _frame(self, ep, side: str, heading: str, content: str, actions: str = "") -> web.Response:
         groups = "".join(
-            f'<div class="cn-group">{esc(section)}</div>' + "".join(
-                f'<a id="side-{key}" class="{"active" if key == side else ""}" href="{esc(href)}">{esc(label)}</a>'
-                for key, label, href in items)
-            for section, items in SIDEBAR)
+            f'<div class="cn-group">{esc(section)}</div>' + links(items, side, "side-") for section, items in SIDEBAR)
         section, label = SECTION_OF.get(side, ("Help", "Help"))
         body = f"""<div class="row cn-shell"><aside class="sidebar cn-side"><div class="cn-org">{esc(ORG)}
 <span class="muted">{esc(PLANS[ep.world["plan"]][0])} plan</span></div><nav class="list cn-menu">{groups}</nav></aside>
@@ -333,10 +326,10 @@ class AdminSite(Site):
         notice = {"created": "Member added. An invitation email is on its way.", "export": "Export queued: you will get "
                   "an email with the CSV file when it is ready."}.get(field(request.query, "done"), "")
         content = f"""{_banner(notice)}<form class="cn-toolbar" action="/admin/users" method="get">
-{f'<input type="hidden" name="status" value="{esc(status)}">' if status in ("Active", "Deactivated") else ""}
+{hidden({"status": status if status in ("Active", "Deactivated") else ""})}
 <input type="text" id="user-search" name="q" value="{esc(q)}" placeholder="Search by name, email or role" autocomplete="off">
 <button id="user-search-button">Search</button></form>{tabs}
-<table class="cn-table"><tr><th>Name</th><th>Email</th><th>Role</th><th>Status</th><th>Last active</th><th></th></tr>{rows}</table>
+{table(["Name", "Email", "Role", "Status", "Last active", ""], rows, "cn-table")}
 {self._pager("/admin/users", params, number, pages)}"""
         actions = ('<form method="post" action="/admin/users/export"><button id="export-csv">Export CSV</button></form>'
                    '<a class="button primary" id="add-user" href="/admin/users/new">+ Add member</a>')
@@ -350,8 +343,8 @@ class AdminSite(Site):
         active = sum(u["status"] == "Active" for u in w["users"].values())
         content = f"""{_banner(error=error)}<form class="card cn-form" method="post" action="/admin/users/new">
 <p class="muted">Seats in use: {active} of {w["seats"]}. New members get an invitation email.</p>
-<label for="new-name">Full name</label><input type="text" id="new-name" name="name" value="{esc(values.get("name", ""))}" autocomplete="off">
-<label for="new-email">Work email</label><input type="text" id="new-email" name="email" value="{esc(values.get("email", ""))}" placeholder="name@{DOMAIN}" autocomplete="off">
+{text_input("new-name", "Full name", values.get("name", ""), name="name", attrs=NO_AUTOCOMPLETE)}
+{text_input("new-email", "Work email", values.get("email", ""), name="email", placeholder="name@" + DOMAIN, attrs=NO_AUTOCOMPLETE)}
 <label>Role</label>{_radios("role", "role", [(r.lower(), f"{r} · {ROLE_HELP[r]}") for r in ASSIGNABLE], values.get("role", "viewer"))}
 {_check("send-invite", "invite", "Send invitation email now", True)}
 <div class="cn-buttons"><button class="primary" id="create-user">Add member</button>
@@ -409,8 +402,8 @@ class AdminSite(Site):
 <h3>Deactivation</h3><p class="muted">A deactivated member cannot sign in. Their API keys keep working until revoked.</p>{toggle}"""
         else:
             inner = f"""<form method="post" action="{base}/profile">
-<label for="user-name">Full name</label><input type="text" id="user-name" name="name" value="{esc(u["name"])}">
-<label for="user-email">Email</label><input type="text" id="user-email" name="email" value="{esc(u["email"])}">
+{text_input("user-name", "Full name", u["name"], name="name")}
+{text_input("user-email", "Email", u["email"], name="email")}
 <div class="cn-buttons"><button class="primary" id="save-details">Save details</button></div></form>"""
         content = f"""{_banner(ok, error)}<div class="card cn-user"><div class="cn-avatar">{esc(u["name"][0])}</div><div>
 <div class="cn-name">{esc(u["name"])}</div><div class="muted">{esc(u["email"])} · {esc(u["role"])} · {_pill(u["status"])}</div></div>
@@ -503,7 +496,7 @@ API keys they own are <b>not</b> revoked automatically.</p>
         content = f"""<form class="cn-toolbar" action="/admin/audit" method="get">
 <input type="text" id="audit-search" name="q" value="{esc(q)}" placeholder="Filter by person, action or target" autocomplete="off">
 <button id="audit-search-button">Filter</button><span class="muted">{len(events)} events · read-only</span></form>
-<table class="cn-table cn-audit"><tr><th>Time</th><th>Actor</th><th>Action</th><th>Target</th></tr>{rows}</table>
+{table(["Time", "Actor", "Action", "Target"], rows, "cn-table cn-audit")}
 {self._pager("/admin/audit", {"q": q} if q else {}, number, pages)}"""
         actions = '<form method="post" action="/admin/audit/export"><button id="export-audit">Export</button></form>'
         return self._frame(ep, "audit", "Audit log", content, actions)
@@ -522,16 +515,16 @@ API keys they own are <b>not</b> revoked automatically.</p>
                      + '<div class="cn-buttons"><button class="primary" id="save-security">Save security settings</button>'
                      "</div></form>")
         elif tab == "sessions":
-            inner = ('<table class="cn-table"><tr><th>Device</th><th>Location</th><th>Last seen</th></tr>'
-                     '<tr><td>Chrome on macOS (this device)</td><td>Lisbon, PT</td><td>now</td></tr>'
-                     '<tr><td>Safari on iPhone</td><td>Lisbon, PT</td><td>Mar 18</td></tr></table>'
-                     '<form method="post" action="/admin/settings/sessions"><div class="cn-buttons">'
+            inner = (table(["Device", "Location", "Last seen"],
+                           '<tr><td>Chrome on macOS (this device)</td><td>Lisbon, PT</td><td>now</td></tr>'
+                           '<tr><td>Safari on iPhone</td><td>Lisbon, PT</td><td>Mar 18</td></tr>', "cn-table")
+                     + '<form method="post" action="/admin/settings/sessions"><div class="cn-buttons">'
                      '<button id="sign-out-others">Sign out other sessions</button></div></form>')
         else:
             p = w["profile"]
             inner = f"""<form method="post" action="/admin/settings/profile">
-<label for="display-name">Display name</label><input type="text" id="display-name" name="name" value="{esc(p["name"])}">
-<label for="job-title">Job title</label><input type="text" id="job-title" name="title" value="{esc(p["title"])}">
+{text_input("display-name", "Display name", p["name"], name="name")}
+{text_input("job-title", "Job title", p["title"], name="title")}
 <label>Language</label>{_radios("lang", "lang", LANGS, p["lang"])}
 <div class="cn-buttons"><button class="primary" id="save-profile">Save profile</button></div></form>"""
         return self._frame(ep, tab if tab != "sessions" else "security", "Account settings",
@@ -592,7 +585,7 @@ API keys they own are <b>not</b> revoked automatically.</p>
         options = [(k, f"{n} · ${p} per seat / month" if p else f"{n} · contact sales") for k, (n, p) in PLANS.items()]
         content = f"""{_banner(ok, error)}<div class="row"><form class="card cn-seats" method="post" action="/admin/billing/seats">
 <h2>Seats</h2><p><b id="seats-used">{active} of {w["seats"]} seats in use</b></p>
-<label for="seats">Number of seats</label><input type="text" id="seats" name="seats" value="{w["seats"]}" autocomplete="off">
+{text_input("seats", "Number of seats", w["seats"], attrs=NO_AUTOCOMPLETE)}
 <p class="muted">Billed at ${price} per seat, prorated.</p>
 <div class="cn-buttons"><button class="primary" id="update-seats">Update seats</button></div></form>
 <form class="card grow cn-form" method="post" action="/admin/billing/plan"><h2>Plan</h2>
@@ -633,14 +626,13 @@ API keys they own are <b>not</b> revoked automatically.</p>
     async def invoices(self, request: web.Request, ep) -> web.Response:
         rows = "".join(f'<tr><td>{esc(i["no"])}</td><td>{esc(i["period"])}</td><td>{esc(i["date"])}</td>'
                        f'<td>${i["amount"]:,.2f}</td><td>{_pill(i["status"])}</td></tr>' for i in ep.world["invoices"])
-        content = (f'<table class="cn-table"><tr><th>Invoice</th><th>Period</th><th>Issued</th><th>Amount</th><th>Status</th>'
-                   f'</tr>{rows}</table><p class="muted">Invoices are emailed to the billing contact on the 1st.</p>')
+        content = (table(["Invoice", "Period", "Issued", "Amount", "Status"], rows, "cn-table")
+                   + '<p class="muted">Invoices are emailed to the billing contact on the 1st.</p>')
         return self._frame(ep, "invoices", "Invoices", content)
 
     def _payment_page(self, ep, error: str = "") -> web.Response:
         content = f"""{_banner(error=error)}<div class="card cn-form"><h2>Card on file</h2><p>Visa ending in 4242 · expires 08/27</p>
-<form method="post" action="/admin/billing/payment"><label for="billing-email">Billing contact email</label>
-<input type="text" id="billing-email" name="email" value="finance@{DOMAIN}">
+<form method="post" action="/admin/billing/payment">{text_input("billing-email", "Billing contact email", "finance@" + DOMAIN, name="email")}
 <div class="cn-buttons"><button id="replace-card">Replace card</button></div></form></div>"""
         return self._frame(ep, "payment", "Payment method", content)
 
@@ -664,20 +656,19 @@ API keys they own are <b>not</b> revoked automatically.</p>
             for k in w["keys"].values())
         notice = field(request.query, "done")
         created = w["keys"].get(field(request.query, "key"))
-        banner = ""
+        message = ""
         if notice == "revoked":
-            banner = _banner("API key revoked. Requests using it will now fail.")
+            message = _banner("API key revoked. Requests using it will now fail.")
         elif notice == "created" and created is not None:
-            banner = _banner(f"Key “{created['name']}” created: {created['prefix']}{created['id']}x9… Copy it now, "
+            message = _banner(f"Key “{created['name']}” created: {created['prefix']}{created['id']}x9… Copy it now, "
                              "it will not be shown again.")
-        content = (f'{banner}<table class="cn-table"><tr><th>Name</th><th>Key</th><th>Scope</th><th>Owner</th><th>Created</th>'
-                   f'<th>Last used</th><th>Status</th><th></th></tr>{rows}</table>')
+        content = message + table(["Name", "Key", "Scope", "Owner", "Created", "Last used", "Status", ""], rows, "cn-table")
         actions = '<a class="button primary" id="create-key" href="/admin/api-keys/new">+ Create API key</a>'
         return self._frame(ep, "api-keys", "API keys", content, actions)
 
     def _key_form(self, ep, values: dict[str, str], error: str = "") -> web.Response:
         content = f"""{_banner(error=error)}<form class="card cn-form" method="post" action="/admin/api-keys/new">
-<label for="key-name">Key name</label><input type="text" id="key-name" name="name" value="{esc(values.get("name", ""))}" placeholder="e.g. ci-deploy" autocomplete="off">
+{text_input("key-name", "Key name", values.get("name", ""), name="name", placeholder="e.g. ci-deploy", attrs=NO_AUTOCOMPLETE)}
 <label>Scope</label>{_radios("scope", "scope", list(SCOPES.items()), values.get("scope", "read"))}
 <label>Expires after</label>{_radios("expiry", "expiry", list(EXPIRY.items()), values.get("expiry", "90"))}
 <div class="cn-buttons"><button class="primary" id="create-key-submit">Create key</button>
@@ -722,8 +713,7 @@ API keys they own are <b>not</b> revoked automatically.</p>
 
     async def webhooks(self, request: web.Request, ep, error: str = "") -> web.Response:
         content = f"""{_banner(error=error)}<div class="card cn-form"><h2>Endpoints</h2><p class="muted">No endpoints yet.</p>
-<form method="post" action="/admin/webhooks"><label for="webhook-url">Endpoint URL</label>
-<input type="text" id="webhook-url" name="url" placeholder="https://example.com/hooks">
+<form method="post" action="/admin/webhooks">{text_input("webhook-url", "Endpoint URL", name="url", placeholder="https://example.com/hooks")}
 <div class="cn-buttons"><button id="add-webhook">Add endpoint</button></div></form></div>"""
         return self._frame(ep, "webhooks", "Webhooks", content)
 

@@ -7,15 +7,15 @@ Release, so concurrent sessions never see each other and the page cannot forge
 success. A ``Template`` turns a seed into a concrete goal, says when the world
 satisfies it (``check``) and, for the oracle agent, how to get there (``plan``).
 
-Everything a site renders goes through ``html.escape`` (``esc``); every form
-value it reads goes through ``field``, which bounds its length.
+Everything a site renders goes through ``html.escape`` (``esc``, with the other
+shared fragments in ``sites.html``); every form value it reads goes through
+``field``, which bounds its length.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import html
 import random
 import re
 import unicodedata
@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
+from asyncwebrl.envfleet.sites.html import esc
 
 MAX_FIELD_CHARS = 500
 
@@ -41,10 +43,6 @@ def normalise(text: str) -> str:
     text = re.sub(r"[^a-z0-9.@:/ -]+", " ", text)
     text = re.sub(r"(\d)\.0+\b", r"\1", text)  # 12.00 == 12
     return " ".join(text.split()).strip(" .")
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
 
 
 @dataclasses.dataclass

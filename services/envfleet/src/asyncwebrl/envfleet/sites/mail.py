@@ -16,7 +16,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, esc, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.html import NO_AUTOCOMPLETE, banner, esc, hidden, option, text_input
 
 ME_NAME, ME_ADDR = "Sam Rivera", "sam.rivera@postbox.io"
 TODAY = datetime.date(2025, 3, 20)
@@ -285,7 +286,7 @@ class MailSite(Site):
         body = f"""<div class="row mb-shell"><aside class="sidebar mb-side">
 <a class="button primary mb-compose" id="compose" href="/mail/compose">✎ Compose</a>
 <div class="list mb-folders">{folders}</div><div class="mb-labels-head">Labels</div><div class="list mb-labels">{labels}</div></aside>
-<section class="grow"><form class="mb-search" action="/mail/" method="get"><input type="hidden" name="folder" value="{esc(search_folder)}">
+<section class="grow"><form class="mb-search" action="/mail/" method="get">{hidden({"folder": search_folder})}
 <input type="text" id="search" name="q" value="{esc(q)}" placeholder="Search in {esc(FOLDER_LABELS[search_folder])}" autocomplete="off">
 <button id="search-button">Search</button></form>{content}</section></div>"""
         return page(self, title, body, self._nav(), nav)
@@ -302,7 +303,7 @@ class MailSite(Site):
         notices = {"sent": "Your message has been sent.", "draft": "Draft saved.", "archive": "Conversation archived.",
                    "trash": "Conversation moved to Trash.", "spam": "Conversation reported as spam.",
                    "inbox": "Conversation moved to Inbox.", "unread": "Marked as unread."}
-        banner = f'<div class="banner ok" id="notice">{notices[done]}</div>' if done in notices else ""
+        notice = banner(notices.get(done, ""), "ok", "notice")
         ctx = urlencode({"folder": folder} | ({"q": q} if q else {}) | ({"p": str(number)} if number > 1 else {}))
         rows = "".join(
             f'<tr class="{"unread" if m["unread"] else ""}"><td class="mb-star">{"★" if m["starred"] else "☆"}</td>'
@@ -325,7 +326,7 @@ class MailSite(Site):
                     + ("" if folder == "all" else
                        f' · <a id="search-all" href="{esc(self._list_url("all", q, 1))}">Search all folders</a>')
                     + f' · <a id="clear-search" href="/mail/?folder={esc(folder)}">Clear</a></p>')
-        content = f"""{banner}<div class="mb-listhead"><h1>{esc(label)}</h1>
+        content = f"""{notice}<div class="mb-listhead"><h1>{esc(label)}</h1>
 <span class="muted">{first}–{first + len(shown) - 1 if shown else 0} of {len(items)}</span>{prev_link}{next_link}</div>{info}
 <table class="mb-list">{rows}</table>"""
         return self._layout(ep, content, label, folder, q)
@@ -337,22 +338,19 @@ class MailSite(Site):
             return self._layout(ep, '<div class="card"><h1>Message not found</h1><p>It may have been deleted.</p></div>',
                                 "Not found", folder, q)
         m["unread"] = False
-        hidden = (f'<input type="hidden" name="folder" value="{esc(folder)}"><input type="hidden" name="q" value="{esc(q)}">'
-                  f'<input type="hidden" name="p" value="{number}">')
+        context = hidden({"folder": folder, "q": q, "p": number}, keep_empty=True)
         moves = "".join(f'<button name="dest" value="{d}" id="move-{d}">{FOLDER_LABELS[d]}</button>'
                         for d in MOVABLE if d != m["folder"])
         paras = "".join(f"<p>{esc(t)}</p>" for t in m["body"])
         starred = request.query.get("starred")
-        banner = ""
-        if starred in ("1", "0"):
-            banner = f'<div class="banner ok" id="notice">{"Conversation starred." if starred == "1" else "Star removed."}</div>'
-        content = f"""{banner}<div class="mb-toolbar"><a class="button" id="back" href="{esc(self._list_url(folder, q, number))}">← Back</a>
-<form method="post" action="/mail/m/{m["id"]}/move">{hidden}
+        notice = banner({"1": "Conversation starred.", "0": "Star removed."}.get(starred or "", ""), "ok", "notice")
+        content = f"""{notice}<div class="mb-toolbar"><a class="button" id="back" href="{esc(self._list_url(folder, q, number))}">← Back</a>
+<form method="post" action="/mail/m/{m["id"]}/move">{context}
 <button name="dest" value="archive" id="archive">Archive</button><button name="dest" value="spam" id="report-spam">Report spam</button>
 <button class="danger" name="dest" value="trash" id="delete">Delete</button></form>
-<form method="post" action="/mail/m/{m["id"]}/star">{hidden}<button id="star">{"★ Starred" if m["starred"] else "☆ Star"}</button></form>
-<form method="post" action="/mail/m/{m["id"]}/unread">{hidden}<button id="mark-unread">Mark unread</button></form>
-<form method="post" action="/mail/m/{m["id"]}/move" class="mb-moveto">{hidden}<span class="muted">Move to</span>{moves}</form></div>
+<form method="post" action="/mail/m/{m["id"]}/star">{context}<button id="star">{"★ Starred" if m["starred"] else "☆ Star"}</button></form>
+<form method="post" action="/mail/m/{m["id"]}/unread">{context}<button id="mark-unread">Mark unread</button></form>
+<form method="post" action="/mail/m/{m["id"]}/move" class="mb-moveto">{context}<span class="muted">Move to</span>{moves}</form></div>
 <article class="card mb-read"><h1 id="subject">{esc(m["subject"] or "(no subject)")}</h1>
 <div class="mb-meta"><span class="mb-sender" id="sender">{esc(m["from_name"])}</span> <span class="muted">&lt;{esc(m["from_addr"])}&gt;</span>
 <span class="muted mb-when">{esc(m["date"])}</span><div class="muted">to {esc(m["to"])}</div></div>
@@ -399,13 +397,11 @@ class MailSite(Site):
             quoted = (f'<div class="mb-quote"><div class="muted">— {esc(head)} —</div><b>{esc(original["subject"])}</b>'
                       + "".join(f"<p>{esc(t)}</p>" for t in original["body"]) + "</div>")
         title = "Reply" if values.get("reply_to") else "Forward" if values.get("forward_of") else "New message"
-        banner = f'<div class="banner error" id="error">{esc(error)}</div>' if error else ""
-        content = f"""{banner}<form class="card mb-compose-form" method="post" action="/mail/send"><h1>{title}</h1>
-<input type="hidden" name="reply_to" value="{esc(values.get("reply_to", ""))}">
-<input type="hidden" name="forward_of" value="{esc(values.get("forward_of", ""))}">
-<div class="mb-frow"><label for="to">To</label><input type="text" id="to" name="to" value="{esc(values.get("to", ""))}" placeholder="name@example.com" autocomplete="off"></div>
-<div class="mb-frow"><label for="cc">Cc</label><input type="text" id="cc" name="cc" value="{esc(values.get("cc", ""))}" autocomplete="off"></div>
-<div class="mb-frow"><label for="subject">Subject</label><input type="text" id="subject" name="subject" value="{esc(values.get("subject", ""))}" autocomplete="off"></div>
+        content = f"""{banner(error)}<form class="card mb-compose-form" method="post" action="/mail/send"><h1>{title}</h1>
+{hidden({"reply_to": values.get("reply_to", ""), "forward_of": values.get("forward_of", "")}, keep_empty=True)}
+<div class="mb-frow">{text_input("to", "To", values.get("to", ""), placeholder="name@example.com", attrs=NO_AUTOCOMPLETE)}</div>
+<div class="mb-frow">{text_input("cc", "Cc", values.get("cc", ""), attrs=NO_AUTOCOMPLETE)}</div>
+<div class="mb-frow">{text_input("subject", "Subject", values.get("subject", ""), attrs=NO_AUTOCOMPLETE)}</div>
 <textarea id="body" name="body" rows="6" placeholder="Write your message">{esc(values.get("body", ""))}</textarea>
 <div class="mb-sendrow"><button class="primary" id="send">Send</button>
 <button id="save-draft" formaction="/mail/draft">Save draft</button>
@@ -499,10 +495,9 @@ class MailSite(Site):
 
     def _settings_page(self, ep, saved: bool = False) -> web.Response:
         s = ep.world["settings"]
-        banner = '<div class="banner ok" id="notice">Settings saved.</div>' if saved else ""
-        content = f"""{banner}<form class="card" method="post" action="/mail/settings"><h1>Settings</h1>
-<label class="mb-check"><input type="checkbox" id="threads" name="threads" {"checked" if s["threads"] else ""}> Group messages into conversations</label>
-<label class="mb-check"><input type="checkbox" id="preview" name="preview" {"checked" if s["preview"] else ""}> Show message previews in the list</label>
+        content = f"""{banner("Settings saved." if saved else "", "ok", "notice")}<form class="card" method="post" action="/mail/settings"><h1>Settings</h1>
+{option("checkbox", "threads", "threads", "Group messages into conversations", checked=s["threads"], cls="mb-check")}
+{option("checkbox", "preview", "preview", "Show message previews in the list", checked=s["preview"], cls="mb-check")}
 <div class="mb-sendrow"><button class="primary" id="save-settings">Save changes</button></div></form>"""
         return self._layout(ep, content, "Settings", nav="settings")
 

@@ -14,7 +14,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, esc, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.html import banner, esc, hidden, table, text_input
 
 REGIONS = ["North", "South", "East", "West", "Central"]
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun"]
@@ -74,10 +75,6 @@ def _qs(state: dict[str, str], **change: str) -> str:
     if (merged.get("sort"), merged.get("dir")) != ("date", "asc"):
         keep["sort"], keep["dir"] = merged.get("sort", "date"), merged.get("dir", "asc")
     return urlencode(keep)
-
-
-def _hidden(state: dict[str, str]) -> str:
-    return "".join(f'<input type="hidden" name="{k}" value="{esc(v)}">' for k, v in state.items() if v)
 
 
 def _describe(state: dict[str, str]) -> str:
@@ -192,13 +189,13 @@ class ReportSite(Site):
                 f'href="/report/row/{r["id"]}?{back}">{r["id"]}</a>{" ⚑" if flagged else ""}</td>'
                 f'<td>{_date(r)}</td><td>{r["region"]}</td><td>{esc(r["product"])}</td><td class="num">{r["units"]}</td>'
                 f'<td class="num">{_money(r["revenue"])}</td><td><span class="status {r["status"].lower()}">{r["status"]}</span></td>'
-                f'<td><form action="/report/flag" method="post"><input type="hidden" name="rid" value="{r["id"]}">{_hidden(state)}'
+                f'<td><form action="/report/flag" method="post">{hidden({"rid": r["id"]})}{hidden(state)}'
                 f'<button class="flag" id="flag-{r["id"]}">{"Unflag" if flagged else "Flag"}</button></form></td></tr>'
             )
         if not rows:
             body_rows = '<tr><td colspan="8" class="muted">No sales match these filters.</td></tr>'
-        banner = '<div class="banner error" id="error">Some filters in the address were not recognised and were ignored.</div>' if bad else ""
-        body = f"""{banner}<div class="rp-title"><div><h1>Sales report H1 2024</h1>
+        notice = banner("Some filters in the address were not recognised and were ignored." if bad else "")
+        body = f"""{notice}<div class="rp-title"><div><h1>Sales report H1 2024</h1>
 <p class="muted">{esc(_describe(state))}</p></div>
 <div class="rp-actions"><a class="button" id="export" href="/report/export?{back}">Export CSV</a>
 <a class="button primary" id="save-view" href="/report/views/new?{back}">Save view</a></div></div>
@@ -233,7 +230,6 @@ class ReportSite(Site):
         flagged = r["id"] in ep.world["flagged"]
         back = _qs(state)
         notes = "".join(f"<li>{esc(n)}</li>" for n in r["notes"]) or '<li class="muted">No notes yet.</li>'
-        banner = f'<div class="banner error" id="error">{esc(error)}</div>' if error else ""
         pay = (f'<button class="primary" id="mark-paid" name="new_status" value="Paid">Mark as paid</button>'
                if r["status"] in ("Pending", "Overdue") else "")
         refund = ('<button class="danger" id="refund" name="new_status" value="Refunded">Issue refund</button>'
@@ -243,16 +239,16 @@ class ReportSite(Site):
                 ("Date", _date(r)), ("Region", r["region"]), ("Customer", r["customer"]), ("Sales rep", r["rep"]),
                 ("Product", r["product"]), ("Units", r["units"]), ("Unit price", _money(PRODUCTS[r["product"]])),
                 ("Discount", f'{r["discount"]}%'), ("Revenue", _money(r["revenue"])), ("Status", r["status"])))
-        body = f"""{banner}<p><a id="back" href="/report/?{back}">← Back to report</a></p>
+        body = f"""{banner(error)}<p><a id="back" href="/report/?{back}">← Back to report</a></p>
 <div class="row"><div class="card grow"><h1 id="row-title">Invoice {r["id"]}{" ⚑" if flagged else ""}</h1>
 <table class="facts">{facts}</table></div>
 <div class="sidebar rp-side"><div class="card"><h2>Actions</h2>
-<form action="/report/row/{r["id"]}/flag" method="post">{_hidden(state)}
+<form action="/report/row/{r["id"]}/flag" method="post">{hidden(state)}
 <button id="flag-toggle">{"Remove flag" if flagged else "Flag row"}</button></form>
-<form action="/report/row/{r["id"]}/status" method="post" class="rp-status">{_hidden(state)}{pay}{refund}</form>
+<form action="/report/row/{r["id"]}/status" method="post" class="rp-status">{hidden(state)}{pay}{refund}</form>
 <a class="button" id="row-export" href="/report/export?{back}">Export PDF</a></div></div></div>
 <div class="card"><h2>Notes</h2><ul id="notes">{notes}</ul>
-<form action="/report/row/{r["id"]}/note" method="post">{_hidden(state)}
+<form action="/report/row/{r["id"]}/note" method="post">{hidden(state)}
 <input type="text" id="note" name="note" placeholder="Add a note for the finance team" style="width:70%">
 <button id="add-note">Add note</button></form></div>"""
         return page(self, f"Invoice {r['id']}", body, _nav(ep))
@@ -299,10 +295,10 @@ class ReportSite(Site):
             f'<td>{esc(_describe(v["state"]))}</td><td>{VISIBILITY[v["visibility"]]}</td><td>{esc(v["owner"])}</td></tr>'
             for i, v in enumerate(ep.world["views"])
         )
-        saved = '<div class="banner ok" id="saved">View saved.</div>' if request.query.get("saved") == "1" else ""
+        saved = banner("View saved." if request.query.get("saved") == "1" else "", "ok", "saved")
         body = f"""{saved}<h1>Saved views</h1><p class="muted">Open a view to load its filters and sort order.
 To save a new one, set filters on the <a id="to-report" href="/report/">sales report</a> and press “Save view”.</p>
-<table><tr><th>Name</th><th>Shows</th><th>Shared with</th><th>Owner</th></tr>{rows}</table>"""
+{table(["Name", "Shows", "Shared with", "Owner"], rows)}"""
         return page(self, "Saved views", body, _nav(ep), "views")
 
     async def view_form(self, request: web.Request, ep, error: str = "", state: dict[str, str] | None = None,
@@ -310,13 +306,12 @@ To save a new one, set filters on the <a id="to-report" href="/report/">sales re
         if state is None:
             state, bad = _state(request.query)
             error = error or ("Some filters in the address were not recognised and were ignored." if bad else "")
-        banner = f'<div class="banner error" id="error">{esc(error)}</div>' if error else ""
         radios = "".join(
             f'<div><input type="radio" id="vis-{k}" name="visibility" value="{k}"{" checked" if k == "private" else ""}>'
             f' <label class="rp-radio" for="vis-{k}">{label}</label></div>' for k, label in VISIBILITY.items())
-        body = f"""{banner}<h1>Save view</h1><form class="card" action="/report/views" method="post" style="max-width:720px">
-{_hidden(state)}<p>This view shows: <b id="view-summary">{esc(_describe(state))}</b></p>
-<label for="view-name">View name</label><input type="text" id="view-name" name="name" value="{esc(name)}" style="width:80%" maxlength="80">
+        body = f"""{banner(error)}<h1>Save view</h1><form class="card" action="/report/views" method="post" style="max-width:720px">
+{hidden(state)}<p>This view shows: <b id="view-summary">{esc(_describe(state))}</b></p>
+{text_input("view-name", "View name", name, name="name", attrs=' style="width:80%" maxlength="80"')}
 <label>Share with</label>{radios}
 <div style="margin-top:16px"><button class="primary" id="save-view-submit">Save view</button>
 <a class="button" id="cancel" href="/report/?{_qs(state)}">Cancel</a></div></form>"""
@@ -348,7 +343,7 @@ To save a new one, set filters on the <a id="to-report" href="/report/">sales re
             f'<td>{r["region"]}</td><td>{esc(r["product"])}</td><td>{_money(r["revenue"])}</td><td>{r["status"]}</td></tr>'
             for r in sorted((ep.world["rows"][rid] for rid in ep.world["flagged"]), key=lambda r: r["id"]))
         body = "<h1>Flagged sales</h1>" + (
-            f"<table><tr><th>Invoice</th><th>Date</th><th>Region</th><th>Product</th><th>Revenue</th><th>Status</th></tr>{rows}</table>"
+            table(["Invoice", "Date", "Region", "Product", "Revenue", "Status"], rows)
             if rows else '<div class="card">No flagged sales.</div>')
         return page(self, "Flagged", body, _nav(ep), "flagged")
 

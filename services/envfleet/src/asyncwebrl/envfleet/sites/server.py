@@ -14,7 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from asyncwebrl.envfleet.sites.base import Episode, Site, Template, esc, normalise
+from asyncwebrl.envfleet.sites.base import Episode, Site, Template, normalise
+from asyncwebrl.envfleet.sites.html import esc
 from asyncwebrl.envfleet.tasks import Outcome, TaskSource, TaskSpec
 
 COOKIE = "wl_episode"

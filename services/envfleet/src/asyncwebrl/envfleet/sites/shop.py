@@ -11,7 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, esc, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.html import banner, esc, hidden, links, table, text_input
 
 CATEGORIES = ["Kitchen", "Garden", "Office", "Outdoor", "Audio", "Home"]
 ADJECTIVES = ["Compact", "Deluxe", "Classic", "Eco", "Smart", "Rugged", "Mini", "Pro", "Silent", "Bright"]
@@ -85,10 +86,8 @@ class ShopSite(Site):
             items.sort(key=lambda p: p["price"])
         elif sort == "rating":
             items.sort(key=lambda p: -p["rating"])
-        cats = "".join(
-            f'<a id="cat-{c.lower()}" class="{"active" if c == cat else ""}" href="/shop/?cat={c}">{c}</a>'
-            for c in CATEGORIES
-        )
+        cats = links([(c.lower(), c, f"/shop/?cat={c}") for c in CATEGORIES], cat.lower() if cat in CATEGORIES else "",
+                     "cat-")
         keep = f"&q={esc(q)}" if q else ""
         keep += f"&cat={esc(cat)}" if cat else ""
         tiles = "".join(
@@ -104,7 +103,7 @@ class ShopSite(Site):
 <div class="ad" id="deal">Deal of the day: <a id="deal-link" href="/shop/product/{deal["id"]}">{esc(deal["name"])}</a></div></div>
 <div class="grow"><form class="card" action="/shop/" method="get">
 <input type="text" id="search" name="q" value="{esc(q)}" placeholder="Search products" style="width:60%">
-{f'<input type="hidden" name="cat" value="{esc(cat)}">' if cat else ""}
+{hidden({"cat": cat})}
 <button class="primary" id="search-button">Search</button>
 <span class="muted" style="margin-left:16px">Sort by:
 <a id="sort-price" href="/shop/?sort=price{keep}">price</a> ·
@@ -118,15 +117,15 @@ class ShopSite(Site):
             return page(self, "Not found", "<h1>Product not found</h1>", _nav(ep))
         ep.world["viewed"].append(p["id"])
         added = request.query.get("added") == "1"
-        banner = f'<div class="banner ok" id="added">Added to your cart. <a href="/shop/cart">View cart</a></div>' if added else ""
-        body = f"""{banner}<div class="card row"><div class="thumb" style="width:320px;height:220px;background:{p["colour"]};border-radius:10px"></div>
+        notice = banner('Added to your cart. <a href="/shop/cart">View cart</a>' if added else "", "ok", "added", markup=True)
+        body = f"""{notice}<div class="card row"><div class="thumb" style="width:320px;height:220px;background:{p["colour"]};border-radius:10px"></div>
 <div class="grow"><h1 id="product-name">{esc(p["name"])}</h1><div class="price" id="price">${p["price"]:.2f}</div>
 <p class="muted">★ {p["rating"]} · {p["category"]} · Free returns within 30 days</p>
 <p>A dependable {esc(p["name"].lower())} for everyday use. Ships in 2–4 business days.</p>
-<form action="/shop/cart/add" method="post"><input type="hidden" name="pid" value="{p["id"]}">
-<label for="qty">Quantity</label><input type="number" id="qty" name="qty" value="1" min="1" max="20" style="width:90px">
+<form action="/shop/cart/add" method="post">{hidden({"pid": p["id"]})}
+{text_input("qty", "Quantity", "1", type_="number", attrs=' min="1" max="20" style="width:90px"')}
 <div style="margin-top:14px"><button class="primary" id="add-to-cart">Add to cart</button></div></form>
-<form action="/shop/wishlist" method="post" style="margin-top:10px"><input type="hidden" name="pid" value="{p["id"]}">
+<form action="/shop/wishlist" method="post" style="margin-top:10px">{hidden({"pid": p["id"]})}
 <button id="wishlist">♡ Add to wishlist</button></form></div></div>"""
         return page(self, p["name"], body, _nav(ep))
 
@@ -156,7 +155,7 @@ class ShopSite(Site):
             total += qty * p["price"]
             rows += (
                 f'<tr><td>{esc(p["name"])}</td><td>{qty}</td><td>${qty * p["price"]:.2f}</td><td>'
-                f'<form action="/shop/cart/remove" method="post"><input type="hidden" name="pid" value="{pid}">'
+                f'<form action="/shop/cart/remove" method="post">{hidden({"pid": pid})}'
                 f'<button class="danger" id="remove-{pid}">Remove</button></form></td></tr>'
             )
         return rows, total
@@ -166,7 +165,7 @@ class ShopSite(Site):
         if not rows:
             body = '<h1>Your cart</h1><div class="card">Your cart is empty. <a href="/shop/">Keep shopping</a></div>'
         else:
-            body = f"""<h1>Your cart</h1><table><tr><th>Product</th><th>Qty</th><th>Total</th><th></th></tr>{rows}</table>
+            body = f"""<h1>Your cart</h1>{table(["Product", "Qty", "Total", ""], rows)}
 <div class="card" style="margin-top:14px">Subtotal: <span class="price">${total:.2f}</span>
 <a class="button primary" id="checkout" href="/shop/checkout" style="margin-left:20px">Proceed to checkout</a>
 <a class="button" id="continue" href="/shop/">Continue shopping</a></div>"""
@@ -174,10 +173,9 @@ class ShopSite(Site):
 
     async def checkout_form(self, request: web.Request, ep, error: str = "") -> web.Response:
         rows, total = self._cart_rows(ep)
-        banner = f'<div class="banner error" id="error">{esc(error)}</div>' if error else ""
-        body = f"""<h1>Checkout</h1>{banner}<div class="row"><form class="card grow" action="/shop/checkout" method="post">
-<label for="name">Full name</label><input type="text" id="name" name="name" style="width:70%">
-<label for="address">Delivery address</label><input type="text" id="address" name="address" style="width:70%">
+        body = f"""<h1>Checkout</h1>{banner(error)}<div class="row"><form class="card grow" action="/shop/checkout" method="post">
+{text_input("name", "Full name", attrs=' style="width:70%"')}
+{text_input("address", "Delivery address", attrs=' style="width:70%"')}
 <label>Shipping</label>
 <div><input type="radio" id="ship-standard" name="shipping" value="standard" checked> Standard (free, 5 days)</div>
 <div><input type="radio" id="ship-express" name="shipping" value="express"> Express ($9.90, next day)</div>
@@ -204,7 +202,7 @@ class ShopSite(Site):
             for i, o in enumerate(ep.world["orders"])
         )
         body = "<h1>Your orders</h1>" + (
-            f"<table><tr><th>Order</th><th>Items</th><th>Name</th><th>Shipping</th></tr>{rows}</table>"
+            table(["Order", "Items", "Name", "Shipping"], rows)
             if rows else '<div class="card">No orders yet.</div>'
         )
         return page(self, "Orders", body, _nav(ep), "orders")

@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, esc, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.html import banner, esc, hidden, links, option, pill, table, text_input
 
 TODAY = dt.date(2026, 4, 20)
 FIRST_DAY, LAST_DAY = TODAY + dt.timedelta(days=1), dt.date(2026, 9, 30)
@@ -155,14 +156,6 @@ def _nav():
             ("signin", "Sign in", "/travel/signin")]
 
 
-def _banner(message: str, kind: str = "error") -> str:
-    return f'<div class="banner {kind}" id="{kind}">{esc(message)}</div>' if message else ""
-
-
-def _pill(status: str) -> str:
-    return f'<span class="pill pill-{esc(status.lower())}">{esc(status)}</span>'
-
-
 def _total(f: dict[str, Any], b: dict[str, Any]) -> int:
     return f["price"] + SEATS[b["seat"]][1] + BAGS[b["bags"]][1] + (INSURANCE if b["insurance"] else 0)
 
@@ -232,9 +225,9 @@ class TravelSite(Site):
     def _search_form(self, frm: str = "", to: str = "", day: str = "", compact: bool = False) -> str:
         cls = "card searchbar compact" if compact else "card searchbar"
         return f"""<form class="{cls}" action="/travel/search" method="get" autocomplete="off">
-<div><label for="from">From</label><input type="text" id="from" name="from" value="{esc(frm)}" placeholder="City or airport"></div>
-<div><label for="to">To</label><input type="text" id="to" name="to" value="{esc(to)}" placeholder="City or airport"></div>
-<div><label for="date">Departure date</label><input type="text" id="date" name="date" value="{esc(day)}" placeholder="YYYY-MM-DD"></div>
+<div>{text_input("from", "From", frm, placeholder="City or airport")}</div>
+<div>{text_input("to", "To", to, placeholder="City or airport")}</div>
+<div>{text_input("date", "Departure date", day, placeholder="YYYY-MM-DD")}</div>
 <div class="passengers"><label>Passengers</label><span class="static-field">1 adult · Economy</span></div>
 <div><button class="primary" id="search">Search flights</button></div></form>"""
 
@@ -252,7 +245,7 @@ class TravelSite(Site):
         airports = " · ".join(f"{name} ({code})" for code, name in sorted(CITIES.items(), key=lambda c: c[1]))
         body = f"""<div class="hero-travel"><h1>Where to next?</h1>
 <p>Low fares to {len(CITIES)} cities across Europe. Bookable until {long_date(LAST_DAY.isoformat())}.</p></div>
-{_banner(error)}{self._search_form(*values)}
+{banner(error)}{self._search_form(*values)}
 <div class="row"><div class="grow"><h2>Deals this season</h2><div class="grid">{deals}</div>
 <p class="muted">We fly to: {esc(airports)}</p></div>
 <div class="sidebar"><div class="ad" id="plus-ad"><b>SkyWay Plus</b><br>Priority boarding and free seat selection
@@ -270,15 +263,12 @@ for £59 a year. <a id="plus-link" href="/travel/help#plus">Learn more</a></div>
         return rows or '<div class="card muted" id="no-results">No flights match these filters.</div>'
 
     def _filters(self, link, sort: str, stops: str) -> str:
-        stop_links = "".join(
-            f'<a id="filter-{k}" class="{"active" if stops == v else ""}" href="{esc(link(stops=v))}">{label}</a>'
-            for k, v, label in (("any", "", "Any number of stops"), ("nonstop", "0", "Nonstop only"),
-                                ("onestop", "1", "1 stop or fewer"))
-        )
-        sort_links = "".join(
-            f'<a id="sort-{k}" class="{"active" if (sort or "depart") == k else ""}" href="{esc(link(sort=k))}">{label}</a>'
-            for k, label in (("depart", "Departure time"), ("price", "Lowest price"), ("duration", "Shortest trip"))
-        )
+        stop_links = links([(k, label, link(stops=v)) for k, v, label in (
+            ("any", "", "Any number of stops"), ("nonstop", "0", "Nonstop only"), ("onestop", "1", "1 stop or fewer"))],
+            {"": "any", "0": "nonstop", "1": "onestop"}.get(stops, ""), "filter-")
+        sort_links = links([(k, label, link(sort=k)) for k, label in (
+            ("depart", "Departure time"), ("price", "Lowest price"), ("duration", "Shortest trip"))],
+            sort or "depart", "sort-")
         return (f'<div class="card sidebar filters"><h3>Stops</h3><div class="list">{stop_links}</div>'
                 f'<h3>Sort by</h3><div class="list">{sort_links}</div></div>')
 
@@ -325,12 +315,12 @@ for £59 a year. <a id="plus-link" href="/travel/help#plus">Learn more</a></div>
         if f is None:
             return page(self, "Not found", '<h1>This flight is no longer available</h1><a href="/travel/">Search again</a>', _nav())
         back = "/travel/search?" + urlencode({"from": f["frm"], "to": f["to"], "date": f["date"]})
-        body = f"""<h1>Who's flying?</h1>{_banner(error)}<div class="row">
+        body = f"""<h1>Who's flying?</h1>{banner(error)}<div class="row">
 <form class="card grow" method="post" action="/travel/book/{esc(f["key"])}" autocomplete="off">
 <h2>Passenger 1 · Adult</h2><div class="form-grid">
-<div><label for="pax-name">Full name (as on passport)</label><input type="text" id="pax-name" name="name" value="{esc(values[0])}"></div>
-<div><label for="pax-email">Email for your e-ticket</label><input type="text" id="pax-email" name="email" value="{esc(values[1])}"></div></div>
-<label class="opt" for="newsletter"><input type="checkbox" id="newsletter" name="newsletter" value="yes"> Send me SkyWay deals by email</label>
+<div>{text_input("pax-name", "Full name (as on passport)", values[0], name="name")}</div>
+<div>{text_input("pax-email", "Email for your e-ticket", values[1], name="email")}</div></div>
+{option("checkbox", "newsletter", "newsletter", "Send me SkyWay deals by email", value="yes")}
 <div class="actions"><a class="button" id="back" href="{esc(back)}">Back to results</a>
 <button class="primary" id="to-extras">Continue to extras</button></div></form>
 {self._summary(f, '<a id="signin-link" href="/travel/signin">Sign in to use saved passengers</a>')}</div>"""
@@ -352,9 +342,9 @@ for £59 a year. <a id="plus-link" href="/travel/help#plus">Learn more</a></div>
 
     def _seat_choices(self, current: str) -> str:
         return "".join(
-            f'<label class="choice" for="seat-{k}"><input type="radio" id="seat-{k}" name="seat" value="{k}"'
-            f'{" checked" if k == current else ""}><span><b>{esc(label)}</b><br>'
-            f'<span class="muted">{"Included" if not cost else f"+£{cost}"}</span></span></label>'
+            option("radio", f"seat-{k}", "seat", f'<span><b>{esc(label)}</b><br><span class="muted">'
+                   f'{"Included" if not cost else f"+£{cost}"}</span></span>', value=k, checked=k == current,
+                   cls="choice", sep="")
             for k, (label, cost) in SEATS.items()
         )
 
@@ -364,15 +354,15 @@ for £59 a year. <a id="plus-link" href="/travel/help#plus">Learn more</a></div>
         if f is None:
             return redirect("/travel/")
         bags = "".join(
-            f'<label class="opt" for="bags-{k}"><input type="radio" id="bags-{k}" name="bags" value="{k}"'
-            f'{" checked" if k == p["bags"] else ""}> {esc(label)} {"(included)" if not cost else f"(+£{cost})"}</label>'
+            option("radio", f"bags-{k}", "bags", f'{esc(label)} {"(included)" if not cost else f"(+£{cost})"}', value=k,
+                   checked=k == p["bags"])
             for k, (label, cost) in BAGS.items()
         )
-        body = f"""<h1>Seats and extras</h1>{_banner(error)}<div class="row">
+        body = f"""<h1>Seats and extras</h1>{banner(error)}<div class="row">
 <form class="card grow" method="post" action="/travel/extras"><h2>Seat</h2><div class="choices">{self._seat_choices(p["seat"])}</div>
 <h2>Luggage</h2><div class="opts">{bags}</div><h2>Travel insurance</h2>
-<label class="opt" for="insurance"><input type="checkbox" id="insurance" name="insurance" value="yes"
-{" checked" if p["insurance"] else ""}> Cover cancellations and lost luggage (+£{INSURANCE})</label>
+{option("checkbox", "insurance", "insurance", f"Cover cancellations and lost luggage (+£{INSURANCE})", value="yes",
+        checked=p["insurance"])}
 <div class="actions"><a class="button" id="back" href="/travel/book/{esc(p["key"])}">Back</a>
 <button class="primary" id="to-review">Continue to review</button></div></form>
 {self._summary(f, f'<p class="muted">Passenger: {esc(p["name"])}</p>')}</div>"""
@@ -440,14 +430,13 @@ Your booking has not been made.</p><a class="button" id="hold-back" href="/trave
                 continue
             rows += (f'<tr><td><a id="trip-{esc(b["ref"])}" href="/travel/trip/{esc(b["ref"])}">{esc(b["ref"])}</a></td>'
                      f'<td>{esc(CITIES[f["frm"]])} → {esc(CITIES[f["to"]])}</td><td>{esc(short_date(f["date"]))}</td>'
-                     f'<td>{esc(b["name"])}</td><td>{_pill(b["status"])}</td></tr>')
+                     f'<td>{esc(b["name"])}</td><td>{pill(b["status"])}</td></tr>')
         rows = rows or '<tr><td colspan="5" class="muted">No trips yet.</td></tr>'
-        body = f"""<h1>My trips</h1>{_banner(error)}<div class="row"><div class="grow"><table>
-<tr><th>Booking</th><th>Route</th><th>Date</th><th>Passenger</th><th>Status</th></tr>{rows}</table>
+        body = f"""<h1>My trips</h1>{banner(error)}<div class="row"><div class="grow">{table(["Booking", "Route", "Date", "Passenger", "Status"], rows)}
 <p class="muted">Trips booked while signed out, or by someone else, can be found with the booking reference.</p></div>
 <form class="card sidebar lookup" action="/travel/trips/find" method="get" autocomplete="off"><h3>Find a booking</h3>
-<label for="lookup-ref">Booking reference</label><input type="text" id="lookup-ref" name="ref" placeholder="e.g. K7Q2XM">
-<label for="lookup-name">Passenger last name</label><input type="text" id="lookup-name" name="last">
+{text_input("lookup-ref", "Booking reference", name="ref", placeholder="e.g. K7Q2XM")}
+{text_input("lookup-name", "Passenger last name", name="last")}
 <div class="actions"><button class="primary" id="lookup">Find booking</button></div></form></div>"""
         return page(self, "My trips", body, _nav(), "trips")
 
@@ -470,10 +459,10 @@ Your booking has not been made.</p><a class="button" id="hold-back" href="/trave
         if b is None or f is None:
             return self._missing()
         q = request.query
-        banner = (_banner("Booking confirmed. Your e-ticket is on its way.", "ok") if "new" in q else
-                  _banner("Your flight has been changed.", "ok") if "changed" in q else
-                  _banner("Your seat has been changed.", "ok") if "seat" in q else
-                  _banner(f"Booking cancelled. Refund: {'travel credit' if b['refund'] == 'credit' else 'to your card'}.", "ok")
+        notice = (banner("Booking confirmed. Your e-ticket is on its way.", "ok") if "new" in q else
+                  banner("Your flight has been changed.", "ok") if "changed" in q else
+                  banner("Your seat has been changed.", "ok") if "seat" in q else
+                  banner(f"Booking cancelled. Refund: {'travel credit' if b['refund'] == 'credit' else 'to your card'}.", "ok")
                   if "cancelled" in q else "")
         ref = esc(b["ref"])
         if b["status"] == "Confirmed":
@@ -484,7 +473,7 @@ Your booking has not been made.</p><a class="button" id="hold-back" href="/trave
                        f'<a class="button danger" id="cancel-booking" href="/travel/trip/{ref}/cancel">Cancel booking</a>')
         else:
             actions = '<a class="button primary" id="book-again" href="/travel/">Book a new flight</a>'
-        body = f"""<h1>Trip to {esc(CITIES[f["to"]])} · {ref} {_pill(b["status"])}</h1>{banner}
+        body = f"""<h1>Trip to {esc(CITIES[f["to"]])} · {ref} {pill(b["status"])}</h1>{notice}
 <div class="row"><div class="card grow"><h3>Flight {f["no"]}</h3><table>
 <tr><td>Route</td><td>{esc(CITIES[f["frm"]])} ({f["frm"]}) → {esc(CITIES[f["to"]])} ({f["to"]})</td></tr>
 <tr><td>Date</td><td>{esc(short_date(f["date"]))}</td></tr>
@@ -505,11 +494,12 @@ Your booking has not been made.</p><a class="button" id="hold-back" href="/trave
             return redirect(f"/travel/trip/{b['ref']}")
         ref = esc(b["ref"])
         credit = round(b["paid"] * 1.1)
-        body = f"""<h1>Cancel booking {ref}</h1>{_banner(error)}<form class="card narrow" method="post" action="/travel/trip/{ref}/cancel">
+        body = f"""<h1>Cancel booking {ref}</h1>{banner(error)}<form class="card narrow" method="post" action="/travel/trip/{ref}/cancel">
 <p>{esc(b["name"])} · {esc(CITIES[f["frm"]])} → {esc(CITIES[f["to"]])} on {esc(short_date(f["date"]))} at {f["dep"]}</p>
 <div class="fieldset-label">How would you like your refund?</div><div class="opts stacked">
-<label class="opt" for="refund-card"><input type="radio" id="refund-card" name="refund" value="card" checked> £{b["paid"]} back to the card you paid with (5–7 working days)</label>
-<label class="opt" for="refund-credit"><input type="radio" id="refund-credit" name="refund" value="credit"> £{credit} SkyWay travel credit, valid for 12 months</label></div>
+{option("radio", "refund-card", "refund", f"£{b['paid']} back to the card you paid with (5–7 working days)", value="card",
+        checked=True)}
+{option("radio", "refund-credit", "refund", f"£{credit} SkyWay travel credit, valid for 12 months", value="credit")}</div>
 <div class="actions"><button class="danger" id="confirm-cancel">Cancel this booking</button>
 <a class="button" id="keep-booking" href="/travel/trip/{ref}">Keep my booking</a></div></form>"""
         return page(self, "Cancel booking", body, _nav(), "trips")
@@ -550,11 +540,11 @@ Your booking has not been made.</p><a class="button" id="hold-back" href="/trave
                 f'<a class="button primary" id="choose-{g["no"]}" href="/travel/trip/{ref}/change/{g["idx"]}?date={day}">Choose</a>'))
             results = (f'<div class="row">{self._filters(link, sort, stops)}<div class="grow"><div class="results-head">'
                        f'<h2>{esc(CITIES[f["frm"]])} → {esc(CITIES[f["to"]])} · {esc(short_date(day))}</h2></div>{rows}</div></div>')
-        body = f"""<h1>Change flight · {ref}</h1>{_banner(error)}
+        body = f"""<h1>Change flight · {ref}</h1>{banner(error)}
 <form class="card searchbar compact" method="get" action="/travel/trip/{ref}/change" autocomplete="off">
 <div class="current"><span class="muted">Current flight</span><br><b>{f["no"]}</b> {esc(CITIES[f["frm"]])} → {esc(CITIES[f["to"]])},
 {esc(short_date(f["date"]))} {f["dep"]}</div>
-<div><label for="change-date">New date</label><input type="text" id="change-date" name="date" value="{esc(raw)}" placeholder="YYYY-MM-DD"></div>
+<div>{text_input("change-date", "New date", raw, name="date", placeholder="YYYY-MM-DD")}</div>
 <div><button class="primary" id="change-search">Show flights</button></div>
 <div><a class="button" id="change-cancel" href="/travel/trip/{ref}">Keep current flight</a></div></form>{results}"""
         return page(self, "Change flight", body, _nav(), "trips")
@@ -581,8 +571,8 @@ Your booking has not been made.</p><a class="button" id="hold-back" href="/trave
         diff = g["price"] - old["price"] if old else 0
         note = f"Fare difference to pay: £{diff}" if diff > 0 else "No fare difference to pay (differences are not refunded)."
         ref = esc(b["ref"])
-        body = f"""<h1>Confirm your new flight</h1>{_banner(error)}<div class="row">
-<form class="card grow" method="post" action="/travel/trip/{ref}/change/{g["idx"]}"><input type="hidden" name="date" value="{g["date"]}">
+        body = f"""<h1>Confirm your new flight</h1>{banner(error)}<div class="row">
+<form class="card grow" method="post" action="/travel/trip/{ref}/change/{g["idx"]}">{hidden({"date": g["date"]})}
 <p><b>{g["no"]}</b> · {esc(CITIES[g["frm"]])} → {esc(CITIES[g["to"]])} · {esc(short_date(g["date"]))} · {g["dep"]} → {g["arr"]} ·
 {esc(_stops(g))}</p><p>{esc(note)} Change fee: £0.</p>
 <h2>Seat on the new flight</h2><p class="muted">Seats do not carry over to a new flight.</p>
@@ -639,9 +629,9 @@ We will email you a reminder.</p><a class="button" id="back" href="/travel/trip/
     # ------------------------------------------------------------ dead ends
 
     async def hotels(self, request: web.Request, ep, message: str = "") -> web.Response:
-        body = f"""<h1>Hotels</h1>{_banner(message, "ok")}<div class="card narrow"><p>SkyWay hotels are coming later this year.
+        body = f"""<h1>Hotels</h1>{banner(message, "ok")}<div class="card narrow"><p>SkyWay hotels are coming later this year.
 Leave your email and we will tell you when they launch.</p><form method="post" action="/travel/hotels" autocomplete="off">
-<label for="alert-email">Email</label><input type="text" id="alert-email" name="email">
+{text_input("alert-email", "Email", name="email")}
 <div class="actions"><button class="primary" id="notify">Notify me</button></div></form></div>"""
         return page(self, "Hotels", body, _nav(), "hotels")
 
@@ -660,9 +650,9 @@ Leave your email and we will tell you when they launch.</p><form method="post" a
         return page(self, "Help", f'<h1>Help centre</h1><div class="card"><ul class="faq">{items}</ul></div>', _nav(), "help")
 
     async def signin(self, request: web.Request, ep, error: str = "") -> web.Response:
-        body = f"""<h1>Sign in</h1>{_banner(error)}<form class="card narrow" method="post" action="/travel/signin" autocomplete="off">
-<label for="signin-email">Email</label><input type="text" id="signin-email" name="email">
-<label for="signin-password">Password</label><input type="password" id="signin-password" name="password">
+        body = f"""<h1>Sign in</h1>{banner(error)}<form class="card narrow" method="post" action="/travel/signin" autocomplete="off">
+{text_input("signin-email", "Email", name="email")}
+{text_input("signin-password", "Password", name="password", type_="password")}
 <div class="actions"><button class="primary" id="signin-submit">Sign in</button></div></form>"""
         return page(self, "Sign in", body, _nav(), "signin")
 

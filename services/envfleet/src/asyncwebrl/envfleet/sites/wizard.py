@@ -16,7 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, esc, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.base import Goal, PlanStep, Site, Template, field, normalise, page, redirect
+from asyncwebrl.envfleet.sites.html import NO_AUTOCOMPLETE, banner, esc, links, option, pill, table, text_input
 
 TODAY = dt.date(2026, 3, 2)
 LATEST_START = TODAY + dt.timedelta(days=180)
@@ -97,16 +98,10 @@ def _nav():
 
 
 def _banner(errors: list[str], kind: str = "error") -> str:
-    if not errors:
-        return ""
-    if len(errors) == 1:
-        return f'<div class="banner {kind}" id="{kind}">{esc(errors[0])}</div>'
+    if len(errors) <= 1:
+        return banner(errors[0] if errors else "", kind)
     items = "".join(f"<li>{esc(e)}</li>" for e in errors)
-    return f'<div class="banner {kind}" id="{kind}">Please fix the following:<ul class="errors">{items}</ul></div>'
-
-
-def _status(status: str) -> str:
-    return f'<span class="pill pill-{esc(status.lower())}">{esc(status)}</span>'
+    return banner(f'Please fix the following:<ul class="errors">{items}</ul>', kind, markup=True)
 
 
 def validate(step: int, app: dict[str, Any]) -> list[str]:
@@ -225,8 +220,8 @@ Monday to Friday, 9am–5pm.</p><a class="button" id="advisor" href="/wizard/adv
                        for label, cost, blurb in PLANS.values())
         addons = "".join(f"<tr><td>{esc(label)}</td><td>+£{cost:.2f}</td><td>Optional add-on</td></tr>"
                          for label, cost in ADDONS.values())
-        body = f"""<h1>Compare plans</h1><table><tr><th>Plan</th><th>Monthly price (£250 excess)</th><th>What's covered</th></tr>
-{rows}{addons}</table><p class="muted">A £100 excess adds £3.00 a month; a £500 excess saves £2.50 a month.</p>"""
+        body = f"""<h1>Compare plans</h1>{table(["Plan", "Monthly price (£250 excess)", "What's covered"], rows + addons)}
+<p class="muted">A £100 excess adds £3.00 a month; a £500 excess saves £2.50 a month.</p>"""
         return page(self, "Compare plans", body, _nav())
 
     async def help(self, request: web.Request, ep) -> web.Response:
@@ -242,8 +237,8 @@ Monday to Friday, 9am–5pm.</p><a class="button" id="advisor" href="/wizard/adv
     async def advisor(self, request: web.Request, ep, message: list[str] | None = None, ok: bool = False) -> web.Response:
         body = f"""<h1>Request a callback</h1>{_banner(message or [], "ok" if ok else "error")}
 <form class="card narrow" method="post" action="/wizard/advisor">
-<label for="cb-name">Your name</label><input type="text" id="cb-name" name="name" autocomplete="off">
-<label for="cb-phone">Phone number</label><input type="text" id="cb-phone" name="phone" autocomplete="off">
+{text_input("cb-name", "Your name", name="name", attrs=NO_AUTOCOMPLETE)}
+{text_input("cb-phone", "Phone number", name="phone", attrs=NO_AUTOCOMPLETE)}
 <p class="muted">An advisor will call you within two working days. Callbacks do not start an application.</p>
 <button class="primary" id="cb-submit">Request callback</button></form>"""
         return page(self, "Request a callback", body, _nav())
@@ -276,8 +271,7 @@ Monday to Friday, 9am–5pm.</p><a class="button" id="advisor" href="/wizard/adv
 
     def _input(self, key: str, label: str, value: str, hint: str = "", placeholder: str = "") -> str:
         hint_html = f'<div class="hint">{esc(hint)}</div>' if hint else ""
-        return (f'<div><label for="{key}">{esc(label)}</label><input type="text" id="{key}" name="{key}" '
-                f'value="{esc(value)}" placeholder="{esc(placeholder)}" autocomplete="off">{hint_html}</div>')
+        return f'<div>{text_input(key, label, value, placeholder=placeholder, attrs=NO_AUTOCOMPLETE)}{hint_html}</div>'
 
     def _step_body(self, ep, step: int, errors: list[str]) -> str:
         cur = self._current(ep)
@@ -298,19 +292,17 @@ Monday to Friday, 9am–5pm.</p><a class="button" id="advisor" href="/wizard/adv
             next_label = "Next: Cover options"
         elif step == 3:
             plans = "".join(
-                f'<label class="choice" for="plan-{k}"><input type="radio" id="plan-{k}" name="plan" value="{k}"'
-                f'{" checked" if cur["plan"] == k else ""}><span><b>{esc(label)}</b> £{cost:.2f}/month<br>'
-                f'<span class="muted">{esc(blurb)}</span></span></label>'
+                option("radio", f"plan-{k}", "plan", f'<span><b>{esc(label)}</b> £{cost:.2f}/month<br>'
+                       f'<span class="muted">{esc(blurb)}</span></span>', value=k, checked=cur["plan"] == k,
+                       cls="choice", sep="")
                 for k, (label, cost, blurb) in PLANS.items()
             )
             excesses = "".join(
-                f'<label class="opt" for="excess-{k}"><input type="radio" id="excess-{k}" name="excess" value="{k}"'
-                f'{" checked" if cur["excess"] == k else ""}> £{k}</label>'
-                for k in EXCESSES
+                option("radio", f"excess-{k}", "excess", f"£{k}", value=k, checked=cur["excess"] == k) for k in EXCESSES
             )
             addons = "".join(
-                f'<label class="opt" for="addon-{k}"><input type="checkbox" id="addon-{k}" name="addon-{k}" value="yes"'
-                f'{" checked" if k in cur["addons"] else ""}> {esc(label)} (+£{cost:.2f})</label>'
+                option("checkbox", f"addon-{k}", f"addon-{k}", f"{esc(label)} (+£{cost:.2f})", value="yes",
+                       checked=k in cur["addons"])
                 for k, (label, cost) in ADDONS.items()
             )
             inner = (f'<div class="fieldset-label">Plan</div><div class="choices">{plans}</div>'
@@ -334,8 +326,8 @@ Monday to Friday, 9am–5pm.</p><a class="button" id="advisor" href="/wizard/adv
 <table><tr><td>Plan</td><td>{esc(plan)}</td></tr><tr><td>Excess</td><td>{esc(excess)}</td></tr>
 <tr><td>Add-ons</td><td>{esc(addons)}</td></tr><tr><td>Starts</td><td>{esc(cur["start"])}</td></tr>
 <tr><td>Monthly premium</td><td class="price" id="premium">{money(premium(cur))}</td></tr></table></div></div>
-<label class="opt confirm" for="confirm"><input type="checkbox" id="confirm" name="confirm" value="yes">
-I confirm the details above are correct and I accept the policy terms.</label>"""
+{option("checkbox", "confirm", "confirm", "I confirm the details above are correct and I accept the policy terms.",
+        value="yes", cls="opt confirm")}"""
             next_label = "Submit application"
         return f"""<h1>Apply for home insurance{resumed}</h1>{self._stepper(step)}{_banner(errors)}
 <form class="card wizard-form" method="post" action="/wizard/apply/{step}">
@@ -409,7 +401,7 @@ I confirm the details above are correct and I accept the policy terms.</label>""
         if app is None or app["status"] == "Draft":
             return page(self, "Not found", '<h1>Application not found</h1>', _nav())
         body = f"""<h1>Application submitted</h1>{self._stepper(5)}
-<div class="card hero"><div class="banner ok" id="ok">Thank you, {esc(app["name"])}. We have received your application.</div>
+<div class="card hero">{banner(f"Thank you, {app['name']}. We have received your application.", "ok")}
 <p>Your reference number is <b id="reference">{esc(app["ref"])}</b>. Keep it for your records.</p>
 <p>Quoted monthly premium: <span class="price">{money(premium(app))}</span>. We will email {esc(app["email"])} within
 two working days.</p>
@@ -424,25 +416,22 @@ two working days.</p>
         groups = {"": None, "drafts": {"Draft"}, "open": {"Submitted"}, "decided": {"Approved", "Declined", "Withdrawn"}}
         wanted = groups.get(tab)
         saved = field(request.query, "saved")
-        banner = _banner([f"Saved as draft {saved}. You can continue it at any time."], "ok") if saved else ""
-        tabs = "".join(
-            f'<a id="tab-{key or "all"}" class="{"active" if key == tab else ""}" '
-            f'href="/wizard/applications{"?status=" + key if key else ""}">{label}</a>'
-            for key, label in (("", "All"), ("drafts", "Drafts"), ("open", "Under review"), ("decided", "Decided"))
-        )
+        notice = banner(f"Saved as draft {saved}. You can continue it at any time." if saved else "", "ok")
+        tabs = links([(key or "all", label, f'/wizard/applications{"?status=" + key if key else ""}') for key, label in (
+            ("", "All"), ("drafts", "Drafts"), ("open", "Under review"), ("decided", "Decided"))], tab or "all", "tab-")
         apps = sorted(ep.world["apps"].values(), key=lambda a: (a["updated"], a["ref"]), reverse=True)
         rows = "".join(
             f'<tr><td><a id="app-{esc(a["ref"])}" href="/wizard/application/{esc(a["ref"])}">{esc(a["ref"])}</a></td>'
             f'<td>{esc(a["name"])}</td><td>{esc(PLANS[a["plan"]][0] if a["plan"] in PLANS else "Not chosen")}</td>'
-            f'<td>{_status(a["status"])}</td><td>{esc(a["updated"])}</td><td>'
+            f'<td>{pill(a["status"])}</td><td>{esc(a["updated"])}</td><td>'
             + (f'<a class="button small" id="resume-{esc(a["ref"])}" href="/wizard/application/{esc(a["ref"])}/resume">Continue</a>'
                if a["status"] == "Draft" else
                f'<a class="button small" href="/wizard/application/{esc(a["ref"])}">View</a>')
             + "</td></tr>"
             for a in apps if wanted is None or a["status"] in wanted
         ) or '<tr><td colspan="6" class="muted">No applications here.</td></tr>'
-        body = f"""<h1>My applications</h1>{banner}<div class="tabs">{tabs}</div>
-<table><tr><th>Reference</th><th>Applicant</th><th>Plan</th><th>Status</th><th>Last updated</th><th></th></tr>{rows}</table>
+        body = f"""<h1>My applications</h1>{notice}<div class="tabs">{tabs}</div>
+{table(["Reference", "Applicant", "Plan", "Status", "Last updated", ""], rows)}
 <p class="muted">Decisions are usually made within two working days of submission.</p>"""
         return page(self, "My applications", body, _nav(), "applications")
 
@@ -467,7 +456,7 @@ two working days.</p>
                 "Approved": "Your policy documents have been emailed to you.",
                 "Submitted": "Under review: we will email you within two working days.",
                 "Draft": f"Saved at step {a['step']} of 4.", "Withdrawn": "You withdrew this application."}[a["status"]]
-        body = f"""<h1>Application {ref} {_status(a["status"])}</h1>
+        body = f"""<h1>Application {ref} {pill(a["status"])}</h1>
 <div class="row"><div class="card grow"><h3>Applicant</h3><table>
 <tr><td>Name</td><td>{esc(a["name"])}</td></tr><tr><td>Date of birth</td><td>{esc(a["dob"] or "—")}</td></tr>
 <tr><td>Email</td><td>{esc(a["email"])}</td></tr>
@@ -502,7 +491,7 @@ two working days.</p>
             return redirect("/wizard/applications")
         ref = esc(a["ref"])
         reasons = "".join(
-            f'<label class="opt" for="reason-{k}"><input type="radio" id="reason-{k}" name="reason" value="{k}"> {label}</label>'
+            option("radio", f"reason-{k}", "reason", label, value=k)
             for k, label in (("price", "I found a cheaper quote"), ("moved", "I am moving home"), ("other", "Another reason"))
         )
         body = f"""<h1>Withdraw application {ref}?</h1><form class="card narrow" method="post" action="/wizard/application/{ref}/withdraw">
