@@ -13,7 +13,8 @@ import re
 
 from asyncwebrl.v1 import env_pb2
 
-SOLVABLE = ("miniwob/click-test", "miniwob/click-button", "miniwob/enter-text", "miniwob/login-user")
+SOLVABLE = ("miniwob/click-test", "miniwob/click-button", "miniwob/click-button-sequence",
+            "miniwob/click-collapsible", "miniwob/enter-text", "miniwob/enter-password", "miniwob/login-user")
 
 
 @dataclasses.dataclass
@@ -57,8 +58,16 @@ def plan(task: str, observation: env_pb2.Observation, width: int, height: int) -
         return [click(_find(els, id="subbtn"))]
     if task == "miniwob/click-button":
         return [click(_find(els, tag="button", text=words[0]))]
+    if task == "miniwob/click-button-sequence":
+        return [click(_find(els, id="subbtn")), click(_find(els, id="subbtn2"))]
+    if task == "miniwob/click-collapsible":
+        # Submit moves once the section opens; the oracle replans from each page, so step 2 finds it there.
+        return [click(_find(els, tag="h3")), click(_find(els, id="subbtn"))]
     if task == "miniwob/enter-text":
         return [type_into(_find(els, tag="input"), words[0]), click(_find(els, id="subbtn"))]
+    if task == "miniwob/enter-password":
+        return [type_into(_find(els, id="password"), words[0]), type_into(_find(els, id="verify"), words[0]),
+                click(_find(els, id="subbtn"))]
     if task == "miniwob/login-user":
         user, password = words[:2]
         return [
@@ -70,15 +79,19 @@ def plan(task: str, observation: env_pb2.Observation, width: int, height: int) -
 
 
 def run_episode(stub, task: str, seed: int, timeout: float = 30.0) -> Episode:
-    """Allocate, follow the plan, release; the reward is what the page said."""
+    """Allocate, follow the plan, release; the reward is what the page said. The plan is made
+    again from every page (as the oracle does), so a target that moved is found where it is now."""
     episode = Episode(task, seed)
     allocated = stub.Allocate(env_pb2.AllocateRequest(task=task, seed=seed, include_elements=True), timeout=timeout)
     try:
         episode.instruction = allocated.observation.instruction
         episode.screenshots.append(allocated.observation.screenshot.sha256)
         vp = allocated.viewport
-        for action in plan(task, allocated.observation, vp.width, vp.height):
-            result = stub.Step(env_pb2.StepRequest(session_id=allocated.session_id, action=action), timeout=timeout)
+        observation = allocated.observation
+        while episode.steps < len(actions := plan(task, observation, vp.width, vp.height)):
+            result = stub.Step(env_pb2.StepRequest(session_id=allocated.session_id, action=actions[episode.steps]),
+                               timeout=timeout)
+            observation = result.observation
             episode.steps += 1
             episode.screenshots.append(result.observation.screenshot.sha256)
             episode.reward, episode.done = result.reward, result.done
