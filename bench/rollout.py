@@ -42,7 +42,7 @@ from asyncwebrl.common.redisclient import make_redis  # noqa: E402
 from asyncwebrl.common.registry import Registry  # noqa: E402
 from asyncwebrl.rollout.__main__ import load_policy_io  # noqa: E402
 from asyncwebrl.rollout.config import RolloutConfig  # noqa: E402
-from asyncwebrl.rollout.pool import Gateway  # noqa: E402
+from asyncwebrl.rollout.service import Gateway  # noqa: E402
 from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc, env_pb2, env_pb2_grpc  # noqa: E402
 
 RESULTS = pathlib.Path(os.environ.get("ASYNCWEBRL_BENCH_RESULTS", ROOT / "bench" / "results"))

@@ -44,7 +44,7 @@ def worker(args) -> None:
     from asyncwebrl.trainer.config import TrainerConfig
     from asyncwebrl.trainer.dist import init_from_env
     from asyncwebrl.trainer.learner import Learner
-    from asyncwebrl.trainer.service import Images
+    from asyncwebrl.trainer.batching import Images
     from asyncwebrl.v1 import env_pb2
 
     d = init_from_env("cpu")

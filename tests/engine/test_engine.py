@@ -14,7 +14,7 @@ from asyncwebrl.common.agent.prompt import collapse_image_tokens, prompt_ids
 from asyncwebrl.common.agent.vision import decode_image, process_images
 from asyncwebrl.common.models.loading import load_policy
 from asyncwebrl.common.models.logprobs import Sample, output_logprobs
-from asyncwebrl.engine.server import EXPANDED_RUN_STATUS, version_spans
+from asyncwebrl.engine.service import EXPANDED_RUN_STATUS, version_spans
 from tests.engine.conftest import API_KEY, call, data_uri, png, prompt, start_engine, wait_running
 
 REQUESTS = [  # (prompt text, image seeds, temperature)

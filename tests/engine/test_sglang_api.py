@@ -21,7 +21,7 @@ import pytest
 from asyncwebrl.common.agent.prompt import collapse_image_tokens, prompt_ids
 from asyncwebrl.common.agent.vision import image_tokens, load_processors
 from asyncwebrl.common.models.tiny import SHIPPED
-from asyncwebrl.engine.server import GENERATE_FIELDS, NEUTRAL_SAMPLING, SAMPLING_FIELDS, UPDATE_FIELDS
+from asyncwebrl.engine.service import GENERATE_FIELDS, NEUTRAL_SAMPLING, SAMPLING_FIELDS, UPDATE_FIELDS
 from tests.engine import sglang_side
 from tests.engine.conftest import call, data_uri, png, prompt
 

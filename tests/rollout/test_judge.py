@@ -7,7 +7,8 @@ import json
 import pytest
 from aiohttp import web
 
-from asyncwebrl.rollout.judge import Judge, JudgeError, Rubric, judge_prompt, load_rubrics, parse_verdict
+from asyncwebrl.rollout.errors import JudgeError
+from asyncwebrl.rollout.judge import Judge, Rubric, judge_prompt, load_rubrics, parse_verdict
 from tests.engine.conftest import engine, models_root, png  # noqa: F401 - fixtures
 from tests.helpers import fake_http_server
 

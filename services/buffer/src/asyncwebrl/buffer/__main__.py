@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 
 from redis.exceptions import RedisError
 
@@ -15,10 +14,8 @@ from asyncwebrl.buffer.service import SERVICE, BufferServicer, add_to_server
 from asyncwebrl.buffer.store import GroupStore
 from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.common.cancel import end_if_cancelled
-from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.grpcserver import ServiceRunner, run_service
-from asyncwebrl.common.logs import setup_logging
-from asyncwebrl.common.memory import keep_large_allocations
+from asyncwebrl.common.main import service_main
 from asyncwebrl.common.redisclient import make_redis
 
 log = logging.getLogger("asyncwebrl.buffer")
@@ -91,15 +88,8 @@ async def serve(config: BufferConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(BufferConfig, argv, prog="python -m asyncwebrl.buffer")
-    setup_logging("buffer", config.log_level, config.log_format)
-    keep_large_allocations()
-    log.info("starting", extra={"config": redacted(config)})
-    try:
-        asyncio.run(serve(config))
-    except (OSError, RedisError) as exc:  # e.g. Redis unreachable, port taken
-        log.error("cannot start: %s", exc)
-        sys.exit(1)
+    # e.g. Redis unreachable, port taken
+    service_main("buffer", BufferConfig, serve, argv, errors=(OSError, RedisError), large_allocations=True)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,17 @@ import asyncio
 import logging
 import signal
 import socket
-import sys
 
 from aiohttp import web
 
-from asyncwebrl.common.config import parse_config, redacted
-from asyncwebrl.common.logs import setup_logging
+from asyncwebrl.common.main import service_main
 from asyncwebrl.common.models.loading import load_policy, set_torch_threads
 from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.common.registry import Heartbeat, Registry
 from asyncwebrl.engine import metrics
 from asyncwebrl.engine.config import EngineConfig
 from asyncwebrl.engine.core import Engine
-from asyncwebrl.engine.server import Server
+from asyncwebrl.engine.service import Server
 
 log = logging.getLogger("asyncwebrl.engine")
 
@@ -73,16 +71,14 @@ async def _register(config: EngineConfig, port: int, server: Server, engine: Eng
     return heartbeat
 
 
-def main(argv: list[str] | None = None) -> None:
-    config = parse_config(EngineConfig, argv, prog="python -m asyncwebrl.engine")
-    setup_logging("engine", config.log_level, config.log_format)
+def _setup(config: EngineConfig) -> dict:
     set_torch_threads(config.torch_threads)
-    log.info("starting", extra={"config": redacted(config)})
-    try:
-        asyncio.run(serve(config))
-    except (OSError, ValueError) as exc:  # a bad model path, a port taken
-        log.error("cannot start: %s", exc)
-        sys.exit(1)
+    return {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    # ValueError: a bad model path; OSError: a port taken
+    service_main("engine", EngineConfig, serve, argv, errors=(OSError, ValueError), setup=_setup)
 
 
 if __name__ == "__main__":

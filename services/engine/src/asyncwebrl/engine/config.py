@@ -6,11 +6,11 @@ import dataclasses
 
 from asyncwebrl.common.config import option, require
 from asyncwebrl.common.models.tiny import SHIPPED
-from asyncwebrl.common.service_config import LOG_LEVELS
+from asyncwebrl.common.service_config import ProcessConfig
 
 
 @dataclasses.dataclass(kw_only=True)
-class EngineConfig:
+class EngineConfig(ProcessConfig):
     """Embedded inference engine (SGLang's native HTTP API)."""
 
     host: str = option("127.0.0.1", "Address the HTTP server binds to (0.0.0.0 in a pod).")
@@ -42,22 +42,19 @@ class EngineConfig:
     allow_image_urls: bool = option(False, "Fetch http(s) image_data URLs (off: a pod should not fetch for callers).")
     url_timeout_s: float = option(10.0, "Timeout of one image URL fetch.")
     image_cache_mb: int = option(512, "Memory for processed images kept by content hash (0 = no cache).")
-    log_level: str = option("INFO", "Log level: DEBUG, INFO, WARNING or ERROR.")
-    log_format: str = option("json", "Log format: json (one object per line) or text.")
     shutdown_grace_s: float = option(10.0, "Seconds in-flight requests get to finish after SIGTERM.")
     seed: int = option(0, "Seed of the sampler (requests may give their own sampling_seed).")
     registry_redis_url: str = option("", "Redis of the endpoint registry; empty: do not register.")
     registry_redis_password: str = dataclasses.field(
         default="", metadata={"help": "Password of the registry's Redis.", "secret": True}
     )
-    key_prefix: str = option("asyncwebrl:", "Prefix of every Redis key this deployment writes.")
     job_id: str = option("default", "Job whose rollout gateways this engine serves.")
     endpoint_id: str = option("", "Name in the registry (default: <hostname>-<port>).")
     advertise_url: str = option("", "URL gateways reach this engine at (default: http://<host or hostname>:<port>).")
     heartbeat_s: float = option(2.0, "Seconds between registry heartbeats.")
 
     def __post_init__(self) -> None:
-        require(0 <= self.http_port <= 65535, "http_port", "must be in [0, 65535]")
+        super().__post_init__()
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
                 "must be auto, cpu or cuda[:N]")
         require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype",
@@ -76,7 +73,3 @@ class EngineConfig:
         require(0.1 <= self.heartbeat_s <= 60, "heartbeat_s", "must be in [0.1, 60]")
         require(not self.registry_redis_url or self.registry_redis_url.startswith(("redis://", "rediss://", "unix://")),
                 "registry_redis_url", "must start with redis://, rediss:// or unix://")
-        require(self.log_level.upper() in LOG_LEVELS, "log_level", f"must be one of {LOG_LEVELS}")
-        self.log_level = self.log_level.upper()
-        require(self.log_format in ("json", "text"), "log_format", "must be json or text")
-        require(0 <= self.shutdown_grace_s <= 600, "shutdown_grace_s", "must be in [0, 600]")

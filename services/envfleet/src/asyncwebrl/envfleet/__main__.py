@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import sys
-
 from asyncwebrl.common.blobstore import BlobStore
-from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.grpcserver import ServiceRunner, run_service
-from asyncwebrl.common.logs import setup_logging
+from asyncwebrl.common.main import service_main
 from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.envfleet.config import EnvfleetConfig
 from asyncwebrl.envfleet.fleet import Fleet
 from asyncwebrl.envfleet.service import EnvServicer
 from asyncwebrl.envfleet.sources import build_sources
 from asyncwebrl.v1 import env_pb2, env_pb2_grpc
-
-log = logging.getLogger("asyncwebrl.envfleet")
 
 
 async def serve(config: EnvfleetConfig) -> None:
@@ -38,14 +31,7 @@ async def serve(config: EnvfleetConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(EnvfleetConfig, argv, prog="python -m asyncwebrl.envfleet")
-    setup_logging("envfleet", config.log_level, config.log_format)
-    log.info("starting", extra={"config": redacted(config)})
-    try:
-        asyncio.run(serve(config))
-    except OSError as exc:  # e.g. Redis unreachable, port taken
-        log.error("cannot start: %s", exc)
-        sys.exit(1)
+    service_main("envfleet", EnvfleetConfig, serve, argv, errors=(OSError,))  # e.g. Redis unreachable, port taken
 
 
 if __name__ == "__main__":

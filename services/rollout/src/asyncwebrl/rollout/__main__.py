@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 from asyncwebrl.common.agent.vision import load_processors
 from asyncwebrl.common.blobstore import BlobStore
-from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.grpcclient import aio_channel
 from asyncwebrl.common.grpcserver import ServiceRunner
 from asyncwebrl.common.inference import InferenceClient
-from asyncwebrl.common.logs import setup_logging
+from asyncwebrl.common.main import service_main
 from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.common.registry import Registry
 from asyncwebrl.rollout.config import RolloutConfig
 from asyncwebrl.rollout.episode import Policy
 from asyncwebrl.rollout.judge import Judge, load_rubrics
-from asyncwebrl.rollout.pool import Gateway
+from asyncwebrl.rollout.service import Gateway
 from asyncwebrl.v1 import buffer_pb2_grpc, env_pb2_grpc
 
 log = logging.getLogger("asyncwebrl.rollout")
@@ -71,14 +69,7 @@ async def serve(config: RolloutConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(RolloutConfig, argv, prog="python -m asyncwebrl.rollout")
-    setup_logging("rollout", config.log_level, config.log_format)
-    log.info("starting", extra={"config": redacted(config)})
-    try:
-        asyncio.run(serve(config))
-    except (OSError, ValueError) as exc:
-        log.error("cannot start: %s", exc)
-        sys.exit(1)
+    service_main("rollout", RolloutConfig, serve, argv, errors=(OSError, ValueError))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.common.inference import InferenceClient
 from asyncwebrl.common.rewards import succeeded, trained_reward
 from asyncwebrl.rollout import metrics
+from asyncwebrl.rollout.errors import EnvFault, NoDemonstration
 from asyncwebrl.rollout.judge import Judge, Rubric
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
@@ -28,14 +29,6 @@ ENV_FAULT_CODES = (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE, grpc.St
 
 
 END_MARKERS = ("<|im_end|>", "<|endoftext|>")
-
-
-class EnvFault(Exception):
-    """The episode is void: a browser crashed or envfleet was unreachable."""
-
-
-class NoDemonstration(Exception):
-    """Demonstration mode: the reference agent has no action for this task or page."""
 
 
 @dataclasses.dataclass

@@ -25,16 +25,11 @@ import re
 
 import aiohttp
 
+from asyncwebrl.rollout.errors import MAX_JUDGE_TEXT, JudgeError
+
 MAX_FACTS = 32
-MAX_JUDGE_TEXT = 8192
 _FACT = re.compile(r"^FACT\s+(\d+)\s*:\s*(PASS|FAIL)$")
 _VERDICT = re.compile(r"^VERDICT\s*:\s*(PASS|FAIL)$")
-
-
-class JudgeError(Exception):
-    def __init__(self, message: str, text: str = "") -> None:
-        super().__init__(message)
-        self.text = text[:MAX_JUDGE_TEXT]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 
 from redis.exceptions import RedisError
 
 from asyncwebrl.common.cancel import end_if_cancelled
-from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.grpcserver import ServiceRunner, run_service
-from asyncwebrl.common.logs import setup_logging
+from asyncwebrl.common.main import service_main
 from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.weightsync.config import WeightSyncConfig
 from asyncwebrl.weightsync.discovery import kubernetes_endpoints, probe
@@ -70,14 +68,7 @@ async def serve(config: WeightSyncConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(WeightSyncConfig, argv, prog="python -m asyncwebrl.weightsync")
-    setup_logging("weightsync", config.log_level, config.log_format)
-    log.info("starting", extra={"config": redacted(config)})
-    try:
-        asyncio.run(serve(config))
-    except (OSError, RedisError) as exc:
-        log.error("cannot start: %s", exc)
-        sys.exit(1)
+    service_main("weightsync", WeightSyncConfig, serve, argv, errors=(OSError, RedisError))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from redis.exceptions import RedisError
 from asyncwebrl.common.keys import is_job_id
 from asyncwebrl.v1 import weightsync_pb2, weightsync_pb2_grpc
 from asyncwebrl.weightsync import metrics
-from asyncwebrl.weightsync.sync import Refused, WeightSync
+from asyncwebrl.weightsync.errors import Refused
+from asyncwebrl.weightsync.sync import WeightSync
 
 log = logging.getLogger("asyncwebrl.weightsync")
 SERVICE = weightsync_pb2.DESCRIPTOR.services_by_name["WeightSyncService"]

@@ -38,18 +38,10 @@ from asyncwebrl.common.registry import Endpoint, Published, Registry, version_nu
 from asyncwebrl.common.weights import CheckpointError, Manifest, read_manifest
 from asyncwebrl.weightsync import metrics
 from asyncwebrl.weightsync.config import WeightSyncConfig
+from asyncwebrl.weightsync.errors import Refused
 
 log = logging.getLogger("asyncwebrl.weightsync")
 LOCK_TTL_S = 30.0
-
-
-class Refused(Exception):
-    """A request that must not be applied: (kind, field, message)."""
-
-    def __init__(self, kind: str, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.kind = kind  # invalid | old | busy
-        self.field = field
 
 
 @dataclasses.dataclass

@@ -28,8 +28,9 @@ from asyncwebrl.common.inference import BadGeneration
 from asyncwebrl.common.tasks import split_seed
 from asyncwebrl.rollout import metrics
 from asyncwebrl.rollout.config import RolloutConfig
-from asyncwebrl.rollout.episode import EnvFault, NoDemonstration, Policy, run_episode
-from asyncwebrl.rollout.judge import Judge, JudgeError, Rubric
+from asyncwebrl.rollout.episode import Policy, run_episode
+from asyncwebrl.rollout.errors import EnvFault, JudgeError, NoDemonstration
+from asyncwebrl.rollout.judge import Judge, Rubric
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
 

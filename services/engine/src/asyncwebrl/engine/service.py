@@ -29,6 +29,7 @@ from asyncwebrl.common.agent.vision import BadImage, ImageBatch, decode_image, p
 from asyncwebrl.engine import metrics
 from asyncwebrl.engine.config import EngineConfig
 from asyncwebrl.engine.core import Engine, GenRequest, SamplingParams
+from asyncwebrl.engine.errors import BadRequest
 
 log = logging.getLogger("asyncwebrl.engine")
 
@@ -51,13 +52,6 @@ UPDATE_FIELDS = {
 }
 MAX_RID = 128
 MAX_STOP = 16
-
-
-class BadRequest(Exception):
-    def __init__(self, field: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.status = status
 
 
 # How SGLang answers a run of image pads (a prompt expanded by the caller) per model
