@@ -34,8 +34,10 @@ import urllib.request
 import pytest
 import yaml
 
+from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.common.localstack import EngineProcess, ServiceProcess, free_port
 from asyncwebrl.common.models.tiny import SHIPPED
+from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
 from tests.engine.sglang_side import packages as sglang_packages
 from tests.helpers import start_envfleet_and_buffer, wait_until
 
@@ -402,17 +404,25 @@ def scrapes(redis_server, chromium_path, tmp_path_factory) -> dict[str, str]:
     envfleet = buffer = None
     try:
         envfleet, buffer, env, common = start_envfleet_and_buffer(redis_server, PREFIX, TOKEN, logs, chromium_path)
+        # The one publisher, ready before the trainer that publishes through it.
+        procs["weightsync"] = ServiceProcess("weightsync", [*common, "--checkpoint-roots", str(ckpt)], env,
+                                             logs / "weightsync.log")
+        procs["weightsync"].wait_ready(120)
+        # The job's settings, as the api sends them before it starts a trainer.
+        ch = channel(buffer.target, TOKEN)
+        buffer_pb2_grpc.BufferServiceStub(ch).ConfigureJob(buffer_pb2.ConfigureJobRequest(
+            job_id=JOB, batch_groups=1, max_staleness=1, keep_zero_variance=True))
+        ch.close()
         procs["trainer"] = ServiceProcess("trainer", [
             *common, "--job-id", JOB, "--buffer-target", buffer.target, "--model-path", str(model),
             "--checkpoint-dir", str(ckpt), "--device", "cpu", "--batch-groups", "1", "--max-staleness", "1",
-            "--keep-zero-variance", "--publish", "endpoints"], env, logs / "trainer.log")
+            "--keep-zero-variance", "--publish", "weightsync", "--weightsync-target", procs["weightsync"].target],
+            env, logs / "trainer.log")
         procs["rollout"] = ServiceProcess("rollout", [
             *common, "--job-id", JOB, "--envfleet-target", envfleet.target, "--buffer-target", buffer.target,
             "--model-path", str(model), "--tasks", "miniwob/click-test", "--difficulties", "easy",
             "--group-size", "2", "--max-concurrent-episodes", "2", "--max-new-tokens", "16", "--steps-easy", "2"],
             env, logs / "rollout.log")
-        procs["weightsync"] = ServiceProcess("weightsync", [*common, "--checkpoint-roots", str(ckpt)], env,
-                                             logs / "weightsync.log")
         procs["api"] = ServiceProcess("api", [*common, "--api-port", str(free_port())],
                                       {**env, "ASYNCWEBRL_API_TOKEN": TOKEN}, logs / "api.log")
         for p in procs.values():

@@ -1,4 +1,7 @@
-"""A buffer and an engine registered for the job, and groups made from the engine's real outputs."""
+"""A buffer, weightsync and an engine registered for the job, and groups made from the engine's real outputs.
+
+The trainer does not configure its job in the buffer (the api does): ``trainer_for`` sends ``ConfigureJob``
+as the api would, and a trainer that must reach its engine publishes through weightsync (``publishing``)."""
 
 from __future__ import annotations
 
@@ -40,11 +43,16 @@ def stack(redis_server, tmp_path_factory):
     common = ["--redis-url", redis_server.url, "--key-prefix", PREFIX, "--log-format", "text"]
     # The buffer's default --claim-idle-s (600 s): a restarted trainer must not depend on it.
     buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0"], env, logs / "buffer.log")
+    # The one publisher: it loads each version into the job's registered engines and catches up restarted ones.
+    sync = ServiceProcess("weightsync", [*common, "--registry-ttl-s", "5", "--reconcile-interval-s", "0.5",
+                                         "--checkpoint-roots", str(models)], env, logs / "weightsync.log")
     buffer.wait_ready()
+    sync.wait_ready()
     ch = channel(buffer.target, TOKEN)
     yield {"buffer": buffer, "stub": buffer_pb2_grpc.BufferServiceStub(ch), "logs": logs, "env": env,
-           "common": common, "models": models, "redis": redis_server}
+           "common": common, "models": models, "redis": redis_server, "weightsync": sync}
     ch.close()
+    assert sync.stop() == 0
     buffer.stop()
 
 
@@ -60,7 +68,20 @@ def engine_for(stack, job: str) -> EngineProcess:
     return engine
 
 
+def configure(stack, job: str, batch_groups: int = 2, max_staleness: int = 2, keep_zero_variance: bool = False) -> None:
+    """The job's settings in the buffer, as the api sends them before it starts a trainer."""
+    stack["stub"].ConfigureJob(buffer_pb2.ConfigureJobRequest(
+        job_id=job, batch_groups=batch_groups, max_staleness=max_staleness, keep_zero_variance=keep_zero_variance))
+
+
+def publishing(stack) -> list[str]:
+    """Trainer flags that publish each version through the stack's weightsync."""
+    return ["--publish", "weightsync", "--weightsync-target", stack["weightsync"].target]
+
+
 def trainer_for(stack, job: str, checkpoints: pathlib.Path, *extra: str) -> ServiceProcess:
+    """A trainer of ``job`` (two groups a batch, the default staleness bound), its job configured first."""
+    configure(stack, job)
     svc = ServiceProcess(
         "trainer",
         [*stack["common"], "--job-id", job, "--buffer-target", stack["buffer"].target,

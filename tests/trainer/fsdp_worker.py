@@ -11,11 +11,10 @@ import numpy as np
 from PIL import Image
 
 from asyncwebrl.common.models.tiny import SHIPPED
-from asyncwebrl.trainer.batching import Row
+from asyncwebrl.trainer.batching import Images, Row
 from asyncwebrl.trainer.config import TrainerConfig
 from asyncwebrl.trainer.dist import init_from_env
 from asyncwebrl.trainer.learner import Learner
-from asyncwebrl.trainer.service import Images
 from asyncwebrl.v1 import env_pb2
 
 

@@ -8,7 +8,7 @@ engine, buffer and trainer, all real processes on the CPU.
 2. Success of that policy is measured on held-out seeds (its own gateway
    seeds, sampled at temperature 1 as in training).
 3. GRPO with 1/k: gateway, engine and trainer run asynchronously for a fixed
-   number of training steps, the trainer pushing every version into the engine.
+   number of training steps, every version published into the engine through weightsync.
 4. The final version is measured on the same held-out seeds.
 
 Measured (128 held-out episodes each; seed = ASYNCWEBRL_LEARNING_SEED):
@@ -82,15 +82,21 @@ def world(redis_server, tmp_path_factory, chromium_path):
                                            "--task-sources", "miniwob", "--chromium-path", chromium_path,
                                            "--warm-reset"], env, logs / "envfleet.log")
     buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0"], env, logs / "buffer.log")
+    # The one publisher: the trainer's versions reach the job's engine through it.
+    weightsync = ServiceProcess("weightsync", [*common, "--reconcile-interval-s", "0.5",
+                                               "--checkpoint-roots", str(models)], env, logs / "weightsync.log")
     envfleet.wait_ready()
     buffer.wait_ready()
+    weightsync.wait_ready()
     ch = channel(buffer.target, TOKEN)
     w = {"envfleet": envfleet, "buffer": buffer, "logs": logs, "env": env, "common": common, "models": models,
-         "redis": redis_server, "stub": buffer_pb2_grpc.BufferServiceStub(ch), "procs": []}
+         "redis": redis_server, "stub": buffer_pb2_grpc.BufferServiceStub(ch), "procs": [],
+         "weightsync": weightsync}
     yield w
     for p in w["procs"]:
         p.stop()
     ch.close()
+    weightsync.stop()
     buffer.stop()
     envfleet.stop()
 
@@ -164,7 +170,7 @@ def _wait_for_training(w, job: str, trainer, root, stall_s: float = 120.0) -> No
 
 
 def grpo(w, job: str, warm, seed: int):
-    """GRPO with 1/k, asynchronous (eta 2), the trainer updating the engine every version;
+    """GRPO with 1/k, asynchronous (eta 2), every version published to the engine through weightsync;
     the final checkpoint."""
     models = w["models"]
     _configure(w, job, 4, 2, False)
@@ -173,6 +179,7 @@ def grpo(w, job: str, warm, seed: int):
                        "--device", "cpu", "--batch-groups", "4", "--max-staleness", "2", "--max-steps",
                        str(RL_STEPS), "--lr", RL_LR, "--minibatches", RL_MINIBATCHES, "--step-norm", "constant",
                        "--kl-coef", RL_KL, "--warmup-steps", RL_WARMUP,
+                       "--publish", "weightsync", "--weightsync-target", w["weightsync"].target,
                        "--full-every", "1000", "--seed", str(seed))
     gateway = _service(w, "rollout", job, *ROLLOUT, "--group-size", "8", "--max-concurrent-episodes", "16",
                        "--seed", str(1000 + seed))

@@ -1,5 +1,5 @@
-"""The trainer as a process against a real buffer (Redis) and a real engine: batches in,
-versions out, engines updated, batches acked; killed and restarted, it resumes."""
+"""The trainer as a process against a real buffer (Redis), weightsync and a real engine: batches in,
+versions out, engines updated (through weightsync), batches acked; killed and restarted, it resumes."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from asyncwebrl.common.archive import EpisodeArchive
 from asyncwebrl.common.models.loading import load_policy
 from asyncwebrl.common.models.logprobs import Sample, output_logprobs
 from asyncwebrl.common.grpcclient import channel
-from asyncwebrl.common.localstack import ServiceProcess
 from asyncwebrl.v1 import buffer_pb2, weightsync_pb2, weightsync_pb2_grpc
 from tests.engine.conftest import data_uri
 from tests.helpers import wait_until
-from tests.trainer.conftest import PREFIX, TOKEN, GroupMaker, engine_for, png, post, stats, trainer_for
+from tests.trainer.conftest import (PREFIX, TOKEN, GroupMaker, engine_for, png, post, publishing, stats,
+                                    trainer_for)
 
 
 def journal(path) -> list[dict]:
@@ -56,7 +56,8 @@ def test_trains_publishes_acks_and_logs(stack):
         maker = GroupMaker(stack, engine, job)
         probe = maker.step(99)
         maker.put(4)
-        trainer = trainer_for(stack, job, tmp_path, "--max-steps", "2", "--full-every", "1", "--keep-versions", "2")
+        trainer = trainer_for(stack, job, tmp_path, "--max-steps", "2", "--full-every", "1", "--keep-versions", "2",
+                              *publishing(stack))
         assert trainer.proc.wait(timeout=240) == 0, trainer.logs()[-3000:]
         s = stats(stack, job)
         assert s.trainer_version == 2 and s.groups_consumed == 4 and s.stream_length == 0
@@ -97,18 +98,13 @@ def test_trains_publishes_acks_and_logs(stack):
 def test_publishes_through_weightsync(stack):
     job = "wsync"
     checkpoints = stack["models"] / job
-    sync = ServiceProcess("weightsync", [*stack["common"], "--registry-ttl-s", "5", "--reconcile-interval-s", "0.5",
-                                         "--checkpoint-roots", str(stack["models"])], stack["env"],
-                          stack["logs"] / "weightsync.log")
     engine = engine_for(stack, job)
     try:
-        sync.wait_ready()
         GroupMaker(stack, engine, job).put(4)
-        trainer = trainer_for(stack, job, checkpoints, "--max-steps", "2", "--publish", "weightsync",
-                              "--weightsync-target", sync.target)
+        trainer = trainer_for(stack, job, checkpoints, "--max-steps", "2", *publishing(stack))
         assert trainer.proc.wait(timeout=240) == 0, trainer.logs()[-3000:]
         assert post(engine.url, "/model_info")["weight_version"] == "2"
-        ch = channel(sync.target, TOKEN)
+        ch = channel(stack["weightsync"].target, TOKEN)
         status = weightsync_pb2_grpc.WeightSyncServiceStub(ch).Status(weightsync_pb2.StatusRequest(job_id=job))
         ch.close()
         assert status.published_version == 2
@@ -117,7 +113,6 @@ def test_publishes_through_weightsync(stack):
         assert journal(checkpoints / "metrics.jsonl")[-1]["seconds"]["publish"] > 0
     finally:
         engine.stop()
-        assert sync.stop() == 0
 
 
 def test_killed_and_restarted_it_resumes_without_training_a_batch_twice(stack):
@@ -127,7 +122,7 @@ def test_killed_and_restarted_it_resumes_without_training_a_batch_twice(stack):
     log = tmp_path / "metrics.jsonl"
     try:
         maker = GroupMaker(stack, engine, job)
-        args = ("--full-every", "2", "--consumer", "t0")
+        args = ("--full-every", "2", "--consumer", "t0", *publishing(stack))
         trainer = trainer_for(stack, job, tmp_path, *args)
         trainer.wait_ready(120)
         for version in (1, 2, 3):
@@ -212,6 +207,21 @@ def test_bad_flags_name_the_field(stack, tmp_path):
     assert "step_norm" in bad.logs()
 
 
+def test_publish_endpoints_was_removed_and_none_is_the_default(capsys):
+    """weightsync is the one publisher: the trainer's own loading of engines is refused, by name."""
+    import pytest
+
+    from asyncwebrl.common.config import parse_config
+    from asyncwebrl.trainer.config import TrainerConfig
+
+    assert TrainerConfig().publish == "none"
+    with pytest.raises(SystemExit) as exc:
+        parse_config(TrainerConfig, ["--publish", "endpoints"], environ={})
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "publish: endpoints was removed" in err and "--publish weightsync" in err
+
+
 def test_help_prints_every_field():
     import dataclasses
     import subprocess
@@ -228,8 +238,7 @@ def test_help_prints_every_field():
 def test_a_group_whose_output_holds_vision_tokens_is_dropped_not_crashed_on():
     """A sampled image placeholder in the output would be taken for an image's place by the
     forward pass (the trainer crashed on one in get_rope_index): the group is dropped, counted."""
-    from asyncwebrl.trainer.batching import Row
-    from asyncwebrl.trainer.service import Images, usable_rows
+    from asyncwebrl.trainer.batching import Images, Row, usable_rows
 
     def row(group: str, output: list[int]) -> Row:
         return Row([1, 2, 3], output, [0.0] * len(output), [0] * len(output), 0.5, [], group, f"{group}-e0", False)

@@ -6,18 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 
 import grpc
 
-from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.grpcclient import aio_channel
 from asyncwebrl.common.grpcserver import ServiceRunner
-from asyncwebrl.common.logs import setup_logging
+from asyncwebrl.common.main import service_main
 from asyncwebrl.common.models.loading import set_torch_threads
-from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.trainer.config import TrainerConfig
 from asyncwebrl.trainer.dist import Dist, init_from_env
+from asyncwebrl.trainer.errors import BufferFailed
 from asyncwebrl.trainer.learner import Learner
 from asyncwebrl.trainer.service import Trainer, follow
 
@@ -30,13 +28,12 @@ async def serve(config: TrainerConfig, d: Dist) -> None:
     runner.build_server()
     runner.install_signal_handlers()
     await runner.start()
-    redis = make_redis(config.redis_url, config.redis_password) if config.publish == "endpoints" else None
     channel = aio_channel(config.buffer_target, config.auth_token, config.max_message_bytes)
     sync = aio_channel(config.weightsync_target, config.auth_token) if config.publish == "weightsync" else None
     trainer = None
     try:
         learner = await asyncio.to_thread(Learner, config, d)
-        trainer = Trainer(config, learner, channel, redis, sync)
+        trainer = Trainer(config, learner, channel, sync)
         await trainer.start()
         ready = True
         work = asyncio.create_task(trainer.run())
@@ -46,6 +43,8 @@ async def serve(config: TrainerConfig, d: Dist) -> None:
         await work  # the step in progress finishes: its version is written, published and acked
         stopped.cancel()
         log.info("stopped", extra={"version": learner.version, "step": learner.step})
+    except grpc.aio.AioRpcError as exc:
+        raise BufferFailed(config.buffer_target, exc.code().name, exc.details()) from exc
     finally:
         if trainer is not None and d.distributed:
             await asyncio.to_thread(trainer.release_followers)
@@ -53,35 +52,33 @@ async def serve(config: TrainerConfig, d: Dist) -> None:
         await channel.close()
         if sync is not None:
             await sync.close()
-        if redis is not None:
-            await redis.aclose()
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(TrainerConfig, argv, prog="python -m asyncwebrl.trainer")
-    setup_logging("trainer", config.log_level, config.log_format)
-    set_torch_threads(config.torch_threads)
-    d = init_from_env(config.device)
-    if d.main:
-        log.info("starting", extra={"config": redacted(config), "world": d.world, "device": str(d.device)})
-    try:
-        if d.main:
-            asyncio.run(serve(config, d))
-        else:
-            # Rank 0 decides when to stop and tells the others in its next broadcast.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            learner = Learner(config, d)
-            learner.restore()
-            follow(learner)
-    except grpc.aio.AioRpcError as exc:
-        log.error("cannot continue: the buffer at %s answered %s: %s", config.buffer_target, exc.code().name,
-                  exc.details())
-        sys.exit(1)
-    except (OSError, ValueError) as exc:
-        log.error("cannot continue: %s", exc)
-        sys.exit(1)
-    finally:
-        d.close()
+    dists: list[Dist] = []
+
+    def setup(config: TrainerConfig) -> dict | None:
+        set_torch_threads(config.torch_threads)
+        d = init_from_env(config.device)
+        dists.append(d)
+        return {"world": d.world, "device": str(d.device)} if d.main else None  # rank 0 speaks for all
+
+    async def run(config: TrainerConfig) -> None:
+        (d,) = dists
+        try:
+            if d.main:
+                await serve(config, d)
+            else:
+                # Rank 0 decides when to stop and tells the others in its next broadcast.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                learner = Learner(config, d)
+                learner.restore()
+                follow(learner)
+        finally:
+            d.close()
+
+    service_main("trainer", TrainerConfig, run, argv, errors=(BufferFailed, OSError, ValueError), setup=setup,
+                 failing="continue")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from asyncwebrl.common.service_config import ServiceConfig
 from asyncwebrl.trainer.algorithm import STEP_NORMS
 from asyncwebrl.trainer.step import OBJECTIVES, StepConfig
 
-PUBLISH_MODES = ("endpoints", "weightsync", "none")
+# weightsync is the one publisher; "endpoints" (the trainer loading its engines itself) was removed.
+PUBLISH_MODES = ("weightsync", "none")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -31,9 +32,12 @@ class TrainerConfig(ServiceConfig):
     dtype: str = option("float32", "Master weight dtype: float32 (recommended), bfloat16.")
     compute_dtype: str = option("auto", "FSDP2 compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16.")
     objective: str = option("grpo", "grpo, or sft: supervised warm-start on demonstration groups.")
-    batch_groups: int = option(16, "Groups per training batch (B); set on the job in the buffer at start.")
-    max_staleness: int = option(2, "Staleness bound eta in versions; set on the job in the buffer at start.")
-    keep_zero_variance: bool = option(False, "Train on groups whose rewards are all equal (no signal under GRPO).")
+    batch_groups: int = option(16, "Groups per training batch (B); the job's B in the buffer (ConfigureJob, sent "
+                                   "by the api) should match.")
+    max_staleness: int = option(2, "Staleness bound eta in versions: the job's, which the api sets in the buffer "
+                                   "(ConfigureJob) and the buffer applies; not sent by the trainer.")
+    keep_zero_variance: bool = option(False, "Train on groups whose rewards are all equal (no signal under GRPO): "
+                                             "the job's, which the api sets in the buffer; not sent by the trainer.")
     batch_wait_s: float = option(5.0, "Longest single wait for a batch; the trainer keeps asking until it has one.")
     min_batch_groups: int = option(0, "Train once at least this many groups are there (0 = a full batch).")
     step_norm: str = option("constant", "Step advantage normaliser: constant (A/k) or trajectory (A/|tau|).")
@@ -59,13 +63,11 @@ class TrainerConfig(ServiceConfig):
     full_every: int = option(10, "Full checkpoint (weights, optimizer, RNG) every N versions.")
     keep_versions: int = option(3, "Published versions kept on disk.")
     keep_full: int = option(2, "Full checkpoints kept on disk.")
-    publish: str = option("endpoints", "endpoints: load each version into the job's registered engines directly; "
-                                       "weightsync: Publish through the weight-sync service (--weightsync-target); "
-                                       "none: only write versions.")
+    publish: str = option("none", "weightsync: Publish each version through the weight-sync service "
+                                  "(--weightsync-target), which loads it into the job's engines; "
+                                  "none: only write versions.")
     weightsync_target: str = option("", "host:port of the weight-sync service (with --publish weightsync).")
-    engine_api_key: str = dataclasses.field(default="", metadata={"help": "API key of the engines.", "secret": True})
-    publish_timeout_s: float = option(600.0, "Longest wait for one engine to load a version.")
-    registry_ttl_s: float = option(10.0, "An endpoint whose heartbeat is older than this is not updated.")
+    publish_timeout_s: float = option(600.0, "Longest wait for weightsync to publish one version.")
     metrics_log: str = option("", "JSONL file of per-step metrics (default: <checkpoint_dir>/metrics.jsonl).")
     seed: int = option(0, "Seed of shuffling and of torch.")
     archive_dir: str = option("", "Where episodes are kept for the trajectory viewer (default: "
@@ -106,6 +108,8 @@ class TrainerConfig(ServiceConfig):
         require(self.max_steps >= 0, "max_steps", "must be >= 0")
         require(self.full_every >= 1 and self.keep_versions >= 1 and self.keep_full >= 1, "full_every",
                 "full_every, keep_versions and keep_full must be >= 1")
+        require(self.publish != "endpoints", "publish", "endpoints was removed: weightsync is the one publisher "
+                "(--publish weightsync --weightsync-target HOST:PORT), or none to only write versions")
         require(self.publish in PUBLISH_MODES, "publish", f"must be one of {PUBLISH_MODES}")
         require((self.publish == "weightsync") == bool(self.weightsync_target), "weightsync_target",
                 "is required with --publish weightsync, and only read then")

@@ -1,11 +1,13 @@
-"""The trainer's loop for one job.
+"""The trainer's loop for one job: its I/O (buffer, checkpoints, publishing, metrics).
 
 Rank 0 talks to the world: it gathers a batch from the buffer (complete GRPO
 groups, fresh enough for the staleness bound), fetches their screenshots, and
 broadcasts both to the other ranks. Every rank then trains on the same batch
-(its share of the rows) and takes part in gathering the weights; rank 0 writes
-version v+1, loads it into the job's inference endpoints, and acks the batch
-with the new version, which is what the buffer's staleness gate reads.
+(its share of the rows, prepared by ``batching.training_rows``) and takes part
+in gathering the weights; rank 0 writes version v+1, publishes it through
+weightsync (``--publish weightsync``; ``none`` only writes it), and acks the
+batch with the new version, which is what the buffer's staleness gate reads.
+The job's settings in the buffer (``ConfigureJob``) are the api's to send.
 
 The version directory's manifest names the batches trained into it, so a
 trainer killed between writing a version and acking its batch acks it on
@@ -21,21 +23,18 @@ import pathlib
 import time
 
 import grpc
-import numpy as np
 
-from asyncwebrl.common import fanout, weights
-from asyncwebrl.common.agent.vision import BadImage, ImageBatch, decode_image, process_images
+from asyncwebrl.common import weights
 from asyncwebrl.common.archive import EpisodeArchive
-from asyncwebrl.common.registry import Registry
 from asyncwebrl.trainer import metrics
-from asyncwebrl.trainer.batching import Row, rows_from_groups
+from asyncwebrl.trainer.batching import training_rows
 from asyncwebrl.trainer.config import TrainerConfig
+from asyncwebrl.trainer.errors import StorageMismatch
 from asyncwebrl.trainer.learner import Learner
 from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc, weightsync_pb2, weightsync_pb2_grpc
 
 log = logging.getLogger("asyncwebrl.trainer")
 BLOBS_PER_CALL = 256
-CATCH_UP_S = 5.0  # while waiting for a batch: how often to look for engines behind the current version
 
 
 @dataclasses.dataclass
@@ -50,72 +49,12 @@ class Batch:
     wait_s: float
 
 
-class Images:
-    """Screenshot refs -> (pixel_values, grid) for the model, each image processed once."""
-
-    def __init__(self, processor, blobs: dict[str, bytes]) -> None:
-        self.processor = processor
-        self.blobs = blobs
-        self.cache: dict[str, ImageBatch] = {}
-
-    def one(self, sha: str) -> ImageBatch:
-        if sha not in self.cache:
-            if sha not in self.blobs:
-                raise KeyError(sha)
-            self.cache[sha] = process_images(self.processor, [decode_image(self.blobs[sha])])
-        return self.cache[sha]
-
-    def __call__(self, refs) -> tuple[np.ndarray, np.ndarray] | None:
-        if not refs:
-            return None
-        parts = [self.one(r.sha256) for r in refs]
-        return np.concatenate([p.pixel_values for p in parts]), np.concatenate([p.grid_thw for p in parts])
-
-    def tokens(self, refs) -> int:
-        """Image placeholders the prompt must hold for these screenshots."""
-        return sum(sum(self.one(r.sha256).token_counts) for r in refs)
-
-
-def usable_rows(rows: list[Row], images: Images, image_token_id: int,
-                vision_ids: frozenset[int] = frozenset()) -> tuple[list[Row], dict[str, int]]:
-    """Drop every group with a row the model cannot take: a missing or undecodable
-    screenshot, image placeholders that do not match the images, or vision tokens
-    (``vision_ids``) in the output, which the forward pass would take for an image's place."""
-    bad: dict[str, str] = {}
-    for row in rows:
-        if row.group_id in bad:
-            continue
-        if vision_ids and not vision_ids.isdisjoint(row.output_ids):
-            bad[row.group_id] = "vision_token_output"
-            continue
-        try:
-            expected = images.tokens(row.screenshots)
-        except KeyError:
-            bad[row.group_id] = "missing_blob"
-            continue
-        except BadImage:
-            bad[row.group_id] = "bad_image"
-            continue
-        if sum(1 for t in row.prompt_ids if t == image_token_id) != expected:
-            bad[row.group_id] = "image_tokens"
-    if bad:
-        log.warning("dropping groups the model cannot take", extra={"groups": bad})
-    counts: dict[str, int] = {}
-    for reason in bad.values():
-        counts[reason] = counts.get(reason, 0) + 1
-    return [r for r in rows if r.group_id not in bad], counts
-
-
 def train_on(learner: Learner, batch: Batch) -> dict:
     """Every rank: train on the batch, write the version (rank 0), full checkpoint when due."""
     config = learner.config
     groups = [buffer_pb2.Group.FromString(g) for g in batch.groups]
-    rows, _ = rows_from_groups(groups, config.step_norm, config.k, learner.vocab_size)
-    images = Images(learner.policy.image_processor, batch.blobs)
-    p = learner.policy
-    vision = frozenset(i for i in (p.image_token_id, p.vision_start_id, p.vision_end_id,
-                                   getattr(p.model.config, "video_token_id", None)) if isinstance(i, int))
-    rows, dropped = usable_rows(rows, images, p.image_token_id, vision)
+    rows, images, dropped = training_rows(groups, batch.blobs, learner.policy, config.step_norm, config.k,
+                                          learner.vocab_size)
     lr = learner.lr
     step_metrics = learner.train(rows, images, batch.version - 1)
     started = time.monotonic()
@@ -165,15 +104,14 @@ def train_on(learner: Learner, batch: Batch) -> dict:
 
 
 class Trainer:
-    """Rank 0's side: buffer, blobs, endpoints."""
+    """Rank 0's side: buffer, blobs, weightsync."""
 
-    def __init__(self, config: TrainerConfig, learner: Learner, channel: grpc.aio.Channel, redis=None,
+    def __init__(self, config: TrainerConfig, learner: Learner, channel: grpc.aio.Channel,
                  weightsync: grpc.aio.Channel | None = None) -> None:
         self.config = config
         self.learner = learner
         self.stub = buffer_pb2_grpc.BufferServiceStub(channel)
         self.weightsync = weightsync_pb2_grpc.WeightSyncServiceStub(weightsync) if weightsync is not None else None
-        self.registry = Registry(redis, config.key_prefix, config.job_id, config.registry_ttl_s) if redis else None
         self.stopping = asyncio.Event()
         # The first GetBatch of this life takes back what the last one read and never acked.
         self.own_pending_taken = False
@@ -181,16 +119,13 @@ class Trainer:
         self.archive = EpisodeArchive(config.archive_dir or pathlib.Path(config.checkpoint_dir) / "episodes")
 
     async def start(self) -> None:
-        """Configure the job, then reconcile storage, buffer and endpoints after a restart."""
+        """Reconcile storage, buffer and engines after a restart (the api has configured the job)."""
         c = self.config
-        await self.stub.ConfigureJob(buffer_pb2.ConfigureJobRequest(
-            job_id=c.job_id, batch_groups=c.batch_groups, max_staleness=c.max_staleness,
-            keep_zero_variance=c.keep_zero_variance or c.objective == "sft"))
         manifest = await asyncio.to_thread(self.learner.restore)
         stats = await self.stub.Stats(buffer_pb2.BufferStatsRequest(job_id=c.job_id))
         version = self.learner.version
         if stats.trainer_version > version:
-            raise ValueError(f"checkpoint_dir: holds version {version} but job {c.job_id} is at version "
+            raise StorageMismatch(f"checkpoint_dir: holds version {version} but job {c.job_id} is at version "
                              f"{stats.trainer_version} in the buffer; point --checkpoint-dir at the job's storage")
         for batch_id in filter(None, (manifest.batch_id if manifest else "").split(",")):
             try:
@@ -203,7 +138,7 @@ class Trainer:
                     raise
         await self.stub.SetTrainerVersion(buffer_pb2.SetTrainerVersionRequest(job_id=c.job_id, version=version))
         if manifest is not None:
-            await self.publish(manifest.version, only_behind=True)
+            await self.publish(manifest.version)
         log.info("ready at version %d, step %d%s", version, self.learner.step,
                  f" (resumed from {self.learner.resumed_from})" if self.learner.resumed_from else "")
         metrics.VERSION.set(version)
@@ -214,11 +149,7 @@ class Trainer:
         need = c.min_batch_groups or c.batch_groups
         started = time.monotonic()
         batch = Batch(self.learner.version + 1, [], [], {}, {}, 0.0)
-        caught_up = started
         while len(batch.groups) < need and not self.stopping.is_set():
-            if time.monotonic() - caught_up >= CATCH_UP_S:
-                caught_up = time.monotonic()
-                await self.catch_up()
             header = None
             call = self.stub.GetBatch(buffer_pb2.GetBatchRequest(
                 job_id=c.job_id, consumer=c.consumer, groups=c.batch_groups - len(batch.groups),
@@ -248,37 +179,12 @@ class Trainer:
         batch.wait_s = time.monotonic() - started
         return batch
 
-    async def catch_up(self) -> None:
-        """Loads the current version into engines that came up behind it (a restarted engine serves its
-        starting model). Without this, a job whose only engine restarted would deadlock: its groups are
-        all too stale to train on, and the next publish waits for a trained step. weightsync's
-        reconciler does this for jobs that publish through it."""
-        if self.weightsync is None and self.learner.version >= 1:
-            await self.publish(self.learner.version, only_behind=True)
-
-    async def publish(self, version: int, only_behind: bool = False) -> float:
-        if self.weightsync is not None:
-            return await self._publish_via_weightsync(version)
-        if self.config.publish == "none" or self.registry is None:
+    async def publish(self, version: int) -> float:
+        """Publish through weightsync (it verifies, fans out, holds failed endpoints, and catches up engines
+        that come up behind); retried while it is away. Training goes on if it stays away: the engines lag,
+        and the staleness gate bounds what that costs. Seconds taken; 0 with ``--publish none``."""
+        if self.weightsync is None:
             return 0.0
-        started = time.monotonic()
-        endpoints = await self.registry.fresh()
-        if only_behind:  # ready ones only: one still loading its model is caught up on a later round
-            endpoints = [e for e in endpoints if e.ready and e.weight_version != str(version)]
-            if not endpoints:
-                return 0.0
-        path = str(weights.version_dir(self.config.checkpoint_dir, version).resolve())
-        results = await fanout.fan_out(endpoints, path, version, self.config.engine_api_key,
-                                       self.config.publish_timeout_s)
-        for r in results:
-            if not r.ok:
-                metrics.PUBLISH_FAILURES.inc()
-                log.error("endpoint %s failed to load version %d: %s", r.endpoint_id, version, r.error)
-        return time.monotonic() - started
-
-    async def _publish_via_weightsync(self, version: int) -> float:
-        """Publish through weightsync (it verifies, fans out, holds failed endpoints); retried while it is away.
-        Training goes on if it stays away: the engines lag, and the staleness gate bounds what that costs."""
         c = self.config
         started = time.monotonic()
         path = weights.version_dir(c.checkpoint_dir, version).resolve()
