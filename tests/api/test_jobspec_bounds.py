@@ -8,11 +8,11 @@ import pathlib
 
 import pytest
 
-from asyncwebrl.api import k8s
+from asyncwebrl.api import k8s_manifests, k8s_settings
 from asyncwebrl.api.config import ApiConfig
 from asyncwebrl.api.jobspec import EvaluateRequest, JobSpec
-from asyncwebrl.api.jobargs import (engine_args, gateway_args, rollout_args, trainer_args, warm_rollout_args,
-                                    warm_trainer_args)
+from asyncwebrl.api.jobargs import (engine_args, eval_engine_args, eval_gateway_args, rollout_args, trainer_args,
+                                    warm_rollout_args, warm_trainer_args)
 from asyncwebrl.api.store import Job
 from asyncwebrl.common.config import parse_config
 from asyncwebrl.engine.config import EngineConfig
@@ -60,7 +60,7 @@ def _job(section: str, field: str, value) -> Job:
 @pytest.mark.parametrize(("section", "field", "value"), _extremes())
 def test_every_accepted_setting_starts_its_processes(section, field, value, tmp_path: pathlib.Path):
     job = _job(section, field, value)
-    config = ApiConfig(run_dir=str(tmp_path), allow_no_token=True)
+    config = ApiConfig(run_dir=str(tmp_path), allow_no_token=True, weightsync_target="127.0.0.1:50065")
     model, ckpt = tmp_path / "model", tmp_path / "ckpt"
     commands = [
         (TrainerConfig, trainer_args(config, job, model, ckpt), "trainer"),
@@ -70,16 +70,16 @@ def test_every_accepted_setting_starts_its_processes(section, field, value, tmp_
     # An evaluation's gateway at the largest groups POST /v1/jobs/{id}/evaluate accepts.
     ev = EvaluateRequest.model_json_schema()["properties"]
     biggest = [max(o.get("maximum", 0) for o in ev[f]["anyOf"]) for f in ("group_size", "groups")]
-    commands.append((RolloutConfig, [*gateway_args(config, job.spec, "b-0a1b2c-ev1", model, "test", 4242),
-                                     "--group-size", str(biggest[0]), "--max-groups", str(biggest[1])], "rollout"))
+    commands += [(RolloutConfig, eval_gateway_args(config, job, model, "b-0a1b2c-ev1", *biggest), "eval-rollout"),
+                 (EngineConfig, eval_engine_args(config, job, model, 0, "b-0a1b2c-ev1", 3), "eval-inference")]
     if job.spec.algorithm.warm_start_steps:
         commands += [(TrainerConfig, warm_trainer_args(config, job, model, ckpt), "warm-trainer"),
                      (RolloutConfig, warm_rollout_args(config, job, model), "warm-rollout")]
-    settings = k8s.settings_from_config(
+    settings = k8s_settings.settings_from_config(
         ApiConfig(launcher="kubernetes", run_dir="/runs", allow_no_token=True, weightsync_target="ws:50065",
                   k8s_namespace="rl"), "rl")
     for cls, args, role in commands:
-        for argv in (args, k8s.pod_args(role, args, settings)):
+        for argv in (args, k8s_manifests.pod_args(role, args, settings)):
             try:
                 parse_config(cls, argv, environ={})
             except SystemExit:

@@ -2,10 +2,11 @@
 
 - every manifest is validated offline against the Kubernetes 1.30 and 1.33 schemas
   (``kubernetes-validate --strict``), and its args are held against the local launcher's;
-- KubernetesLauncher is driven against a FAKE Kubernetes API server: a loopback aiohttp app that
-  implements only POST, GET, DELETE and list (label selectors with ``=``) of Jobs and Deployments, and
-  whose tests set the trainer Job's status by hand. The job store is a real JobStore on a real Redis,
-  and ConfigureJob goes to a real buffer.
+- KubernetesLauncher, through the official client (``kubernetes_asyncio``, over real HTTP), is driven
+  against a FAKE Kubernetes API server: a loopback aiohttp app that implements only POST, GET, DELETE and
+  list (label selectors with ``=``) of Jobs, Deployments and autoscalers, and list of pods, and whose
+  tests set the Jobs' and Deployments' status by hand. The job store is a real JobStore on a real Redis,
+  and ConfigureJob goes to a real buffer, which evaluations read their groups back from.
 """
 
 from __future__ import annotations
@@ -22,18 +23,21 @@ import kubernetes_validate
 import pytest
 from aiohttp import web
 
-from asyncwebrl.api import k8s
+from asyncwebrl.api import errors, k8s, k8s_client, k8s_manifests, k8s_settings
 from asyncwebrl.api.config import ApiConfig
-from asyncwebrl.api.jobspec import JobSpec
-from asyncwebrl.api.jobargs import resolve_model
+from asyncwebrl.api.jobargs import eval_engine_args, eval_gateway_args, resolve_model
+from asyncwebrl.api.jobspec import EvaluateRequest, JobSpec
 from asyncwebrl.api.launcher import JobRun
 from asyncwebrl.api.store import Job, JobStore
 from asyncwebrl.common.config import parse_config
+from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.common.localstack import ServiceProcess, free_port, wait_for_port
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.common.weights import version_dir, write_manifest
+from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
 from tests.api.test_api import call
+from tests.buffer.conftest import make_group, put_blobs
 from tests.engine.sglang_side import packages as sglang_packages
 from tests.helpers import fake_http_server
 
@@ -78,7 +82,8 @@ def models(tmp_path) -> pathlib.Path:
 
 
 def containers(objects: list[dict]) -> dict[str, dict]:
-    return {o["metadata"]["labels"][k8s.ROLE_LABEL]: o["spec"]["template"]["spec"]["containers"][0] for o in objects}
+    return {o["metadata"]["labels"][k8s_manifests.ROLE_LABEL]: o["spec"]["template"]["spec"]["containers"][0]
+            for o in objects}
 
 
 def replaced(args: list[str], values: dict[str, str]) -> list[str]:
@@ -93,10 +98,10 @@ def replaced(args: list[str], values: dict[str, str]) -> list[str]:
 @pytest.mark.parametrize("key", sorted(SPECS))
 def test_manifests_are_valid_kubernetes_and_tied_to_the_job(key, tmp_path, models):
     cfg = config(tmp_path / "runs", model_roots=(str(models),))
-    settings = k8s.settings_from_config(cfg, NAMESPACE)
+    settings = k8s_settings.settings_from_config(cfg, NAMESPACE)
     job = job_of(key)
-    objects = k8s.manifests(job, settings)
-    assert [(o["kind"], o["metadata"]["labels"][k8s.ROLE_LABEL]) for o in objects] == [
+    objects = k8s_manifests.manifests(job, settings)
+    assert [(o["kind"], o["metadata"]["labels"][k8s_manifests.ROLE_LABEL]) for o in objects] == [
         ("Deployment", "inference"), ("Deployment", "rollout"), ("Job", "trainer")]
     text = json.dumps(objects)
     for secret in (SHARED, REDIS_PASSWORD, API_TOKEN):
@@ -105,8 +110,8 @@ def test_manifests_are_valid_kubernetes_and_tied_to_the_job(key, tmp_path, model
         for version in VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
         meta, pod = obj["metadata"], obj["spec"]["template"]["spec"]
-        role = meta["labels"][k8s.ROLE_LABEL]
-        assert len(meta["name"]) <= 63 and k8s.DNS_LABEL.match(meta["name"])
+        role = meta["labels"][k8s_manifests.ROLE_LABEL]
+        assert len(meta["name"]) <= 63 and k8s_settings.DNS_LABEL.match(meta["name"])
         assert meta["namespace"] == NAMESPACE
         for where in (meta["labels"], obj["spec"]["template"]["metadata"]["labels"]):
             assert where["app.kubernetes.io/part-of"] == "asyncwebrl"
@@ -139,11 +144,11 @@ def test_manifests_are_valid_kubernetes_and_tied_to_the_job(key, tmp_path, model
 
 
 def test_engines_sglang_and_torchrun(tmp_path, models):
-    settings = k8s.settings_from_config(config(tmp_path, model_roots=(str(models),)), NAMESPACE)
-    sglang = k8s.manifests(job_of("sglang-gpu"), settings)[0]
+    settings = k8s_settings.settings_from_config(config(tmp_path, model_roots=(str(models),)), NAMESPACE)
+    sglang = k8s_manifests.manifests(job_of("sglang-gpu"), settings)[0]
     c = sglang["spec"]["template"]["spec"]["containers"][0]
     assert sglang["spec"]["replicas"] == 4
-    assert sglang["metadata"]["labels"][k8s.ENGINE_LABEL] == "sglang"
+    assert sglang["metadata"]["labels"][k8s_manifests.ENGINE_LABEL] == "sglang"
     assert c["command"] == ["python", "-m", "sglang.launch_server"]
     assert c["args"] == ["--model-path", str(models / "qwen"), "--host", "0.0.0.0", "--port", "30000",
                          "--enable-metrics", "--weight-version", "0",
@@ -153,9 +158,9 @@ def test_engines_sglang_and_torchrun(tmp_path, models):
     assert c["startupProbe"]["httpGet"] == {"path": "/health", "port": 30000}
     assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
 
-    trainer = containers(k8s.manifests(job_of("torchrun"), settings))["trainer"]
+    trainer = containers(k8s_manifests.manifests(job_of("torchrun"), settings))["trainer"]
     assert trainer["command"] == ["torchrun", "--standalone", "--nproc-per-node", "4", "-m", "asyncwebrl.trainer"]
-    one = containers(k8s.manifests(job_of("sglang-gpu"), settings))["trainer"]
+    one = containers(k8s_manifests.manifests(job_of("sglang-gpu"), settings))["trainer"]
     assert one["command"] == ["python", "-m", "asyncwebrl.trainer"]
 
 
@@ -192,8 +197,8 @@ def sglang_cli_flags(package: pathlib.Path) -> set[str]:
 
 
 def test_sglang_flags_exist_in_sglang(tmp_path, models):
-    settings = k8s.settings_from_config(config(tmp_path, model_roots=(str(models),)), NAMESPACE)
-    c = k8s.manifests(job_of("sglang-gpu"), settings)[0]["spec"]["template"]["spec"]["containers"][0]
+    settings = k8s_settings.settings_from_config(config(tmp_path, model_roots=(str(models),)), NAMESPACE)
+    c = k8s_manifests.manifests(job_of("sglang-gpu"), settings)[0]["spec"]["template"]["spec"]["containers"][0]
     flags = {a for a in c["args"] if a.startswith("--")}
     assert flags == set(SGLANG_FLAGS)
     sources = sglang_packages()
@@ -206,8 +211,8 @@ def test_sglang_flags_exist_in_sglang(tmp_path, models):
 def test_sglang_key_comes_from_the_secret(tmp_path, models):
     """SGLang's API key and admin key are the engine key of the Secret, by reference: the env var comes
     from a secretKeyRef and the args name it as $(VAR), which the kubelet expands."""
-    settings = k8s.settings_from_config(config(tmp_path, model_roots=(str(models),)), NAMESPACE)
-    objects = k8s.manifests(job_of("sglang-gpu"), settings)
+    settings = k8s_settings.settings_from_config(config(tmp_path, model_roots=(str(models),)), NAMESPACE)
+    objects = k8s_manifests.manifests(job_of("sglang-gpu"), settings)
     c = containers(objects)["inference"]
     env = {e["name"]: e for e in c["env"]}
     args = c["args"]
@@ -223,19 +228,19 @@ def test_sglang_key_comes_from_the_secret(tmp_path, models):
     # The kubelet expands $(VAR) only for a variable of the container's env; no other reference is in the args.
     assert [a for a in args if "$(" in a] == [ref, ref]
     # The embedded engine keeps its own flags (no SGLang ones).
-    embedded = containers(k8s.manifests(job_of("embedded-cpu"), settings))["inference"]
+    embedded = containers(k8s_manifests.manifests(job_of("embedded-cpu"), settings))["inference"]
     assert not {"--api-key", "--admin-api-key", "--weight-version"} & set(embedded["args"])
 
 
 def test_pod_args_are_the_local_launchers_with_the_pod_differences(tmp_path):
     """Each workload runs what LocalLauncher runs for the same job, changed only where a pod must be."""
     cfg = config(tmp_path / "runs")
-    settings = k8s.settings_from_config(cfg, NAMESPACE)
+    settings = k8s_settings.settings_from_config(cfg, NAMESPACE)
     for key in ("embedded-cpu", "sync"):
         job = job_of(key)
         local = {c.role: c.args[1:] for c in
                  JobRun(types.SimpleNamespace(config=cfg), job)._plan(resolve_model(job.spec, ()))}
-        pods = containers(k8s.manifests(job, settings))
+        pods = containers(k8s_manifests.manifests(job, settings))
         # A pod's torch threads come from its CPU limit, not from the api's machine.
         for role, container in (("trainer", "trainer"), ("engine", "inference")):
             at = local[role].index("--torch-threads")
@@ -269,10 +274,10 @@ def test_pod_args_are_the_local_launchers_with_the_pod_differences(tmp_path):
 
 
 def test_warm_start_phase_manifests(tmp_path):
-    settings = k8s.settings_from_config(config(tmp_path / "runs"), NAMESPACE)
+    settings = k8s_settings.settings_from_config(config(tmp_path / "runs"), NAMESPACE)
     job = Job("warm-0a1b2c", JobSpec.model_validate({"name": "warm", "algorithm": {"warm_start_steps": 3}}),
               "pending", 0, 0)
-    objects = k8s.manifests(job, settings, phase="warm_start")
+    objects = k8s_manifests.manifests(job, settings, phase="warm_start")
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
         ("Job", "warm-0a1b2c-warm-rollout"), ("Job", "warm-0a1b2c-warm-trainer")]
     for obj in objects:
@@ -285,21 +290,21 @@ def test_warm_start_phase_manifests(tmp_path):
 
 def test_names_are_bounded_and_distinct():
     long_ids = ["x" * 64, "x" * 63 + "y", "a" * 47]
-    names = {k8s.object_name(j, role) for j in long_ids for role in k8s.ROLES}
-    assert len(names) == len(long_ids) * len(k8s.ROLES)
-    assert all(len(n) <= 63 and k8s.DNS_LABEL.match(n) for n in names)
-    assert k8s.object_name("cpu-0a1b2c", "trainer") == "cpu-0a1b2c-trainer"
+    names = {k8s_manifests.object_name(j, role) for j in long_ids for role in k8s_manifests.ROLES}
+    assert len(names) == len(long_ids) * len(k8s_manifests.ROLES)
+    assert all(len(n) <= 63 and k8s_settings.DNS_LABEL.match(n) for n in names)
+    assert k8s_manifests.object_name("cpu-0a1b2c", "trainer") == "cpu-0a1b2c-trainer"
 
 
 def test_jobs_that_cannot_run_here_fail_with_the_field(tmp_path):
-    settings = k8s.settings_from_config(config(tmp_path, k8s_image_sglang=""), NAMESPACE)
+    settings = k8s_settings.settings_from_config(config(tmp_path, k8s_image_sglang=""), NAMESPACE)
     bad = [({"name": "x", "resources": {"engine_kind": "sglang", "engine_gpus": 1}}, "k8s-image-sglang"),
            ({"name": "x", "resources": {"engine_kind": "sglang"}}, "resources.engine_gpus"),
            ({"name": "x", "resources": {"device": "cuda", "engine_gpus": 1}}, "resources.trainer_gpus"),
            ({"name": "x", "model": {"path": "missing"}}, "model.path")]
     for spec, field in bad:
-        with pytest.raises(k8s.LaunchError, match=field):
-            k8s.manifests(Job("x-0a1b2c", JobSpec.model_validate(spec), "pending", 0, 0), settings)
+        with pytest.raises(errors.LaunchError, match=field):
+            k8s_manifests.manifests(Job("x-0a1b2c", JobSpec.model_validate(spec), "pending", 0, 0), settings)
 
 
 def test_config_flags_and_their_validation(tmp_path):
@@ -308,8 +313,8 @@ def test_config_flags_and_their_validation(tmp_path):
         "--k8s-namespace", NAMESPACE, "--k8s-image-trainer", "reg.example/trainer:1", "--k8s-secret", "s",
         "--k8s-gpu-tolerations", "nvidia.com/gpu=present:NoSchedule,dedicated", "--k8s-trainer-resources", "8,64Gi"],
         environ={})
-    s = k8s.settings_from_config(cfg, NAMESPACE)
-    assert s.image_trainer == "reg.example/trainer:1" and s.trainer_resources == k8s.Resources("8", "64Gi")
+    s = k8s_settings.settings_from_config(cfg, NAMESPACE)
+    assert s.image_trainer == "reg.example/trainer:1" and s.trainer_resources == k8s_settings.Resources("8", "64Gi")
     assert [t.manifest() for t in s.gpu_tolerations] == [
         {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"},
         {"key": "dedicated", "operator": "Exists"}]
@@ -422,7 +427,7 @@ class FakeKubernetes:
             self.status(404, "NotFound", "not found")
 
     def of(self, job_id: str) -> dict[str, dict]:
-        return {o["metadata"]["labels"][k8s.ROLE_LABEL]: o for o in self.objects.values()
+        return {o["metadata"]["labels"][k8s_manifests.ROLE_LABEL]: o for o in self.objects.values()
                 if o["metadata"]["labels"]["asyncwebrl.io/job"] == job_id}
 
     def finish(self, job_id: str, role: str, condition: str, reason: str = "", message: str = "") -> None:
@@ -461,6 +466,12 @@ async def kube(redis_server, buffer, tmp_path, request):
         await launcher.close()
         fake.released.set()
     await redis.aclose()
+
+
+def buffer_stub_for(svc: ServiceProcess, token: str):
+    """A sync (channel, stub) of the buffer with ``token``."""
+    ch = channel(svc.target, token)
+    return ch, buffer_pb2_grpc.BufferServiceStub(ch)
 
 
 async def eventually(predicate, what: str, timeout: float = 10.0):
@@ -518,19 +529,20 @@ async def test_start_resume_and_success(kube):
 
 
 def test_a_job_with_several_gateways_gets_an_autoscaler(tmp_path):
-    settings = k8s.settings_from_config(config(tmp_path / "runs"), NAMESPACE)
+    settings = k8s_settings.settings_from_config(config(tmp_path / "runs"), NAMESPACE)
     spec = JobSpec.model_validate({"name": "wide", "resources": {"max_gateways": 4}})
-    objects = k8s.manifests(Job("wide-0a1b2c", spec, "pending", 0, 0), settings)
+    objects = k8s_manifests.manifests(Job("wide-0a1b2c", spec, "pending", 0, 0), settings)
     hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
     for version in VERSIONS:
         kubernetes_validate.validate(hpa, version, strict=True)
-    gateway = next(o for o in objects if o["metadata"]["labels"][k8s.ROLE_LABEL] == "rollout")
+    gateway = next(o for o in objects if o["metadata"]["labels"][k8s_manifests.ROLE_LABEL] == "rollout")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                              "name": gateway["metadata"]["name"]}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
     assert hpa["metadata"]["labels"]["asyncwebrl.io/job"] == "wide-0a1b2c"
     # One gateway by default: no autoscaler.
-    assert not [o for o in k8s.manifests(job_of("embedded-cpu"), settings) if o["kind"] == "HorizontalPodAutoscaler"]
+    assert not [o for o in k8s_manifests.manifests(job_of("embedded-cpu"), settings)
+                if o["kind"] == "HorizontalPodAutoscaler"]
 
 
 async def test_cancel_deletes_the_autoscaler_too(kube):
@@ -687,10 +699,10 @@ async def test_the_client_create_get_list_delete(tmp_path):
     fake = FakeKubernetes()
     token = tmp_path / "token"
     token.write_text(KUBE_TOKEN)
-    settings = k8s.settings_from_config(config(tmp_path / "runs"), NAMESPACE)
-    obj = k8s.manifests(job_of("embedded-cpu"), settings)[1]
+    settings = k8s_settings.settings_from_config(config(tmp_path / "runs"), NAMESPACE)
+    obj = k8s_manifests.manifests(job_of("embedded-cpu"), settings)[1]
     async with fake_http_server(fake.routes()) as url:
-        client = k8s.KubeClient(url, NAMESPACE, str(token), timeout_s=1)
+        client = k8s_client.KubeClient(url, NAMESPACE, str(token), timeout_s=1)
         try:
             assert await client.create(obj) is True and await client.create(obj) is False
             got = await client.get("Deployment", obj["metadata"]["name"])
@@ -701,9 +713,100 @@ async def test_the_client_create_get_list_delete(tmp_path):
             assert await client.delete("Deployment", obj["metadata"]["name"]) is True
             assert await client.delete("Deployment", obj["metadata"]["name"]) is False
             assert await client.get("Deployment", obj["metadata"]["name"]) is None
-            wrong = k8s.KubeClient(url, "elsewhere", str(token), timeout_s=1)
-            with pytest.raises(k8s.KubeError, match="answered 404"):
+            wrong = k8s_client.KubeClient(url, "elsewhere", str(token), timeout_s=1)
+            with pytest.raises(errors.KubeError, match="answered 404"):
                 await wrong.list("Job", "a=b")
             await wrong.close()
         finally:
             await client.close()
+
+
+async def test_an_evaluation_runs_as_workloads_and_is_read_from_the_buffer(kube, buffer, tmp_path):
+    """POST /v1/jobs/{id}/evaluate under Kubernetes: the evaluation's engine (a Deployment) and gateway (a Job)
+    are created through the FAKE API with the local evaluation's command lines (and the pod differences), and
+    the result is read back from the real buffer, as a local evaluation's."""
+    fake, launcher, store = kube
+    job = await create(store, {"name": "evalme"})
+    doc = await launcher.evaluations.start(job, EvaluateRequest(base=True, groups=2, group_size=2))
+    assert doc["state"] == "running" and doc["id"] == "eval-1"
+    eval_job = f"{job.job_id}-ev1"
+    await eventually(lambda: _roles(fake, job.job_id, ["eval-inference"]), "the engine first, alone")
+    engine = fake.of(job.job_id)["eval-inference"]
+    assert engine["metadata"]["name"] == f"{job.job_id}-ev1-inference" and engine["spec"]["replicas"] == 1
+    assert engine["metadata"]["labels"][k8s_manifests.EVAL_LABEL] == "1"
+    settings = launcher.settings
+    model = tmp_path / "runs" / job.job_id / "evals" / "eval-1" / "model"
+    assert (model / "config.json").is_file()  # the snapshot the pods read, on the shared volume
+    assert containers([engine])["eval-inference"]["args"] == k8s_manifests.pod_args(
+        "eval-inference", eval_engine_args(settings, job, model, 0, eval_job, 0), settings)
+    await asyncio.sleep(0.3)
+    assert sorted(fake.of(job.job_id)) == ["eval-inference"]  # not ready: no gateway yet
+    # The job's own workloads are not the evaluation's: status and the reconcile loop leave them apart.
+    assert await launcher.status(job.job_id) == []
+
+    engine["status"] = {"readyReplicas": 1}
+    await eventually(lambda: _roles(fake, job.job_id, ["eval-inference", "eval-rollout"]), "the gateway Job")
+    gateway = fake.of(job.job_id)["eval-rollout"]
+    assert gateway["kind"] == "Job" and gateway["metadata"]["name"] == f"{job.job_id}-ev1-rollout"
+    assert containers([gateway])["eval-rollout"]["args"] == k8s_manifests.pod_args(
+        "eval-rollout", eval_gateway_args(settings, job, model, eval_job, 2, 2), settings)
+    for obj in (engine, gateway):
+        for version in VERSIONS:
+            kubernetes_validate.validate({k: v for k, v in obj.items() if k != "status"}, version, strict=True)
+
+    # The FAKE runs no gateway: its groups go to the buffer as the gateway would have written them.
+    def put() -> None:
+        ch, stub = buffer_stub_for(buffer, SHARED)
+        try:
+            refs = put_blobs(stub, eval_job, ["a"])
+            for _ in range(2):
+                stub.PutGroup(buffer_pb2.PutGroupRequest(group=make_group(eval_job, refs)))
+        finally:
+            ch.close()
+
+    await asyncio.to_thread(put)
+    fake.finish(job.job_id, "eval-rollout", "Complete")
+
+    async def finished():
+        got = await launcher.evaluations.get(job.job_id, 1)
+        return got if got["state"] != "running" else None
+
+    done = await eventually(finished, "evaluation finished")
+    assert done["state"] == "succeeded", done["reason"]
+    assert done["result"]["groups"] == 2 and done["result"]["episodes"] == 4 and done["result"]["success"] == 0.5
+    assert any((tmp_path / "runs" / job.job_id / "episodes" / "eval-1").rglob("*"))
+    assert fake.of(job.job_id) == {}  # both deleted
+
+
+async def test_an_evaluation_whose_engine_crash_loops_fails(kube):
+    fake, launcher, store = kube
+    job = await create(store, {"name": "evalbad"})
+    await launcher.evaluations.start(job, EvaluateRequest(base=True, groups=1, group_size=1))
+    await eventually(lambda: _roles(fake, job.job_id, ["eval-inference"]), "the engine")
+    labels = fake.of(job.job_id)["eval-inference"]["spec"]["template"]["metadata"]["labels"]
+    fake.pods.append({"metadata": {"name": f"{job.job_id}-ev1-inference-5c8-q", "labels": labels},
+                      "status": {"containerStatuses": [{"restartCount": 4,
+                                                        "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}})
+
+    async def finished():
+        got = await launcher.evaluations.get(job.job_id, 1)
+        return got if got["state"] != "running" else None
+
+    done = await eventually(finished, "evaluation failed")
+    assert done["state"] == "failed"
+    assert done["reason"] == (f"evaluate: eval-inference pod {job.job_id}-ev1-inference-5c8-q restarted 4 times "
+                              "(CrashLoopBackOff)")
+    assert fake.of(job.job_id) == {}
+
+
+async def test_workloads_of_an_evaluation_no_longer_running_are_deleted(kube, tmp_path):
+    """Left by an earlier api process (stopped mid-evaluation): the reconcile loop deletes them, and only them."""
+    fake, launcher, store = kube
+    job = await create(store, {"name": "stray"})
+    launcher.start(job)
+    await state_is(store, job.job_id, "running")
+    model = resolve_model(job.spec, ())
+    for obj in k8s_manifests.eval_manifests(job, launcher.settings, 7, f"{job.job_id}-ev7", 0, model, 1, 1):
+        assert await launcher.kube.create(obj)
+    await eventually(lambda: _roles(fake, job.job_id, ["inference", "rollout", "trainer"]), "strays deleted")
+    assert (await store.get(job.job_id)).state == "running"

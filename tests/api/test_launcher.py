@@ -34,18 +34,22 @@ JOB = {
 def api(redis_server, tmp_path_factory, chromium_path):
     logs = tmp_path_factory.mktemp("launcher")
     envfleet, buffer, env, common = start_envfleet_and_buffer(redis_server, PREFIX, SHARED, logs, chromium_path)
+    # The one publisher: versions reach the job's engines through weightsync, as under `asyncwebrl up`.
+    weightsync = ServiceProcess("weightsync", [*common, "--discovery", "none"], env, logs / "weightsync.log")
+    weightsync.wait_ready()
     port = free_port()
     api = ServiceProcess("api", [*common, "--api-port", str(port), "--launcher", "local", "--run-dir",
                                  str(logs / "runs"), "--envfleet-target", envfleet.target, "--buffer-target",
-                                 buffer.target, "--max-restarts", "2"],
+                                 buffer.target, "--weightsync-target", weightsync.target, "--max-restarts", "2"],
                          {**env, "ASYNCWEBRL_API_TOKEN": TOKEN}, logs / "api.log")
     api.wait_ready()
     wait_for_port(port, 30, api.proc)
     api.api_port = port
     api.run_dir = logs / "runs"
-    api.start_args = (common, env, envfleet.target, buffer.target, logs)
+    api.start_args = (common, env, envfleet.target, buffer.target, weightsync.target, logs)
     yield api
     assert api.stop(timeout=90) == 0, api.logs()[-3000:]
+    weightsync.stop()
     buffer.stop()
     envfleet.stop()
 
@@ -201,10 +205,11 @@ def raw_get(api, path: str) -> tuple[int, str]:
 
 
 def _another_api(api, name: str) -> ServiceProcess:
-    common, env, envfleet, buffer, logs = api.start_args
+    common, env, envfleet, buffer, weightsync, logs = api.start_args
     port = free_port()
     other = ServiceProcess("api", [*common, "--api-port", str(port), "--launcher", "local", "--run-dir",
-                                   str(api.run_dir), "--envfleet-target", envfleet, "--buffer-target", buffer],
+                                   str(api.run_dir), "--envfleet-target", envfleet, "--buffer-target", buffer,
+                                   "--weightsync-target", weightsync],
                            {**env, "ASYNCWEBRL_API_TOKEN": TOKEN}, logs / f"{name}.log")
     other.wait_ready()
     wait_for_port(port, 30, other.proc)

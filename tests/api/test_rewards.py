@@ -38,7 +38,7 @@ def test_a_group_of_failures_carries_no_signal_under_success():
 def test_the_job_setting_reaches_the_gateway(mode, tmp_path: pathlib.Path):
     spec = JobSpec.model_validate({"name": "r", "algorithm": {"reward": mode}})
     assert JobSpec.model_validate({"name": "r"}).algorithm.reward == "success", "success by default"
-    args = rollout_args(ApiConfig(run_dir=str(tmp_path), allow_no_token=True), Job("r-0a1b2c", spec, "pending", 0, 0), tmp_path)
+    args = rollout_args(ApiConfig(run_dir=str(tmp_path), allow_no_token=True, weightsync_target="127.0.0.1:50065"), Job("r-0a1b2c", spec, "pending", 0, 0), tmp_path)
     assert parse_config(RolloutConfig, args, environ={}).reward == mode
 
 

@@ -11,7 +11,7 @@
   calls, dashboards and rules come from charts/, an external Redis replaces the StatefulSet (and the
   StatefulSet's Redis command runs on a real redis-server: password from the environment, AOF);
 - every ASYNCWEBRL_* variable the chart sets is a flag of its service and parses, and the api's
-  launcher settings it produces give valid GPU SGLang workloads (asyncwebrl.api.k8s.manifests).
+  launcher settings it produces give valid GPU SGLang workloads (asyncwebrl.api.k8s_manifests.manifests).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pytest
 import redis as redis_py
 import yaml
 
-from asyncwebrl.api import k8s, k8s_settings
+from asyncwebrl.api import k8s, k8s_client, k8s_manifests, k8s_settings
 from asyncwebrl.api.config import ApiConfig
 from asyncwebrl.api.jobspec import JobSpec
 from asyncwebrl.api.store import Job
@@ -380,16 +380,16 @@ def test_redis_reachable_only_from_our_pods(rendered):
     assert all(set(p) == {"podSelector"} for p in redis_rule["from"])  # this namespace's pods, no ipBlock
     peers = [p["podSelector"]["matchLabels"] for p in redis_rule["from"]]
     assert peers == [{"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/part-of": "asyncwebrl"},
-                     {"app.kubernetes.io/managed-by": k8s.MANAGER, "app.kubernetes.io/part-of": "asyncwebrl"}]
+                     {"app.kubernetes.io/managed-by": k8s_manifests.MANAGER, "app.kubernetes.io/part-of": "asyncwebrl"}]
     # The selectors match the chart's pods and the pods the api's launcher creates for a job.
     for w in r.workloads():
         labels = w["spec"]["template"]["metadata"]["labels"]
         assert all(labels.get(k) == v for k, v in peers[0].items()), w["metadata"]["name"]
-    settings = k8s.K8sSettings(namespace=NAMESPACE, run_dir="/runs", redis_url="redis://r:6379/0",
+    settings = k8s_settings.K8sSettings(namespace=NAMESPACE, run_dir="/runs", redis_url="redis://r:6379/0",
                                key_prefix="asyncwebrl:", envfleet_target="e:1", buffer_target="b:1",
                                weightsync_target="w:1")
     for role in ("inference", "rollout", "trainer"):
-        labels = k8s.labels(settings, "demo-1a2b3c", role)
+        labels = k8s_manifests.labels(settings, "demo-1a2b3c", role)
         assert all(labels.get(k) == v for k, v in peers[1].items()), role
     # Peers from the values are added to those; an external Redis gets no policy of ours.
     extra = rendered["everything"].get("NetworkPolicy", f"{FULL}-redis")["spec"]["ingress"][0]["from"]
@@ -398,7 +398,7 @@ def test_redis_reachable_only_from_our_pods(rendered):
     assert not rendered["existing"].kind("NetworkPolicy")  # networkPolicy.enabled false there
 
 
-def job_pods(settings: k8s.K8sSettings) -> dict[str, dict[str, str]]:
+def job_pods(settings: k8s_settings.K8sSettings) -> dict[str, dict[str, str]]:
     """Pod labels of every workload the api's launcher creates (RL and warm-start phases, SGLang and embedded
     engines), by "<role>" or "inference-<engine>", from asyncwebrl.api.k8s itself."""
     sglang = Job("sglang-0a1b2c", JobSpec.model_validate({
@@ -408,14 +408,14 @@ def job_pods(settings: k8s.K8sSettings) -> dict[str, dict[str, str]]:
                    "pending", 0, 0)
     model = pathlib.Path("/models/qwen")
     out: dict[str, dict[str, str]] = {}
-    for obj in [*k8s.manifests(sglang, settings, model=model), *k8s.manifests(sglang, settings, phase="warm_start",
-                                                                              model=model),
-                *k8s.manifests(embedded, settings)]:
+    for obj in [*k8s_manifests.manifests(sglang, settings, model=model),
+                *k8s_manifests.manifests(sglang, settings, phase="warm_start", model=model),
+                *k8s_manifests.manifests(embedded, settings)]:
         if "template" not in obj["spec"]:
             continue  # the gateway's HorizontalPodAutoscaler
         labels = obj["spec"]["template"]["metadata"]["labels"]
-        role = labels[k8s.ROLE_LABEL]
-        out[f"{role}-{labels[k8s.ENGINE_LABEL]}" if role == "inference" else role] = labels
+        role = labels[k8s_manifests.ROLE_LABEL]
+        out[f"{role}-{labels[k8s_manifests.ENGINE_LABEL]}" if role == "inference" else role] = labels
     assert set(out) == {"inference-sglang", "inference-embedded", "rollout", "trainer", "warm-rollout",
                         "warm-trainer"}
     return out
@@ -431,11 +431,11 @@ def test_inference_reachable_only_from_gateways_trainers_and_weightsync(rendered
     """The jobs' inference pods (SGLang or embedded engine) take connections on their HTTP port from the
     jobs' RL gateways and trainers, weightsync, and the Prometheus of networkPolicy.inference.scrapeFrom."""
     environ = environ_of(container(rendered["gpu-sglang"].get("Deployment", f"{FULL}-api")))
-    settings = k8s.settings_from_config(parse_config(ApiConfig, [], environ), NAMESPACE)
+    settings = k8s_settings.settings_from_config(parse_config(ApiConfig, [], environ), NAMESPACE)
     pods = job_pods(settings)
     # Both kinds are of component inference, as weightsync's selector and the PodMonitor's relabelling expect.
     for name in ("inference-sglang", "inference-embedded"):
-        assert pods[name][k8s.COMPONENT] == "inference"
+        assert pods[name][k8s_manifests.COMPONENT] == "inference"
     for combo in ("default", "external-redis", "gpu-sglang", "everything"):
         r = rendered[combo]
         spec = r.get("NetworkPolicy", f"{FULL}-inference")["spec"]
@@ -445,7 +445,7 @@ def test_inference_reachable_only_from_gateways_trainers_and_weightsync(rendered
         selected = {n for n, labels in {**pods, **chart_pods}.items() if selects(spec["podSelector"], labels)}
         assert selected == {"inference-sglang", "inference-embedded"}, combo
         (rule,) = spec["ingress"]
-        assert rule["ports"] == [{"port": k8s.ENGINE_PORT, "protocol": "TCP"}]
+        assert rule["ports"] == [{"port": k8s_manifests.ENGINE_PORT, "protocol": "TCP"}]
         # The peers: pod selectors of this namespace, which match exactly the RL gateway, the trainer and
         # weightsync; then the scrapers of the values.
         own = [p for p in rule["from"] if set(p) == {"podSelector"}]
@@ -462,11 +462,11 @@ def test_inference_reachable_only_from_gateways_trainers_and_weightsync(rendered
     job = Job("sglang-0a1b2c", JobSpec.model_validate(
         {"name": "sglang", "model": {"path": "qwen"}, "resources": {"engine_kind": "sglang", "engine_gpus": 1}}),
         "pending", 0, 0)
-    inference = k8s.manifests(job, settings, model=pathlib.Path("/models/qwen"))[0]
+    inference = k8s_manifests.manifests(job, settings, model=pathlib.Path("/models/qwen"))[0]
     for version in VERSIONS:
         kubernetes_validate.validate(inference, version, strict=True)
     ports = inference["spec"]["template"]["spec"]["containers"][0]["ports"]
-    assert ports == [{"name": "http", "containerPort": k8s.ENGINE_PORT}]
+    assert ports == [{"name": "http", "containerPort": k8s_manifests.ENGINE_PORT}]
     (pm,) = rendered["everything"].kind("PodMonitor")
     assert "http" in {e["port"] for e in pm["spec"]["podMetricsEndpoints"]}
     # No scrapers: only the three peers. networkPolicy.enabled false: no policy.
@@ -663,8 +663,8 @@ def test_rbac_is_what_the_launcher_and_discovery_call(rendered):
     pod_calls = set(re.findall(r'self\.kube\.(\w+)\("Pod"', source))
     assert calls and pod_calls == {"list"}
     expected: dict[tuple[str, str], set[str]] = {}
-    for kind in k8s.WORKLOADS:
-        api = k8s.KINDS[kind]
+    for kind in k8s_client.WORKLOADS:
+        api = k8s_client.KINDS[kind]
         # create/list/delete are called; get is KubeClient's read of one object, which k8s.py's docstring
         # names ("create, get, list and delete") and list grants in substance anyway.
         expected[(api.api_version.rpartition("/")[0], api.plural)] = calls | {"get"}
@@ -685,7 +685,7 @@ def test_rbac_is_what_the_launcher_and_discovery_call(rendered):
     assert env["ASYNCWEBRL_DISCOVERY"]["value"] == "kubernetes"
     # The selector weightsync uses is the one k8s.py asks for: SGLang pods only.
     assert env["ASYNCWEBRL_K8S_SELECTOR"]["value"] == \
-        f"{k8s.COMPONENT}=inference,{k8s.ENGINE_LABEL}=sglang"
+        f"{k8s_manifests.COMPONENT}=inference,{k8s_manifests.ENGINE_LABEL}=sglang"
     for sa in r.kind("ServiceAccount"):
         assert sa["automountServiceAccountToken"] is (sa["metadata"]["name"] in (f"{FULL}-api", f"{FULL}-weightsync"))
     assert not r.kind("ClusterRole") and not r.kind("ClusterRoleBinding")
@@ -752,16 +752,16 @@ def test_gpu_sglang_values_give_valid_gpu_workloads(rendered):
     """The api's launcher, configured from the chart's environment, builds a job's GPU workloads."""
     environ = environ_of(container(rendered["gpu-sglang"].get("Deployment", f"{FULL}-api")))
     config = parse_config(ApiConfig, [], environ)
-    settings = k8s.settings_from_config(config, NAMESPACE)
+    settings = k8s_settings.settings_from_config(config, NAMESPACE)
     spec = JobSpec.model_validate({"name": "sglang", "model": {"path": "qwen"},
                                    "resources": {"engines": 2, "engine_kind": "sglang", "engine_gpus": 2,
                                                  "trainer_gpus": 1}})
-    objects = k8s.manifests(Job("sglang-0a1b2c", spec, "pending", 0, 0), settings,
+    objects = k8s_manifests.manifests(Job("sglang-0a1b2c", spec, "pending", 0, 0), settings,
                             model=pathlib.Path("/models/qwen"))
     for obj in objects:
         for version in VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
-    by_role = {o["metadata"]["labels"][k8s.ROLE_LABEL]: o for o in objects}
+    by_role = {o["metadata"]["labels"][k8s_manifests.ROLE_LABEL]: o for o in objects}
     pod = by_role["inference"]["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["image"] == "lmsysorg/sglang:v0.5.4"
@@ -779,9 +779,9 @@ def test_gpu_sglang_values_give_valid_gpu_workloads(rendered):
     # SGLang's --api-key and --admin-api-key: the chart Secret's engine-api-key, by reference, the key the
     # gateway, the trainer and weightsync send.
     key = c["args"][c["args"].index("--api-key") + 1]
-    assert key == c["args"][c["args"].index("--admin-api-key") + 1] == f"$({k8s.SGLANG_KEY_ENV})"
-    assert env_of(c)[k8s.SGLANG_KEY_ENV]["valueFrom"]["secretKeyRef"] == {"name": FULL, "key": "engine-api-key",
-                                                                          "optional": False}
+    assert key == c["args"][c["args"].index("--admin-api-key") + 1] == f"$({k8s_manifests.SGLANG_KEY_ENV})"
+    assert env_of(c)[k8s_manifests.SGLANG_KEY_ENV]["valueFrom"]["secretKeyRef"] == {
+        "name": FULL, "key": "engine-api-key", "optional": False}
     assert "engine-api-key" in rendered["gpu-sglang"].get("Secret", FULL)["data"]
     for sender in (env_of(trainer), env_of(container(rendered["gpu-sglang"].get("Deployment", f"{FULL}-weightsync")))):
         assert sender["ASYNCWEBRL_ENGINE_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "engine-api-key"
@@ -794,11 +794,11 @@ def test_gpu_sglang_values_give_valid_gpu_workloads(rendered):
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in api_pod["containers"][0]["volumeMounts"]
     # The default values: the embedded engine's CPU job validates too, and the launcher's defaults hold.
     config = parse_config(ApiConfig, [], environ_of(container(rendered["default"].get("Deployment", f"{FULL}-api"))))
-    settings = k8s.settings_from_config(config, NAMESPACE)
+    settings = k8s_settings.settings_from_config(config, NAMESPACE)
     assert settings.gpu_tolerations == (k8s_settings.Toleration("nvidia.com/gpu", "", "NoSchedule"),)
     cpu_job = Job("cpu-0a1b2c", JobSpec.model_validate({"name": "cpu", "resources": {"device": "cpu"}}),
                   "pending", 0, 0)
-    for obj in k8s.manifests(cpu_job, settings):
+    for obj in k8s_manifests.manifests(cpu_job, settings):
         kubernetes_validate.validate(obj, VERSIONS[-1], strict=True)
 
 
@@ -831,21 +831,21 @@ def test_dashboards_and_rules_come_from_charts(rendered):
     assert scraped == {"envfleet", "buffer", "weightsync", "api", "redis"}
     (pm,) = rendered["everything"].kind("PodMonitor")
     assert pm["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/part-of": "asyncwebrl",
-                                                     "app.kubernetes.io/managed-by": k8s.MANAGER}
+                                                     "app.kubernetes.io/managed-by": k8s_manifests.MANAGER}
     ports = {e["port"] for e in pm["spec"]["podMetricsEndpoints"]}
     assert ports == {"metrics", "http"}  # trainer/gateway container ports, and the inference port
     targets = {r["targetLabel"] for e in pm["spec"]["podMetricsEndpoints"] for r in e["relabelings"]}
     assert targets == {"job", "job_id", "role"}
     # The launcher's pods, through those relabelings, get the job names deploy/compose/prometheus.yml uses.
-    settings = k8s.K8sSettings(namespace=NAMESPACE, run_dir="/runs", redis_url="redis://r:6379/0",
+    settings = k8s_settings.K8sSettings(namespace=NAMESPACE, run_dir="/runs", redis_url="redis://r:6379/0",
                                key_prefix="asyncwebrl:", envfleet_target="e:1", buffer_target="b:1",
                                weightsync_target="w:1")
     cases = [("trainer", {}, "asyncwebrl-trainer"), ("rollout", {}, "asyncwebrl-rollout"),
              ("warm-trainer", {}, "asyncwebrl-trainer"), ("warm-rollout", {}, "asyncwebrl-rollout"),
-             ("inference", {k8s.ENGINE_LABEL: "embedded"}, "asyncwebrl-engine"),
-             ("inference", {k8s.ENGINE_LABEL: "sglang"}, "asyncwebrl-sglang")]
+             ("inference", {k8s_manifests.ENGINE_LABEL: "embedded"}, "asyncwebrl-engine"),
+             ("inference", {k8s_manifests.ENGINE_LABEL: "sglang"}, "asyncwebrl-sglang")]
     for role, extra, job in cases:
-        pod_labels = {**k8s.labels(settings, "demo-1a2b3c", role), **extra}
+        pod_labels = {**k8s_manifests.labels(settings, "demo-1a2b3c", role), **extra}
         for endpoint in pm["spec"]["podMetricsEndpoints"]:
             target = apply_relabelings(pod_labels, endpoint["relabelings"], {"job": f"{NAMESPACE}/{FULL}-jobs"})
             assert (target["job"], target["job_id"], target["role"]) == (job, "demo-1a2b3c", role), (role, extra)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 import uvicorn
 from redis.exceptions import RedisError
 
-from asyncwebrl.api.app import create_app
+from asyncwebrl.api.service import create_app
 from asyncwebrl.api.config import ApiConfig
 from asyncwebrl.api.k8s import KubernetesLauncher
 from asyncwebrl.api.launcher import LocalLauncher
 from asyncwebrl.api.store import JobStore
-from asyncwebrl.common.config import parse_config, redacted
 from asyncwebrl.common.grpcserver import ServiceRunner
-from asyncwebrl.common.logs import setup_logging
+from asyncwebrl.common.main import service_main
 from asyncwebrl.common.redisclient import make_redis
 
 log = logging.getLogger("asyncwebrl.api")
@@ -57,14 +55,7 @@ async def serve(config: ApiConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(ApiConfig, argv, prog="python -m asyncwebrl.api")
-    setup_logging("api", config.log_level, config.log_format)
-    log.info("starting", extra={"config": redacted(config)})
-    try:
-        asyncio.run(serve(config))
-    except (OSError, RedisError) as exc:
-        log.error("cannot start: %s", exc)
-        sys.exit(1)
+    service_main("api", ApiConfig, serve, argv, errors=(OSError, RedisError))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 
-from asyncwebrl.api.jobargs import LaunchError
+from asyncwebrl.api.errors import LaunchError
 from asyncwebrl.common.localstack import free_port
 
 

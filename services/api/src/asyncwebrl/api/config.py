@@ -75,9 +75,9 @@ class ApiConfig(ServiceConfig):
                                        "backoffLimit), gateway or engine container before the job fails.")
     k8s_job_label: str = option("asyncwebrl.io/job", "kubernetes launcher: weightsync's --k8s-job-label, carried "
                                                      "beside asyncwebrl.io/job when it differs.")
-    weightsync_target: str = option("", "weightsync gRPC address the trainers publish to (required with --launcher "
-                                        "kubernetes; local jobs publish through it when given, as `asyncwebrl up` "
-                                        "does, else load their engines themselves).")
+    weightsync_target: str = option("", "weightsync gRPC address the trainers publish to: the one publisher of "
+                                        "versions to the engines (required with --launcher local or kubernetes; "
+                                        "`asyncwebrl up` starts one).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,5 +91,7 @@ class ApiConfig(ServiceConfig):
         require(0 <= self.max_restarts <= 100, "max_restarts", "must be in [0, 100]")
         require(0 <= self.torch_threads <= 1024, "torch_threads", "must be in [0, 1024]")
         require(1 <= self.engine_start_timeout_s <= 3600, "engine_start_timeout_s", "must be in [1, 3600]")
+        require(self.launcher == "none" or bool(self.weightsync_target), "weightsync_target",
+                f"required with --launcher {self.launcher}: weightsync publishes every version to the engines")
         if self.launcher == "kubernetes":
             check_config(self)

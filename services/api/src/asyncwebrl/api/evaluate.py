@@ -6,29 +6,36 @@ serving the version, a gateway on test-split seeds (``--split test``, the job's
 the groups back. Every episode is kept for the viewer (``episodes/eval-<n>``),
 then the groups are acked so the buffer frees their screenshots. The record is
 ``P api:evals:<job>`` (hash, n -> JSON).
+
+The engine and the gateway are run by the api's launcher (``EvalProcesses``): local
+children, or Kubernetes workloads, with the command lines of ``jobargs.eval_engine_args``
+and ``jobargs.eval_gateway_args``; everything else (the checkpoint's snapshot, the buffer's
+settings, reading the groups back) is the same for both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import pathlib
 import shutil
 import time
+from typing import Awaitable, Callable
 
 import grpc
 
+from asyncwebrl.api.errors import EvalConflict, LaunchError
+from asyncwebrl.api.jobargs import archive_dir, resolve_model
+from asyncwebrl.api.jobbuffer import configure_job, eval_settings
 from asyncwebrl.api.jobspec import EvaluateRequest
-from asyncwebrl.api.children import Child, engines_healthy, spawn, stop_children
-from asyncwebrl.api.jobargs import LaunchError, archive_dir, engine_args, gateway_args, resolve_model
-from asyncwebrl.api.store import Job
+from asyncwebrl.api.store import Job, JobStore
 from asyncwebrl.common import weights
 from asyncwebrl.common.archive import EpisodeArchive
-from asyncwebrl.common.localstack import free_port
-from asyncwebrl.v1 import buffer_pb2
+from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
 
 log = logging.getLogger("asyncwebrl.api.evaluate")
 
@@ -36,26 +43,48 @@ MAX_EVALUATIONS = 1000  # per job
 BLOBS_PER_CALL = 64
 
 
-class EvalConflict(Exception):
-    """The evaluation cannot run (the version is not on disk, too many evaluations): a 409."""
+@dataclasses.dataclass(frozen=True)
+class EvalPlan:
+    """What a launcher runs for one evaluation: an engine serving ``model`` as ``version`` and a gateway
+    that plays ``groups`` groups of ``group_size`` episodes, both for the buffer job ``eval_job``."""
+
+    job: Job
+    n: int
+    eval_job: str
+    version: int
+    model: pathlib.Path
+    groups: int
+    group_size: int
+
+
+# A launcher's way of running an evaluation's processes: returns once the gateway has finished its groups
+# and the processes are gone; raises LaunchError when one of them fails.
+EvalProcesses = Callable[[EvalPlan], Awaitable[None]]
 
 
 def summarise(groups: list[buffer_pb2.Group]) -> dict:
-    """Success and episode length over all episodes and per difficulty."""
+    """Success and episode length (all, of successes, of failures) over all episodes, per
+    difficulty and per task."""
     by: dict[str, list[buffer_pb2.EpisodeRecord]] = {}
+    by_task: dict[str, list[buffer_pb2.EpisodeRecord]] = {}
     for g in groups:
         by.setdefault(g.difficulty or "unknown", []).extend(g.episodes)
+        by_task.setdefault(g.task or "unknown", []).extend(g.episodes)
     episodes = [e for eps in by.values() for e in eps]
 
+    def mean(values: list[int]) -> float | None:
+        return sum(values) / len(values) if values else None
+
     def stats(eps: list[buffer_pb2.EpisodeRecord]) -> dict:
-        wins = [len(e.steps) for e in eps if e.success]
         steps = [s for e in eps for s in e.steps]
         return {"episodes": len(eps), "success": sum(e.success for e in eps) / len(eps) if eps else None,
-                "mean_steps": sum(len(e.steps) for e in eps) / len(eps) if eps else None,
-                "mean_steps_success": sum(wins) / len(wins) if wins else None,
+                "mean_steps": mean([len(e.steps) for e in eps]),
+                "mean_steps_success": mean([len(e.steps) for e in eps if e.success]),
+                "mean_steps_failure": mean([len(e.steps) for e in eps if not e.success]),
                 "valid_actions": sum(not s.invalid_action for s in steps) / len(steps) if steps else None}
 
-    return {**stats(episodes), "groups": len(groups), "by_difficulty": {d: stats(e) for d, e in sorted(by.items())}}
+    return {**stats(episodes), "groups": len(groups), "by_difficulty": {d: stats(e) for d, e in sorted(by.items())},
+            "by_task": {t: stats(e) for t, e in sorted(by_task.items())}}
 
 
 def link_tree(src: pathlib.Path, dst: pathlib.Path) -> None:
@@ -73,12 +102,18 @@ def link_tree(src: pathlib.Path, dst: pathlib.Path) -> None:
 
 
 class Evaluations:
-    def __init__(self, launcher) -> None:
-        self.launcher = launcher
-        self.redis = launcher.store.redis
-        self.prefix = launcher.store.prefix
+    """``run_dir``: where the jobs' checkpoints are (the api's own path to them); ``run``: the launcher's
+    ``EvalProcesses``."""
+
+    def __init__(self, store: JobStore, buffer: buffer_pb2_grpc.BufferServiceStub, run_dir: str,
+                 model_roots: tuple[str, ...], run: EvalProcesses) -> None:
+        self.buffer = buffer
+        self.run_dir = pathlib.Path(run_dir)
+        self.model_roots = model_roots
+        self.run = run
+        self.redis = store.redis
+        self.prefix = store.prefix
         self.tasks: dict[tuple[str, int], asyncio.Task] = {}
-        self.children: dict[tuple[str, int], list[Child]] = {}
 
     def _key(self, job_id: str) -> str:
         return f"{self.prefix}api:evals:{job_id}"
@@ -97,7 +132,7 @@ class Evaluations:
 
     def model_for(self, job: Job, version: int | None) -> tuple[int, pathlib.Path]:
         """The checkpoint of ``version`` (None: the newest); 0 is the starting policy."""
-        job_dir = pathlib.Path(self.launcher.config.run_dir) / job.job_id
+        job_dir = self.run_dir / job.job_id
         ckpt = job_dir / "checkpoints"
         if version is None:
             newest = weights.latest_version(ckpt, verify=False)
@@ -115,7 +150,7 @@ class Evaluations:
     def base_model(self, job: Job) -> pathlib.Path:
         """The model the job started from, before any warm-start."""
         try:
-            return resolve_model(job.spec, self.launcher.config.model_roots)
+            return resolve_model(job.spec, self.model_roots)
         except LaunchError as exc:
             raise EvalConflict(str(exc)) from exc
 
@@ -136,7 +171,7 @@ class Evaluations:
             raise EvalConflict(f"evaluations: {MAX_EVALUATIONS} kept for this job already")
         n = int(await self.redis.incr(f"{self.prefix}api:evalseq:{job.job_id}"))
         # The trainer prunes old versions: the evaluation holds its own links to the files.
-        snapshot = pathlib.Path(self.launcher.config.run_dir) / job.job_id / "evals" / f"eval-{n}" / "model"
+        snapshot = self.run_dir / job.job_id / "evals" / f"eval-{n}" / "model"
         try:
             await asyncio.to_thread(link_tree, model, snapshot)
         except (OSError, shutil.Error) as exc:
@@ -155,38 +190,17 @@ class Evaluations:
     async def _run(self, job: Job, doc: dict, model: pathlib.Path) -> None:
         key = (job.job_id, doc["n"])
         eval_job = f"{job.job_id}-ev{doc['n']}"
-        job_dir = pathlib.Path(self.launcher.config.run_dir) / job.job_id
-        logs = job_dir / "logs"
-        c = self.launcher.config
-        port = free_port()
-        engine = Child("engine", ["engine", *engine_args(c, job, model, job_dir / "checkpoints", port,
-                                                         f"{eval_job}-engine", job_id=eval_job),
-                                  "--weight-version", str(doc["version"])],
-                       logs / f"eval-{doc['n']}-engine.log", port=port)
-        gateway = Child("rollout", ["rollout", *gateway_args(c, job.spec, eval_job, model, "test",
-                                                             job.spec.tasks.eval_seed),
-                                    "--group-size", str(doc["group_size"]),
-                                    "--max-groups", str(doc["groups_requested"])],
-                        logs / f"eval-{doc['n']}-rollout.log", once=True)
-        self.children[key] = [engine, gateway]
+        plan = EvalPlan(job, doc["n"], eval_job, doc["version"], model, doc["groups_requested"], doc["group_size"])
         try:
-            await self.launcher.buffer.ConfigureJob(buffer_pb2.ConfigureJobRequest(
-                job_id=eval_job, batch_groups=doc["groups_requested"], max_staleness=0, keep_zero_variance=True),
-                timeout=30)
+            await configure_job(self.buffer, eval_settings(eval_job, doc["groups_requested"]), 30)
             # Its tokens carry the evaluated version; the buffer takes versions up to the job's trainer version.
-            await self.launcher.buffer.SetTrainerVersion(buffer_pb2.SetTrainerVersionRequest(
+            await self.buffer.SetTrainerVersion(buffer_pb2.SetTrainerVersionRequest(
                 job_id=eval_job, version=doc["version"]), timeout=30)
-            await spawn(engine, self.launcher.child_env)
-            await engines_healthy([engine], c.engine_start_timeout_s)
-            await spawn(gateway, self.launcher.child_env)
-            code = await gateway.proc.wait()
-            if code != 0:
-                raise LaunchError(f"the evaluation's gateway exited with {code}; see {gateway.log_path}")
-            await stop_children([engine], c.shutdown_grace_s + 10)
+            await self.run(plan)
             groups, batch_ids = await self._collect(eval_job, doc["groups_requested"], doc["version"])
-            await self._keep(eval_job, groups, archive_dir(job_dir, doc["id"]), doc["version"])
+            await self._keep(eval_job, groups, archive_dir(self.run_dir / job.job_id, doc["id"]), doc["version"])
             for batch_id in batch_ids:
-                await self.launcher.buffer.Ack(buffer_pb2.AckRequest(
+                await self.buffer.Ack(buffer_pb2.AckRequest(
                     job_id=eval_job, batch_id=batch_id, consumer="api-eval", trainer_version=doc["version"]),
                     timeout=30)
             doc.update(state="succeeded", result=summarise(groups),
@@ -204,17 +218,20 @@ class Evaluations:
             log.exception("evaluation %s of %s", doc["id"], job.job_id)
             doc.update(state="failed", reason=f"evaluate: internal error ({type(exc).__name__}); see the api log")
         finally:
-            await stop_children(self.children.pop(key, []), c.shutdown_grace_s + 10)
             self.tasks.pop(key, None)
         await self._save(doc)
         log.info("evaluation %s of %s %s", doc["id"], job.job_id, doc["state"],
                  extra={"result": doc["result"], "reason": doc["reason"]})
 
+    def running(self, job_id: str, n: int) -> bool:
+        """Whether evaluation ``n`` of ``job_id`` is running in this api."""
+        return (job_id, n) in self.tasks
+
     async def _collect(self, eval_job: str, want: int, version: int) -> tuple[list[buffer_pb2.Group], list[str]]:
         groups, batch_ids = [], []
         while len(groups) < want:
             got = 0
-            async for item in self.launcher.buffer.GetBatch(buffer_pb2.GetBatchRequest(
+            async for item in self.buffer.GetBatch(buffer_pb2.GetBatchRequest(
                     job_id=eval_job, consumer="api-eval", groups=want - len(groups), current_version=version,
                     max_staleness=-1, wait_ms=2000), timeout=60):
                 if item.WhichOneof("item") == "header":
@@ -232,7 +249,7 @@ class Evaluations:
                        if s.screenshots})
         blobs: dict[str, bytes] = {}
         for i in range(0, len(shas), BLOBS_PER_CALL):
-            async for item in self.launcher.buffer.GetBlobs(buffer_pb2.GetBlobsRequest(
+            async for item in self.buffer.GetBlobs(buffer_pb2.GetBlobsRequest(
                     job_id=eval_job, sha256=shas[i:i + BLOBS_PER_CALL]), timeout=60):
                 if item.found:
                     blobs[item.sha256] = item.blob.data

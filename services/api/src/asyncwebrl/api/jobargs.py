@@ -1,5 +1,6 @@
 """A job document turned into its processes' command lines: the one place job settings become flags, for
-the local launcher, evaluations and the Kubernetes launcher (which overrides a few for pods, ``k8s.pod_args``).
+the local launcher, evaluations and the Kubernetes launcher (which overrides a few for pods,
+``k8s_manifests.pod_args``).
 Every line is parsed by the target service's own config class in tests/api/test_jobspec_bounds.py."""
 
 from __future__ import annotations
@@ -9,14 +10,11 @@ import os
 import pathlib
 
 from asyncwebrl.api.config import ApiConfig
+from asyncwebrl.api.errors import LaunchError
 from asyncwebrl.api.jobspec import JobSpec
 from asyncwebrl.api.store import Job
 from asyncwebrl.common.models.logprobs import logprob_temperature
 from asyncwebrl.common.models.tiny import SHIPPED
-
-
-class LaunchError(Exception):
-    pass
 
 
 def resolve_model(spec: JobSpec, roots: tuple[str, ...]) -> pathlib.Path:
@@ -74,11 +72,9 @@ def trainer_args(config: ApiConfig, job: Job, model: pathlib.Path, ckpt: pathlib
 
 
 def publish_args(config: ApiConfig) -> list[str]:
-    """weightsync takes each version to the engines, as in a cluster, wherever there is one (``asyncwebrl up``
-    starts it); a bare api without one has the trainer load its engines itself."""
-    if config.weightsync_target:
-        return ["--publish", "weightsync", "--weightsync-target", config.weightsync_target]
-    return ["--publish", "endpoints"]
+    """weightsync takes each version to the engines, locally (``asyncwebrl up`` starts it) as in a cluster:
+    it is the one publisher (ApiConfig requires its address with a launcher)."""
+    return ["--publish", "weightsync", "--weightsync-target", config.weightsync_target]
 
 
 def warm_trainer_args(config: ApiConfig, job: Job, model: pathlib.Path, warm: pathlib.Path) -> list[str]:
@@ -89,7 +85,8 @@ def warm_trainer_args(config: ApiConfig, job: Job, model: pathlib.Path, warm: pa
         *_common_args(config, warm_job_id(job.job_id)), "--grpc-port", "0", "--http-port", "0",
         "--buffer-target", config.buffer_target, "--model-path", str(model), "--checkpoint-dir", str(warm),
         "--device", s.resources.device, "--objective", "sft", "--batch-groups", str(a.warm_start_batch),
-        "--max-staleness", "64", "--max-steps", str(a.warm_start_steps), "--lr", str(a.warm_start_lr),
+        "--max-staleness", str(WARM_MAX_STALENESS), "--max-steps", str(a.warm_start_steps),
+        "--lr", str(a.warm_start_lr),
         "--epochs", str(a.warm_start_epochs), "--minibatches", str(min(4, a.warm_start_batch)),
         "--publish", "none", "--full-every", str(a.warm_start_steps), "--seed", str(s.tasks.train_seed),
         "--archive-per-step", "0"]
@@ -111,6 +108,21 @@ def gateway_args(config: ApiConfig, spec: JobSpec, job_id: str, model: pathlib.P
         "--reward", spec.algorithm.reward]
 
 
+def eval_engine_args(config: ApiConfig, job: Job, model: pathlib.Path, port: int, eval_job: str,
+                     version: int) -> list[str]:
+    """The embedded engine of an evaluation (buffer job ``eval_job``), serving ``model`` as ``version``."""
+    ckpt = pathlib.Path(config.run_dir) / job.job_id / "checkpoints"
+    return [*engine_args(config, job, model, ckpt, port, f"{eval_job}-engine", job_id=eval_job),
+            "--weight-version", str(version)]
+
+
+def eval_gateway_args(config: ApiConfig, job: Job, model: pathlib.Path, eval_job: str, group_size: int,
+                      groups: int) -> list[str]:
+    """The gateway of an evaluation: test-split seeds from ``tasks.eval_seed``, ``groups`` groups, then it exits."""
+    return [*gateway_args(config, job.spec, eval_job, model, "test", job.spec.tasks.eval_seed),
+            "--group-size", str(group_size), "--max-groups", str(groups)]
+
+
 def rollout_args(config: ApiConfig, job: Job, model: pathlib.Path) -> list[str]:
     """``python -m asyncwebrl.rollout`` flags of the job's gateway (train split)."""
     r = job.spec.rollout
@@ -129,6 +141,7 @@ def warm_rollout_args(config: ApiConfig, job: Job, model: pathlib.Path) -> list[
 
 
 RL_SEED_OFFSET = 1000
+WARM_MAX_STALENESS = 64  # demonstrations carry no policy version that could be stale
 
 
 def warm_job_id(job_id: str) -> str:

@@ -1,9 +1,10 @@
 """The Kubernetes launcher's settings from the api's flags, and their validation (ApiConfig calls
-``check_config``): what the manifests need, apart from building them (``k8s``)."""
+``check_config``): what the manifests need, apart from building them (``k8s_manifests``)."""
 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import re
 import urllib.parse
 
@@ -110,6 +111,18 @@ def parse_tolerations(text: str) -> tuple[Toleration, ...]:
     return tuple(out)
 
 
+def resolve_namespace(config) -> str:
+    """--k8s-namespace, else the api pod's own (beside the service account token), else default. ``config``:
+    an ApiConfig."""
+    if config.k8s_namespace:
+        return config.k8s_namespace
+    if config.k8s_token_file:
+        ns_file = pathlib.Path(config.k8s_token_file).with_name("namespace")
+        if ns_file.is_file():
+            return ns_file.read_text().strip()
+    return "default"
+
+
 def settings_from_config(config, namespace: str) -> K8sSettings:
     """``config``: an ApiConfig (not imported: the config module imports this one). Raises ValueError
     naming the field."""
@@ -133,7 +146,6 @@ def settings_from_config(config, namespace: str) -> K8sSettings:
     require(0 <= config.k8s_backoff_limit <= 100, "k8s_backoff_limit", "must be in [0, 100]")
     require(_label_key(config.k8s_job_label), "k8s_job_label", "must be a label key")
     require(bool(DNS_LABEL.match(namespace)), "k8s_namespace", f"must be a DNS label, got {namespace[:80]!r}")
-    require(bool(config.weightsync_target), "weightsync_target", "is required with --launcher kubernetes")
     require(len(config.weightsync_target) <= 255 and ":" in config.weightsync_target
             and not any(c.isspace() for c in config.weightsync_target), "weightsync_target", "must be host:port")
     require(config.run_dir.startswith("/"), "run_dir",

@@ -20,14 +20,16 @@ import grpc
 from asyncwebrl.api import metrics
 from asyncwebrl.api.children import Child, engines_healthy, spawn, stop_children
 from asyncwebrl.api.config import ApiConfig
-from asyncwebrl.api.evaluate import Evaluations
-from asyncwebrl.api.jobargs import (LaunchError, engine_args, local_torch_threads, resolve_model, rollout_args,
-                                    trainer_args, warm_job_id, warm_rollout_args, warm_trainer_args)
+from asyncwebrl.api.errors import LaunchError
+from asyncwebrl.api.evaluate import EvalPlan, Evaluations
+from asyncwebrl.api.jobargs import (engine_args, eval_engine_args, eval_gateway_args, local_torch_threads,
+                                    resolve_model, rollout_args, trainer_args, warm_rollout_args, warm_trainer_args)
+from asyncwebrl.api.jobbuffer import configure_job, job_settings
 from asyncwebrl.api.store import FINAL, Job, JobStore
 from asyncwebrl.common.grpcclient import aio_channel
 from asyncwebrl.common.localstack import free_port
 from asyncwebrl.common.weights import latest_version
-from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
+from asyncwebrl.v1 import buffer_pb2_grpc
 
 log = logging.getLogger("asyncwebrl.api.launcher")
 
@@ -79,10 +81,7 @@ class JobRun:
         done = latest_version(self.dir / "warm")
         if done is None or done[0].version < steps:
             self.phase = "warm_start"
-            a = self.job.spec.algorithm
-            await self.launcher.buffer.ConfigureJob(buffer_pb2.ConfigureJobRequest(
-                job_id=warm_job_id(self.job.job_id), batch_groups=a.warm_start_batch, max_staleness=64,
-                keep_zero_variance=True), timeout=30)
+            await configure_job(self.launcher.buffer, job_settings(self.job, "warm_start"), 30)
             self.children = self._warm_plan(model)
             for child in self.children:
                 await self._spawn(child)
@@ -111,11 +110,8 @@ class JobRun:
         store = self.launcher.store
         try:
             model = resolve_model(self.job.spec, self.launcher.config.model_roots)
-            r, a = self.job.spec.rollout, self.job.spec.algorithm
-            await self.launcher.buffer.ConfigureJob(buffer_pb2.ConfigureJobRequest(
-                job_id=self.job.job_id, batch_groups=r.batch_groups, max_staleness=r.max_staleness,
-                keep_zero_variance=a.keep_zero_variance), timeout=30)
-            if a.warm_start_steps:
+            await configure_job(self.launcher.buffer, job_settings(self.job), 30)
+            if self.job.spec.algorithm.warm_start_steps:
                 await store.set_state(self.job.job_id, "running")
                 model = await self._warm_start(model)
                 if model is None:
@@ -182,18 +178,42 @@ class JobRun:
 
 
 class LocalLauncher:
+    """The api's launcher with ``--launcher local`` (a ``launchers.Launcher``)."""
+
     def __init__(self, config: ApiConfig, store: JobStore) -> None:
         self.config = config
         self.store = store
         self.runs: dict[str, JobRun] = {}
         self._channel = aio_channel(config.buffer_target, config.auth_token)
         self.buffer = buffer_pb2_grpc.BufferServiceStub(self._channel)
-        self.evaluations = Evaluations(self)
+        self.evaluations = Evaluations(store, self.buffer, config.run_dir, config.model_roots, self._run_evaluation)
         self.child_env = {k: v for k, v in {
             "ASYNCWEBRL_AUTH_TOKEN": config.auth_token,
             "ASYNCWEBRL_REDIS_PASSWORD": config.redis_password,
             "ASYNCWEBRL_REGISTRY_REDIS_PASSWORD": config.redis_password,
         }.items() if v}
+
+    async def _run_evaluation(self, plan: EvalPlan) -> None:
+        """An evaluation's engine and gateway as children (logs ``eval-<n>-engine``, ``eval-<n>-rollout``),
+        until the gateway has played its groups."""
+        c = self.config
+        logs = pathlib.Path(c.run_dir) / plan.job.job_id / "logs"
+        port = free_port()
+        engine = Child("engine", ["engine", *eval_engine_args(c, plan.job, plan.model, port, plan.eval_job,
+                                                              plan.version)],
+                       logs / f"eval-{plan.n}-engine.log", port=port)
+        gateway = Child("rollout", ["rollout", *eval_gateway_args(c, plan.job, plan.model, plan.eval_job,
+                                                                  plan.group_size, plan.groups)],
+                        logs / f"eval-{plan.n}-rollout.log", once=True)
+        try:
+            await spawn(engine, self.child_env)
+            await engines_healthy([engine], c.engine_start_timeout_s)
+            await spawn(gateway, self.child_env)
+            code = await gateway.proc.wait()
+            if code != 0:
+                raise LaunchError(f"the evaluation's gateway exited with {code}; see {gateway.log_path}")
+        finally:
+            await stop_children([engine, gateway], c.shutdown_grace_s + 10)
 
     def start(self, job: Job) -> None:
         run = JobRun(self, job)

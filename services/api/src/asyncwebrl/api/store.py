@@ -15,19 +15,12 @@ import json
 import secrets
 import time
 
+from asyncwebrl.api.errors import BadPageToken, StoreFull
 from asyncwebrl.api.jobspec import JobSpec
 from asyncwebrl.common.keys import job_prefix
 
 STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
-
-
-class StoreFull(Exception):
-    pass
-
-
-class BadPageToken(ValueError):
-    pass
 
 
 @dataclasses.dataclass

@@ -20,7 +20,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException
 
-from asyncwebrl.api.store import BadPageToken, decode_token, encode_token
+from asyncwebrl.api.errors import BadPageToken
+from asyncwebrl.api.store import decode_token, encode_token
 from asyncwebrl.common.archive import EPISODE_ID, SHA256, EpisodeArchive
 from asyncwebrl.common.keys import is_job_id
 

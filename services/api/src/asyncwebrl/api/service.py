@@ -1,6 +1,8 @@
-"""The REST api (FastAPI). Errors are application/problem+json (RFC 9457) and
-name the field; every route but health, metrics and the schemas needs the
-bearer token; bodies are bounded before they are parsed."""
+"""The REST api (FastAPI): the api service's HTTP app. Errors are
+application/problem+json (RFC 9457) and name the field; every route but health,
+metrics and the schemas needs the bearer token; bodies are bounded before they
+are parsed. Jobs are run by a ``launchers.Launcher`` (local or Kubernetes), or by
+none (``--launcher none``: jobs are only stored)."""
 
 from __future__ import annotations
 
@@ -17,18 +19,15 @@ from starlette.exceptions import HTTPException
 
 from asyncwebrl.api import metrics, runs
 from asyncwebrl.api.config import ApiConfig
-from asyncwebrl.api.evaluate import EvalConflict
+from asyncwebrl.api.errors import BadPageToken, EvalConflict, Problem, StoreFull
+from asyncwebrl.api.evaluate import Evaluations
 from asyncwebrl.api.jobspec import EvaluateRequest, JobSpec
-from asyncwebrl.api.store import FINAL, BadPageToken, Job, JobStore, StoreFull, decode_token, encode_token
+from asyncwebrl.api.launchers import Launcher
+from asyncwebrl.api.store import FINAL, Job, JobStore, decode_token, encode_token
 from asyncwebrl.api.viewer import viewer_router
 from asyncwebrl.common.keys import is_job_id
 
 PROBLEM = "application/problem+json"
-
-
-class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str, **extra) -> None:
-        self.status, self.title, self.detail, self.extra = status, title, detail, extra
 
 
 def problem(status: int, title: str, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
@@ -52,8 +51,8 @@ def job_view(job: Job, progress: dict | None = None) -> dict:
     return view
 
 
-def create_app(config: ApiConfig, store: JobStore, launcher=None) -> FastAPI:
-    """``launcher``: a LocalLauncher, or None when another launcher acts on stored jobs."""
+def create_app(config: ApiConfig, store: JobStore, launcher: Launcher | None = None) -> FastAPI:
+    """``launcher``: the local or the Kubernetes launcher, or None when another launcher acts on stored jobs."""
     app = FastAPI(title="asyncwebrl", version="0.1.0", description="Jobs of asynchronous multi-step RL for "
                   "vision-language web agents.")
 
@@ -143,8 +142,7 @@ def create_app(config: ApiConfig, store: JobStore, launcher=None) -> FastAPI:
         view = job_view(job, await store.progress(job.job_id))
         if launcher is not None:
             view["processes"] = await launcher.status(job.job_id)
-            if hasattr(launcher, "phase"):
-                view["phase"] = launcher.phase(job.job_id)
+            view["phase"] = launcher.phase(job.job_id)
         return view
 
     run_dir = pathlib.Path(config.run_dir)
@@ -171,10 +169,10 @@ def create_app(config: ApiConfig, store: JobStore, launcher=None) -> FastAPI:
             raise Problem(404, "Not Found", f"role: no log {role[:40]!r} for job {job.job_id}")
         return PlainTextResponse(data.decode(errors="replace"))
 
-    def evaluations():
-        if launcher is None or not hasattr(launcher, "evaluations"):
-            raise Problem(409, "Conflict", "evaluate: this api's launcher does not run evaluations "
-                                           "(start it with --launcher local)")
+    def evaluations() -> Evaluations:
+        if launcher is None:
+            raise Problem(409, "Conflict", "evaluate: this api runs no jobs, so no evaluations "
+                                           "(start it with --launcher local or --launcher kubernetes)")
         return launcher.evaluations
 
     @app.post("/v1/jobs/{job_id}/evaluate", status_code=202, dependencies=auth, tags=["evaluations"])
