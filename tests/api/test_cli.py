@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 import yaml
 
-from asyncwebrl.api.cli import load_stack
+from asyncwebrl.api.stack import load_stack
 from asyncwebrl.api.jobspec import JobSpec
 from asyncwebrl.common.localstack import free_port
 from tests.helpers import wait_until
@@ -261,13 +261,13 @@ def test_watch_shows_the_trainer_metrics(stack):
 
 
 def test_watch_warns_of_a_collapse_from_off_policy_health():
-    from asyncwebrl.api.cli import _progress_line, health_warnings
+    from asyncwebrl.api.cli import health_warnings, progress_line
 
     healthy = {"step": 3, "version": 3, "ess": 0.97, "clip_fraction": 0.01, "behav_gap": 0.001,
                "invalid_action_rate": 0.1, "entropy": 4.2}
-    assert health_warnings(healthy) == [] and "WARNING" not in _progress_line({"state": "running"}, healthy)
+    assert health_warnings(healthy) == [] and "WARNING" not in progress_line({"state": "running"}, healthy)
     sick = {**healthy, "ess": 0.2, "invalid_action_rate": 0.9}
-    line = _progress_line({"state": "running"}, sick)
+    line = progress_line({"state": "running"}, sick)
     assert "WARNING: behaviour ESS 0.20 below 0.5; invalid actions 0.90 above 0.5" in line, line
 
 
