@@ -566,9 +566,9 @@ def weightsync() -> Board:
     b.ts("Load failures per minute", [
         q(f"60 * sum by (job_id) (rate(asyncwebrl_weightsync_load_failures_total{{{J}}}[{RI}]))", "{{job_id}}"),
         q(f"60 * sum by (job_id) (rate(asyncwebrl_trainer_publish_failures_total{{{J}}}[{RI}]))",
-          "trainer direct {{job_id}}")], w=8,
-        desc="weightsync loads that failed after retries, and the trainer's own failures when it publishes "
-             "to the endpoints directly.")
+          "trainer: failed publishes {{job_id}}")], w=8,
+        desc="weightsync loads that failed after retries, and the versions the trainer published through "
+             "weightsync that some engine failed to load (or weightsync did not answer).")
     b.ts("Publish latency", quantiles("asyncwebrl_weightsync_publish_seconds", J), "s", w=8,
          desc="Verification and the fan-out to every endpoint.")
     b.ts("Verification and endpoint load latency", [

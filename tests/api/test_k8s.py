@@ -221,10 +221,11 @@ def test_sglang_key_comes_from_the_secret(tmp_path, models):
     var = re.fullmatch(r"\$\(([A-Z_][A-Z0-9_]*)\)", ref).group(1)
     assert "value" not in env[var]
     assert env[var]["valueFrom"] == {"secretKeyRef": {"name": "rl-secrets", "key": "engine-api-key", "optional": False}}
-    # The gateway and the trainer send that same key (weightsync too: the chart gives it engine-api-key).
-    for role in ("rollout", "trainer"):
-        sender = {e["name"]: e for e in containers(objects)[role]["env"]}["ASYNCWEBRL_ENGINE_API_KEY"]
-        assert sender["valueFrom"]["secretKeyRef"] | {"optional": False} == env[var]["valueFrom"]["secretKeyRef"]
+    # The gateway sends that same key (weightsync too: the chart gives it engine-api-key); the trainer,
+    # which never calls an engine, is not given it.
+    sender = {e["name"]: e for e in containers(objects)["rollout"]["env"]}["ASYNCWEBRL_ENGINE_API_KEY"]
+    assert sender["valueFrom"]["secretKeyRef"] | {"optional": False} == env[var]["valueFrom"]["secretKeyRef"]
+    assert "ASYNCWEBRL_ENGINE_API_KEY" not in {e["name"] for e in containers(objects)["trainer"]["env"]}
     # The kubelet expands $(VAR) only for a variable of the container's env; no other reference is in the args.
     assert [a for a in args if "$(" in a] == [ref, ref]
     # The embedded engine keeps its own flags (no SGLang ones).

@@ -427,9 +427,10 @@ def selects(selector: dict, labels: dict[str, str]) -> bool:
     return selector["matchLabels"].items() <= labels.items()
 
 
-def test_inference_reachable_only_from_gateways_trainers_and_weightsync(rendered):
+def test_inference_reachable_only_from_gateways_and_weightsync(rendered):
     """The jobs' inference pods (SGLang or embedded engine) take connections on their HTTP port from the
-    jobs' RL gateways and trainers, weightsync, and the Prometheus of networkPolicy.inference.scrapeFrom."""
+    jobs' RL gateways, weightsync (the one publisher: not the trainers), and the Prometheus of
+    networkPolicy.inference.scrapeFrom."""
     environ = environ_of(container(rendered["gpu-sglang"].get("Deployment", f"{FULL}-api")))
     settings = k8s_settings.settings_from_config(parse_config(ApiConfig, [], environ), NAMESPACE)
     pods = job_pods(settings)
@@ -446,13 +447,13 @@ def test_inference_reachable_only_from_gateways_trainers_and_weightsync(rendered
         assert selected == {"inference-sglang", "inference-embedded"}, combo
         (rule,) = spec["ingress"]
         assert rule["ports"] == [{"port": k8s_manifests.ENGINE_PORT, "protocol": "TCP"}]
-        # The peers: pod selectors of this namespace, which match exactly the RL gateway, the trainer and
-        # weightsync; then the scrapers of the values.
+        # The peers: pod selectors of this namespace, which match exactly the RL gateway and weightsync;
+        # then the scrapers of the values.
         own = [p for p in rule["from"] if set(p) == {"podSelector"}]
         rest = [p for p in rule["from"] if set(p) != {"podSelector"}]
-        assert rule["from"] == own + rest and len(own) == 3, combo
+        assert rule["from"] == own + rest and len(own) == 2, combo
         peers = {n for p in own for n, labels in {**pods, **chart_pods}.items() if selects(p["podSelector"], labels)}
-        assert peers == {"rollout", "trainer", f"{FULL}-weightsync"}, combo
+        assert peers == {"rollout", f"{FULL}-weightsync"}, combo
         scrapers = (COMBOS[combo].get("networkPolicy", {}).get("inference", {}).get("scrapeFrom")
                     or [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
                          "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}])
@@ -469,11 +470,11 @@ def test_inference_reachable_only_from_gateways_trainers_and_weightsync(rendered
     assert ports == [{"name": "http", "containerPort": k8s_manifests.ENGINE_PORT}]
     (pm,) = rendered["everything"].kind("PodMonitor")
     assert "http" in {e["port"] for e in pm["spec"]["podMetricsEndpoints"]}
-    # No scrapers: only the three peers. networkPolicy.enabled false: no policy.
+    # No scrapers: only the two peers. networkPolicy.enabled false: no policy.
     with helm.Chart.load(CHART) as chart:
         bare = render(chart, {"networkPolicy": {"inference": {"scrapeFrom": []}}})
     (rule,) = bare.get("NetworkPolicy", f"{FULL}-inference")["spec"]["ingress"]
-    assert len(rule["from"]) == 3 and all(set(p) == {"podSelector"} for p in rule["from"])
+    assert len(rule["from"]) == 2 and all(set(p) == {"podSelector"} for p in rule["from"])
     assert not rendered["existing"].has("NetworkPolicy", f"{FULL}-inference")
 
 
@@ -777,14 +778,16 @@ def test_gpu_sglang_values_give_valid_gpu_workloads(rendered):
     trainer = by_role["trainer"]["spec"]["template"]["spec"]["containers"][0]
     assert trainer["resources"]["limits"] == {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": 1}
     # SGLang's --api-key and --admin-api-key: the chart Secret's engine-api-key, by reference, the key the
-    # gateway, the trainer and weightsync send.
+    # gateway and weightsync send (the trainer never calls an engine and does not get it).
     key = c["args"][c["args"].index("--api-key") + 1]
     assert key == c["args"][c["args"].index("--admin-api-key") + 1] == f"$({k8s_manifests.SGLANG_KEY_ENV})"
     assert env_of(c)[k8s_manifests.SGLANG_KEY_ENV]["valueFrom"]["secretKeyRef"] == {
         "name": FULL, "key": "engine-api-key", "optional": False}
     assert "engine-api-key" in rendered["gpu-sglang"].get("Secret", FULL)["data"]
-    for sender in (env_of(trainer), env_of(container(rendered["gpu-sglang"].get("Deployment", f"{FULL}-weightsync")))):
+    for sender in (env_of(by_role["rollout"]["spec"]["template"]["spec"]["containers"][0]),
+                   env_of(container(rendered["gpu-sglang"].get("Deployment", f"{FULL}-weightsync")))):
         assert sender["ASYNCWEBRL_ENGINE_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "engine-api-key"
+    assert "ASYNCWEBRL_ENGINE_API_KEY" not in env_of(trainer)
     for obj in objects:
         for e in obj["spec"]["template"]["spec"]["containers"][0].get("env", []):
             if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]:

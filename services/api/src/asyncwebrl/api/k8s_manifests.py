@@ -55,12 +55,15 @@ PORTS = {"trainer": (50064, 9464), "rollout": (50063, 9463)}  # (grpc, http) as 
 SGLANG_KEY_ENV = "ASYNCWEBRL_ENGINE_API_KEY"
 # Env var -> (key in the Secret, optional). Only what each process reads.
 SECRET_ENV = {
-    "asyncwebrl": {"ASYNCWEBRL_AUTH_TOKEN": ("auth-token", False),
-                   "ASYNCWEBRL_REDIS_PASSWORD": ("redis-password", False),
-                   "ASYNCWEBRL_ENGINE_API_KEY": ("engine-api-key", True)},
+    # The trainer never calls an engine (weightsync publishes): no engine key.
+    "trainer": {"ASYNCWEBRL_AUTH_TOKEN": ("auth-token", False),
+                "ASYNCWEBRL_REDIS_PASSWORD": ("redis-password", False)},
+    "rollout": {"ASYNCWEBRL_AUTH_TOKEN": ("auth-token", False),
+                "ASYNCWEBRL_REDIS_PASSWORD": ("redis-password", False),
+                "ASYNCWEBRL_ENGINE_API_KEY": ("engine-api-key", True)},
     "embedded": {"ASYNCWEBRL_REGISTRY_REDIS_PASSWORD": ("redis-password", False),
                  "ASYNCWEBRL_API_KEY": ("engine-api-key", True)},
-    # SGLang's --api-key and --admin-api-key (sglang_args): the key the gateway, trainer and weightsync send.
+    # SGLang's --api-key and --admin-api-key (sglang_args): the key the gateway and weightsync send.
     # Required: were it missing, the kubelet would pass "$(ASYNCWEBRL_ENGINE_API_KEY)" itself as the key.
     "sglang": {SGLANG_KEY_ENV: ("engine-api-key", False)},
 }
@@ -272,7 +275,7 @@ def _inference_pod(settings: K8sSettings, kind: str, image: str, command: list[s
 def _service_container(settings: K8sSettings, role: str, image: str, command: list[str], args: list[str],
                        res: Resources, gpus: int) -> dict:
     container = _container(settings, base_role(role), image, command, pod_args(role, args, settings),
-                           _secret_env(settings, "asyncwebrl"), res, gpus, shm=gpus > 0)
+                           _secret_env(settings, base_role(role)), res, gpus, shm=gpus > 0)
     grpc_port, http_port = PORTS[base_role(role)]
     container["ports"] = [{"name": "grpc", "containerPort": grpc_port}, {"name": "metrics", "containerPort": http_port}]
     return container

@@ -46,7 +46,9 @@ TRAJECTORIES_PER_HOUR = Gauge("asyncwebrl_trainer_trajectories_per_hour", "Episo
 ENV_STEPS_PER_S = Gauge("asyncwebrl_trainer_env_steps_per_second", "Environment steps trained per second, last step.")
 MICRO_BATCHES = Gauge("asyncwebrl_trainer_micro_batches", "Micro-batches of the last step (all ranks).")
 PHASE_SECONDS = Counter("asyncwebrl_trainer_phase_seconds_total", "Wall time by phase.", ["phase"])
-PUBLISH_FAILURES = Counter("asyncwebrl_trainer_publish_failures_total", "Endpoints that failed to load a version.")
+PUBLISH_FAILURES = Counter("asyncwebrl_trainer_publish_failures_total",
+                           "Versions published through weightsync that an endpoint failed to load (or weightsync "
+                           "did not answer).")
 
 PHASES = ("wait", "proximal", "forward_backward", "optimizer", "checkpoint", "publish")
 
