@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 from asyncwebrl.common.config import option, require
 from asyncwebrl.api.k8s_settings import check_config
@@ -75,6 +76,13 @@ class ApiConfig(ServiceConfig):
                                        "backoffLimit), gateway or engine container before the job fails.")
     k8s_job_label: str = option("asyncwebrl.io/job", "kubernetes launcher: weightsync's --k8s-job-label, carried "
                                                      "beside asyncwebrl.io/job when it differs.")
+    engine_host: str = option("127.0.0.1", "local launcher: the address its engines bind to; 0.0.0.0 where "
+                                           "weightsync runs in another container (compose), the engines then "
+                                           "advertising http://<this host's name>:<port>.")
+    engine_api_key: str = dataclasses.field(
+        default="", metadata={"help": "local launcher: the key its engines require (their --api-key; the gateways "
+                                      "and weightsync send it too); required unless --engine-host is loopback.",
+                              "secret": True})
     weightsync_target: str = option("", "weightsync gRPC address the trainers publish to: the one publisher of "
                                         "versions to the engines (required with --launcher local or kubernetes; "
                                         "`asyncwebrl up` starts one).")
@@ -91,6 +99,12 @@ class ApiConfig(ServiceConfig):
         require(0 <= self.max_restarts <= 100, "max_restarts", "must be in [0, 100]")
         require(0 <= self.torch_threads <= 1024, "torch_threads", "must be in [0, 1024]")
         require(1 <= self.engine_start_timeout_s <= 3600, "engine_start_timeout_s", "must be in [1, 3600]")
+        try:
+            loopback = ipaddress.ip_address(self.engine_host).is_loopback
+        except ValueError:
+            raise ValueError(f"engine_host: must be an IP address, got {self.engine_host[:80]!r}") from None
+        require(loopback or bool(self.engine_api_key), "engine_api_key",
+                f"required with --engine-host {self.engine_host}: engines reachable from other hosts need a key")
         require(self.launcher == "none" or bool(self.weightsync_target), "weightsync_target",
                 f"required with --launcher {self.launcher}: weightsync publishes every version to the engines")
         if self.launcher == "kubernetes":

@@ -39,7 +39,7 @@ def _common_args(config: ApiConfig, job_id: str) -> list[str]:
 def engine_args(config: ApiConfig, job: Job, model: pathlib.Path, ckpt: pathlib.Path, port: int,
                 endpoint_id: str, job_id: str | None = None) -> list[str]:
     """``python -m asyncwebrl.engine`` flags of one embedded engine (of ``job_id``, default the job's)."""
-    return ["--http-port", str(port), "--host", "127.0.0.1", "--model-path", str(model),
+    return ["--http-port", str(port), "--host", config.engine_host, "--model-path", str(model),
             "--model-roots", ",".join([str(model.parent), str(ckpt)]), "--device", job.spec.resources.device,
             "--registry-redis-url", config.redis_url, "--key-prefix", config.key_prefix,
             "--job-id", job_id or job.job_id, "--endpoint-id", endpoint_id, "--heartbeat-s", "1",

@@ -98,7 +98,7 @@ class JobRun:
         return done[1]
 
     async def _spawn(self, child: Child) -> None:
-        await spawn(child, self.launcher.child_env)
+        await spawn(child, self.launcher.env_for(child))
         log.info("started %s", child.role, extra={"job": self.job.job_id, "pid": child.proc.pid})
 
     async def _engines_healthy(self, timeout: float) -> None:
@@ -192,6 +192,12 @@ class LocalLauncher:
             "ASYNCWEBRL_REDIS_PASSWORD": config.redis_password,
             "ASYNCWEBRL_REGISTRY_REDIS_PASSWORD": config.redis_password,
         }.items() if v}
+        # Only the engines get their own key (their --api-key); the gateways send ASYNCWEBRL_ENGINE_API_KEY.
+        self.engine_env = {**self.child_env, **({"ASYNCWEBRL_API_KEY": config.engine_api_key}
+                                                if config.engine_api_key else {})}
+
+    def env_for(self, child: Child) -> dict[str, str]:
+        return self.engine_env if child.role == "engine" else self.child_env
 
     async def _run_evaluation(self, plan: EvalPlan) -> None:
         """An evaluation's engine and gateway as children (logs ``eval-<n>-engine``, ``eval-<n>-rollout``),
@@ -206,7 +212,7 @@ class LocalLauncher:
                                                                   plan.group_size, plan.groups)],
                         logs / f"eval-{plan.n}-rollout.log", once=True)
         try:
-            await spawn(engine, self.child_env)
+            await spawn(engine, self.engine_env)
             await engines_healthy([engine], c.engine_start_timeout_s)
             await spawn(gateway, self.child_env)
             code = await gateway.proc.wait()
