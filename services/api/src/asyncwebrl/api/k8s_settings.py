@@ -57,6 +57,8 @@ class K8sSettings:
     buffer_target: str
     weightsync_target: str
     model_roots: tuple[str, ...] = ()
+    # Read by jobargs.engine_args as ApiConfig.engine_host is: an inference pod listens on its pod IP.
+    engine_host: str = "0.0.0.0"
     image_trainer: str = "asyncwebrl/trainer:0.1.0"
     image_rollout: str = "asyncwebrl/rollout:0.1.0"
     image_engine: str = "asyncwebrl/engine:0.1.0"
