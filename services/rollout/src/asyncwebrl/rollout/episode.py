@@ -72,14 +72,17 @@ async def _demonstration(env, session: str, policy: Policy) -> tuple[str, list[i
 
 
 async def _allocate(env, request: env_pb2.AllocateRequest, deadline: float) -> env_pb2.AllocateResponse:
-    """A lease; while envfleet is full (RESOURCE_EXHAUSTED: every context leased) wait for one to free
-    up, as that is capacity, not a fault. Anything else, or still full at the deadline, is an EnvFault."""
+    """A lease; while envfleet is full (RESOURCE_EXHAUSTED: every context leased) or away (UNAVAILABLE:
+    restarting) wait for it, as that is capacity, not a fault of this episode; failing at once would burn
+    through whole groups while envfleet restarts. Anything else, or still waiting at the deadline, is an
+    EnvFault."""
     delay = 0.1
     while True:
         try:
             return await env.Allocate(request, timeout=60)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() + delay > deadline:
+            waits = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+            if exc.code() not in waits or time.monotonic() + delay > deadline:
                 raise EnvFault(f"Allocate: {exc.code().name}: {exc.details()}") from exc
             metrics.ALLOCATE_WAITS.inc()
             await asyncio.sleep(delay)

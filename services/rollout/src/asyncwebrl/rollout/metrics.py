@@ -5,7 +5,8 @@ from prometheus_client import Counter, Gauge, Histogram
 EPISODES_RUNNING = Gauge("asyncwebrl_rollout_episodes_running", "Episodes holding a pool slot.")
 GROUPS_RUNNING = Gauge("asyncwebrl_rollout_groups_running", "Groups started and not yet written or dropped.")
 ALLOCATE_WAITS = Counter("asyncwebrl_rollout_allocate_waits_total", "Allocate calls refused because envfleet "
-                         "was full (every context leased), retried after a pause.")
+                         "was full (every context leased) or away (restarting), retried after a pause.")
+PUT_RETRIES = Counter("asyncwebrl_rollout_put_retries_total", "PutGroup calls retried while the buffer was away.")
 EPISODES = Counter("asyncwebrl_rollout_episodes_total", "Episodes finished, by outcome.", ["outcome"])
 STEPS_PER_EPISODE = Histogram("asyncwebrl_rollout_steps_per_episode", "Steps of finished episodes.", ["outcome"],
                               buckets=(1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 70))

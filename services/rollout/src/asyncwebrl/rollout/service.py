@@ -197,17 +197,23 @@ class Gateway:
             metrics.GROUPS_RUNNING.set(self.running_groups)
 
     async def _put(self, group: buffer_pb2.Group) -> None:
+        """A finished group into the buffer; while the buffer (or its Redis) is away, keep trying for
+        PUT_RETRY_S: a restart takes seconds to minutes, and the group's episodes are paid for."""
         request = buffer_pb2.PutGroupRequest()
         request.group.CopyFrom(group)
-        for attempt in range(5):
+        deadline, delay = time.monotonic() + PUT_RETRY_S, 0.5
+        while True:
             try:
                 await self.buffer.PutGroup(request, timeout=60)
                 return
             except grpc.aio.AioRpcError as exc:
                 # Retries are safe: PutGroup is idempotent by group id.
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED) or attempt == 4:
+                if (exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                        or time.monotonic() + delay > deadline):
                     raise
-                await asyncio.sleep(0.5 * 2**attempt)
+                metrics.PUT_RETRIES.inc()
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
 
     def _drop(self, reason: str, cause: BaseException) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -251,6 +257,8 @@ class Gateway:
 # Running counts to the buffer and lease renewals to envfleet (whose --owner-ttl-s, 20 s by default,
 # must leave room for a few missed ones).
 REPORT_EVERY_S = 5.0
+# How long a finished group waits for the buffer to come back before it is dropped.
+PUT_RETRY_S = 300.0
 # A group is trained with at least this many of its episodes: two outcomes to compare.
 MIN_GROUP = 2
 

@@ -35,6 +35,8 @@ from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc, weightsync_pb2, weightsyn
 
 log = logging.getLogger("asyncwebrl.trainer")
 BLOBS_PER_CALL = 256
+# How long the trainer waits out a buffer restart at an ack (Ack is idempotent) before giving up.
+ACK_RETRY_S = 300.0
 
 
 @dataclasses.dataclass
@@ -215,23 +217,38 @@ class Trainer:
         result = await asyncio.to_thread(self._train, batch)
         entry = result["entry"]
         entry["seconds"]["publish"] = await self.publish(batch.version)
-        for batch_id in batch.batch_ids:
-            reply = await self.stub.Ack(buffer_pb2.AckRequest(job_id=self.config.job_id, batch_id=batch_id,
-                                                              consumer=self.config.consumer,
-                                                              trainer_version=batch.version))
-            if reply.lost:
-                log.warning("groups of a batch were taken over by another consumer", extra={"lost": reply.lost})
         total = sum(entry["seconds"].values())
         entry["trajectories_per_hour"] = entry["episodes"] * 3600 / total if total else 0.0
         entry["env_steps_per_s"] = entry["env_steps"] / total if total else 0.0
         entry["unix"] = time.time()
         metrics.record(entry)
+        # The row before the acks: the version is written, and a restart acks its batch from the manifest
+        # but has no row to write.
         self.log.write(entry)
+        for batch_id in batch.batch_ids:
+            reply = await self._ack(batch_id, batch.version)
+            if reply.lost:
+                log.warning("groups of a batch were taken over by another consumer", extra={"lost": reply.lost})
         if self.config.archive_per_step:
             await asyncio.to_thread(self._keep_episodes, batch)
         log.info("step %d -> version %d: %d groups, success %.3f, loss %.5f, grad norm %.4f", entry["step"],
                  entry["version"], entry["groups"], entry["success"] or 0.0, entry["loss"], entry["grad_norm"])
         return True
+
+    async def _ack(self, batch_id: str, version: int) -> buffer_pb2.AckResponse:
+        """Ack, waiting out a buffer (or Redis) restart for up to ACK_RETRY_S rather than exiting on it."""
+        request = buffer_pb2.AckRequest(job_id=self.config.job_id, batch_id=batch_id, consumer=self.config.consumer,
+                                        trainer_version=version)
+        deadline, delay = time.monotonic() + ACK_RETRY_S, 0.5
+        while True:
+            try:
+                return await self.stub.Ack(request)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("the buffer is away; retrying the ack", extra={"batch_id": batch_id})
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
 
     def _keep_episodes(self, batch: Batch) -> None:
         """A few of the batch's episodes for the viewer: a success and a failure first, then the rest."""
