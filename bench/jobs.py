@@ -12,6 +12,7 @@ it as ``model.path``.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -27,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from asyncwebrl.api.cli import Client, _metrics_since, load_stack  # noqa: E402
+from asyncwebrl.api.client import Client  # noqa: E402
+from asyncwebrl.api.client import metrics_since  # noqa: E402
+from asyncwebrl.api.stack import load_stack  # noqa: E402
 from asyncwebrl.common.weights import latest_version  # noqa: E402
 
 RESULTS = pathlib.Path(os.environ.get("ASYNCWEBRL_BENCH_RESULTS", ROOT / "bench" / "results"))
@@ -35,6 +38,8 @@ FINAL = ("succeeded", "failed", "cancelled")
 
 # The click tasks the tiny policy learns; the warm-start's demonstrations are drawn from them.
 CLICK_TASKS = ["miniwob/click-test", "miniwob/click-button"]
+# The demo job: its recipe (tasks, warm-start, RL settings) is what bench-learning and bench-normaliser run.
+DEMO = ROOT / "examples" / "jobs" / "demo.yaml"
 
 
 def say(name: str, message: str) -> None:
@@ -134,22 +139,26 @@ class Stack:
         return self.client.request("DELETE", f"/v1/jobs/{jid}")
 
     def rows(self, jid: str) -> list[dict]:
-        got = _metrics_since(self.client, jid, 0)
+        got = metrics_since(self.client, jid, 0)
         return got[0] if got else []
 
     def warm_start(self, spec: dict, steps: int) -> str:
         """Runs ``spec``'s warm-start (``steps`` supervised steps) and returns the checkpoint as a
         ``model.path`` under the api's model roots. Another benchmark sharing the run directory
         reuses it (the same demonstrations and steps give the same starting policy)."""
-        cache = self.run_dir / f"warm-start-{steps}.json"
+        a = spec.get("algorithm", {})
+        warm = {"warm_start_steps": steps, "warm_start_lr": a.get("warm_start_lr", 3e-3),
+                "warm_start_epochs": a.get("warm_start_epochs", 8), "warm_start_batch": a.get("warm_start_batch", 16)}
+        # Keyed by what makes the starting policy: its demonstrations' tasks and the supervised settings.
+        key = hashlib.sha256(json.dumps([spec["model"], spec["tasks"], spec["rollout"], warm],
+                                        sort_keys=True).encode()).hexdigest()[:12]
+        cache = self.run_dir / f"warm-start-{key}.json"
         if cache.is_file():
             path = json.loads(cache.read_text())["model_path"]
             if (self.run_dir / "jobs" / path / "config.json").is_file():
                 say(self.name, f"reusing the warm-start {path}")
                 return path
-        jid = self.submit(merge(spec, name=f"{spec['name']}-warm",
-                                algorithm={"warm_start_steps": steps, "warm_start_lr": 3e-3,
-                                           "warm_start_epochs": 8, "warm_start_batch": 16}))
+        jid = self.submit(merge(spec, name=f"{spec['name']}-warm", algorithm=warm))
         say(self.name, f"warm-start {jid}: {steps} supervised steps on demonstrations")
         deadline = time.monotonic() + 1800
         while True:
@@ -183,7 +192,7 @@ class Stack:
         try:
             while True:
                 job = self.job(jid)
-                got = _metrics_since(self.client, jid, rows[-1]["step"] if rows else 0)
+                got = metrics_since(self.client, jid, rows[-1]["step"] if rows else 0)
                 rows += got[0] if got else []
                 if rows and first_at is None:
                     first_at, first_env = time.monotonic(), self.envfleet_counters()
@@ -225,6 +234,12 @@ def weighted_mean(rows: list[dict], field: str, value=None) -> float | None:
     pairs = [((value(r) if value else r.get(field)), r["episodes"]) for r in rows]
     pairs = [(v, w) for v, w in pairs if v is not None and v == v]  # v == v: not NaN
     return sum(v * w for v, w in pairs) / sum(w for _, w in pairs) if pairs and sum(w for _, w in pairs) else None
+
+
+def third(rows: list[dict], part: str) -> list[dict]:
+    """The first or last third of a run's steps (at least one)."""
+    n = max(1, len(rows) // 3)
+    return rows[:n] if part == "first" else rows[-n:]
 
 
 def steady(rows: list[dict]) -> list[dict]:

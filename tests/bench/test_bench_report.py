@@ -15,6 +15,7 @@ sys.path.insert(0, str(BENCH))
 
 import e2e  # noqa: E402
 import jobs  # noqa: E402
+import learning  # noqa: E402
 import normaliser  # noqa: E402
 import report  # noqa: E402
 
@@ -68,11 +69,11 @@ def test_the_page_is_generated_from_the_result_files(tmp_path):
            "ideal_speedup": 1.5, "best_eta": "eta_2", "speedup": 60 / 35, "fraction_of_ideal": 60 / 35 / 1.5,
            "paper": "2.4-2.9x"}
     (tmp_path / "e2e.json").write_text(json.dumps(doc))
-    curves = {"constant": [[_row(i, i, 1, 1, success=0.5 + 0.05 * i) for i in range(1, 7)]],
-              "trajectory": [[_row(i, i, 1, 1, success=0.4) for i in range(1, 7)]]}
+    curves = {"k10": [[_row(i, i, 1, 1, success=0.5 + 0.05 * i) for i in range(1, 7)]],
+              "tau": [[_row(i, i, 1, 1, success=0.4) for i in range(1, 7)]]}
     summary = normaliser.summarise(curves)
-    assert summary["constant"]["last"]["success"] == pytest.approx((0.75 + 0.8) / 2)
-    assert summary["trajectory"]["first"]["success"] == pytest.approx(0.4)
+    assert summary["k10"]["last"]["success"] == pytest.approx((0.75 + 0.8) / 2)
+    assert summary["tau"]["first"]["success"] == pytest.approx(0.4)
     page = report.render(tmp_path, tmp_path / "BENCHMARKS.md")
     assert "**1.71x** (eta_2)" in page and "**1.50x**" in page and "114% of the ideal" in page
     assert "Not run: no normaliser.json" in page and "Not run: no staleness.json" in page
@@ -81,23 +82,39 @@ def test_the_page_is_generated_from_the_result_files(tmp_path):
 
 def test_the_normaliser_difference_per_seed_and_its_standard_error():
     # 6 steps of 32 episodes each: the last third is steps 5 and 6 (64 episodes per normaliser).
-    curves = {"constant": [[_row(i, i, 1, 1, success=0.75, env_steps=64) for i in range(1, 7)],
-                           [_row(i, i, 1, 1, success=0.5, env_steps=96) for i in range(1, 7)]],
-              "trajectory": [[_row(i, i, 1, 1, success=0.5, env_steps=96) for i in range(1, 7)],
-                             [_row(i, i, 1, 1, success=0.5, env_steps=96) for i in range(1, 7)]]}
+    curves = {"k10": [[_row(i, i, 1, 1, success=0.75, env_steps=64) for i in range(1, 7)],
+                      [_row(i, i, 1, 1, success=0.5, env_steps=96) for i in range(1, 7)]],
+              "tau": [[_row(i, i, 1, 1, success=0.5, env_steps=96) for i in range(1, 7)],
+                      [_row(i, i, 1, 1, success=0.5, env_steps=96) for i in range(1, 7)]]}
     for per_seed in curves.values():
         for rows in per_seed:
             for r in rows:
                 r["steps_per_episode"] = r["env_steps"] / r["episodes"]
-    d = normaliser.noise(curves)
+    d = normaliser.noise(curves, "k10")
     assert d["per_seed_last_third"] == [pytest.approx({"success": 0.25, "steps_per_episode": -1.0}),
                                         pytest.approx({"success": 0.0, "steps_per_episode": 0.0})]
     p = 0.625  # 1/k pooled over both seeds' last thirds (128 episodes); 1/|tau| 0.5
     assert d["success_difference_se"] == pytest.approx((p * (1 - p) / 128 + 0.25 / 128) ** 0.5)
-    assert report.difference_lines(d)[0] == ("Last third, 1/k minus 1/|tau|, per seed: steps per episode -1.00, "
-                                             "+0.00; success +0.25, +0.00 (standard error of the pooled success "
-                                             "difference: 0.06).")
+    assert report.difference_lines(d, "1/k, k=10")[0] == (
+        "Last third, 1/k, k=10 minus 1/|tau|, per seed: steps per episode -1.00, +0.00; success +0.25, +0.00 "
+        "(standard error of the pooled success difference: 0.06).")
     assert report.difference_lines(None) == []
+    summary = normaliser.summarise(curves)
+    # Seed 1 shorter and better, seed 2 equal: pooled, 1/k is shorter at better success.
+    assert normaliser.finding(summary, "k10") == {"episodes_shorter": True, "success_equal_or_better": True,
+                                                  "holds": True}
+    table = normaliser.per_seed(curves)
+    assert table[0]["k10"]["last"]["success"] == pytest.approx(0.75) and table[1]["tau"]["first"]["success"] == 0.5
+
+
+def test_a_collapse_is_a_stall_or_a_fall_to_under_a_third():
+    held = [_row(i, i, 1, 1, success=s) for i, s in enumerate([0.3, 0.3, 0.4, 0.4, 0.5, 0.5], start=1)]
+    fell = [_row(i, i, 1, 1, success=s) for i, s in enumerate([0.3, 0.3, 0.2, 0.1, 0.05, 0.0], start=1)]
+    assert learning.verdict(held, 6, stalled=False)["collapsed"] is False
+    assert learning.verdict(held, 6, stalled=True)["collapsed"] is True
+    v = learning.verdict(fell, 6, stalled=False)
+    assert v["collapsed"] is True and v["success_first_third"] == pytest.approx(0.3)
+    assert v["success_last_third"] == pytest.approx(0.025)
 
 
 def test_a_target_not_measured_is_not_reported_as_missed():
