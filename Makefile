@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTO_OUT := libs/common/src
 
-.PHONY: setup test demo demo-down demo-envfleet protos bench bench-quick bench-report bench-e2e bench-staleness bench-normaliser bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync gpu-check sites-report gallery clean
+.PHONY: setup test demo demo-down demo-envfleet protos bench bench-quick bench-report bench-e2e bench-staleness bench-normaliser bench-learning bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync bench-chaos gpu-check sites-report gallery clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -47,6 +47,10 @@ bench-staleness: setup
 bench-normaliser: setup
 	$(PY) bench/normaliser.py
 
+# The demo's recipe on 5 seeds: how many collapse (target none).
+bench-learning: setup
+	$(PY) bench/learning.py
+
 bench-weightsync: setup
 	$(PY) bench/weightsync.py
 
@@ -65,6 +69,10 @@ bench-buffer: setup
 bench-envfleet: setup
 	@bash bench/peers/setup.sh
 	$(PY) bench/envfleet.py
+
+# A quiet job for 10 min, then the same job while components are SIGKILLed ~every 45 s for 10 min; what was lost (~25 min).
+bench-chaos: setup
+	$(PY) bench/chaos.py
 
 # The GPU path in one script (scripts/gpu_check.py): with a GPU, the 3B training step, the engine on CUDA
 # and a weight transfer (< 8 min, runs/gpu_check.json); without one, the same code on a tiny model on the CPU.

@@ -2,7 +2,7 @@
 
 Runs the component benchmarks (envfleet, buffer, engine, rollout, trainer,
 weight sync) and the training ones (end to end with the staleness sweep, the
-step normaliser) one after another, so none competes with another for the
+step normaliser, the demo recipe over seeds) one after another, so none competes with another for the
 cores. Each prints its own progress; this prints which one runs and how long
 each took. ``--quick`` runs each in a reduced size (minutes, numbers only a
 smoke check) and writes to bench/results/quick/ instead of bench/results/.
@@ -36,6 +36,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "e2e": (["--etas", "1,2,4,8", "--staleness", "--window", "130"],
             ["--etas", "2", "--staleness", "--window", "20", "--min-steps", "2", "--warm-steps", "4"]),
     "normaliser": ([], ["--seeds", "1", "--steps", "2", "--warm-steps", "4"]),
+    "learning": ([], ["--seeds", "1", "--steps", "2"]),
+    "chaos": ([], ["--short"]),
 }
 
 
@@ -70,7 +72,7 @@ def main() -> int:
     done: dict[str, dict] = {}
     for i, name in enumerate(names, 1):
         argv = [sys.executable, str(ROOT / "bench" / f"{name}.py"), *BENCHES[name][1 if args.quick else 0],
-                *(["--run-dir", str(shared)] if name in ("e2e", "normaliser") else [])]
+                *(["--run-dir", str(shared)] if name in ("e2e", "normaliser", "learning") else [])]
         print(f"[bench {time.strftime('%H:%M:%S')}] {i}/{len(names)} {name}: {' '.join(argv[1:])}",
               file=sys.stderr, flush=True)
         t = time.monotonic()

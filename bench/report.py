@@ -94,38 +94,77 @@ def staleness_section(doc, results, out) -> tuple[list[str], list]:
 
 
 def normaliser_section(doc, results, out) -> tuple[list[str], list]:
-    s = doc["summary"]
+    if "variants" not in doc:  # a result file from before the multi-step comparison
+        return ["## Step normaliser: 1/k vs 1/|tau| (`make bench-normaliser`)", "",
+                f"{results / 'normaliser.json'} predates the multi-step comparison: run `make bench-normaliser`.",
+                ""], ["normaliser", "1/k contracts trajectories at equal or better success", "-", "holds (paper)", "-"]
+    s, w, labels = doc["summary"], doc["workload"], doc["variants"]
     lines = ["## Step normaliser: 1/k vs 1/|tau| (`make bench-normaliser`)", "",
-             f"{doc['seeds']} seeds x {doc['steps']} training steps per normaliser, click tasks with a step limit "
-             f"of {doc['workload']['step_limit']} (a missed click may be retried).", ""]
+             f"{doc['seeds']} seeds x {doc['steps']} training steps per normaliser, on "
+             f"{', '.join(w['tasks'])} with a step limit of {w['step_limit']} (a success takes the task's few "
+             f"steps, a failure runs to the limit), from the demo's warm-start ({w['warm_start_steps']} supervised "
+             "steps). Means over seeds:", ""]
     rows = []
-    for norm in ("constant", "trajectory"):
+    for name, label in labels.items():
         for part in ("first", "last"):
-            p = s[norm][part]
-            rows.append([f"{'1/k' if norm == 'constant' else '1/|tau|'}, {part} third", f(p["success"]),
-                         f(p.get("steps_per_episode")), f(p["length_success"]), f(p["length_failure"]), f(p["tokens_per_step"], ".1f")])
+            p = s[name][part]
+            rows.append([f"{label}, {part} third", f(p["success"]), f(p.get("steps_per_episode")),
+                         f(p["length_success"]), f(p["length_failure"]), f(p["tokens_per_step"], ".1f")])
     lines += table(["normaliser, steps", "success", "steps per episode", "steps of successes", "steps of failures",
                     "tokens per step"], rows)
+    lines += ["Per seed, last third (first third in brackets):", ""]
+    rows = []
+    for i, seed in enumerate(doc["per_seed"], start=1):
+        for name, label in labels.items():
+            a, b = seed[name]["first"], seed[name]["last"]
+            rows.append([f"seed {i}, {label}", *[f"{f(b[k])} ({f(a[k])})" for k in
+                                                  ("success", "steps_per_episode", "length_success",
+                                                   "length_failure")]])
+    lines += table(["seed, normaliser", "success", "steps per episode", "steps of successes", "steps of failures"],
+                   rows)
     fnd = doc["finding"]
-    lines += [f"The paper's finding ({fnd['criterion']}): **{'holds' if fnd['holds'] else 'does not hold'}** here "
-              f"(episodes shorter with 1/k: {f(fnd.get('episodes_shorter_with_1_over_k'))}; success equal "
-              f"or better: {f(fnd['success_equal_or_better_with_1_over_k'])}).", "",
-              *difference_lines(doc.get("difference")),
-              *[f"Run {r['step_norm']} seed {r['seed']} stopped after {r['steps']} steps: it trained no step for "
+    for name, label in labels.items():
+        if name == doc["baseline"]:
+            continue
+        lines += [f"{label} against 1/|tau| ({fnd['criterion']}): **{'holds' if fnd[name]['holds'] else 'does not hold'}**"
+                  f" (episodes shorter: {f(fnd[name]['episodes_shorter'])}; success equal or better: "
+                  f"{f(fnd[name]['success_equal_or_better'])}).", "",
+                  *difference_lines(doc["difference"].get(name), label)]
+    lines += [*[f"Run {r['variant']} seed {r['seed']} stopped after {r['steps']} steps: it trained no step for "
                 "the stall limit." for r in doc.get("runs", []) if r.get("stalled")],
               provenance(doc, "normaliser", results), ""] + plot_line(results, "normaliser", out)
-    k, tau = s["constant"]["last"], s["trajectory"]["last"]
-    ours = (f"last third, 1/k vs 1/|tau|: {f(k.get('steps_per_episode'))} vs {f(tau.get('steps_per_episode'))} "
-            f"steps/episode, success {f(k['success'])} vs {f(tau['success'])}")
+    k, tau = s["klimit"]["last"], s[doc["baseline"]]["last"]
+    ours = (f"last third, 1/k (k={w['step_limit']}) vs 1/|tau|: {f(k.get('steps_per_episode'))} vs "
+            f"{f(tau.get('steps_per_episode'))} steps/episode, success {f(k['success'])} vs {f(tau['success'])}")
     return lines, ["normaliser", "1/k contracts trajectories at equal or better success", ours,
-                   "holds (paper)", f(fnd["holds"])]
+                   "holds (paper)", f(fnd["klimit"]["holds"])]
 
 
-def difference_lines(diff: dict | None) -> list[str]:
+def learning_section(doc, results, out) -> tuple[list[str], list]:
+    w = doc["workload"]
+    lines = ["## Learning without collapse (`make bench-learning`)", "",
+             f"The demo's recipe (`{doc.get('job', 'examples/jobs/demo.yaml')}`: {', '.join(w['tasks'])}, step limit "
+             f"{w['step_limit']}, {w['warm_start_steps']} warm-start steps, then {w['steps']} RL steps) on "
+             f"{doc['seeds']} seeds from one warm-start. Collapsed: {doc['collapse_rule']}.", ""]
+    lines += table(["seed", "steps", "success, first third", "success, last third", "invalid actions, last third",
+                    "entropy, first -> last", "min ESS", "max approx KL", "max grad norm", "collapsed"],
+                   [[str(r["seed"]), str(r["steps"]), f(r["success_first_third"]), f(r["success_last_third"]),
+                     f(r["invalid_last_third"]), f"{f(r['entropy_first_third'])} -> {f(r['entropy_last_third'])}",
+                     f(r["min_ess"]), f(r["max_approx_kl"], ".3f"), f(r["max_grad_norm"]), f(r["collapsed"])]
+                    for r in doc["per_seed"]])
+    lines += [f"**{doc['collapses']} of {doc['seeds']} seeds collapsed** (target: {doc['target_collapses']}). "
+              f"Training success, last third minus first third: {f(doc['success_gain_mean'], '+.2f')} "
+              f"(standard error over seeds {f(doc['success_gain_se'])}).", "",
+              provenance(doc, "learning", results), ""] + plot_line(results, "learning", out)
+    return lines, ["learning", f"collapsed seeds of {doc['seeds']} (demo recipe)", str(doc["collapses"]),
+                   str(doc["target_collapses"]), f(doc["collapses"] <= doc["target_collapses"])]
+
+
+def difference_lines(diff: dict | None, label: str = "1/k") -> list[str]:
     if not diff:
         return []
     seeds = diff["per_seed_last_third"]
-    return [f"Last third, 1/k minus 1/|tau|, per seed: steps per episode "
+    return [f"Last third, {label} minus 1/|tau|, per seed: steps per episode "
             f"{', '.join(f(d['steps_per_episode'], '+.2f') for d in seeds)}; success "
             f"{', '.join(f(d['success'], '+.2f') for d in seeds)} (standard error of the pooled success "
             f"difference: {f(diff['success_difference_se'])}).", ""]
@@ -214,9 +253,35 @@ def component_sections(results, out) -> tuple[list[str], list[list]]:
     return lines, rows
 
 
+def chaos_section(doc, results, out) -> tuple[list[str], list]:
+    if "checks" not in doc:
+        return (["## Chaos soak (`make bench-chaos`)", "", f"Failed to run: {doc.get('error', '?')}", "",
+                 provenance(doc, "chaos", results), ""], ["chaos", "soak ran", "no", "yes", "no"])
+    g, t = doc["groups"], doc["throughput"]
+    lines = ["## Chaos soak (`make bench-chaos`)", "",
+             f"An asynchronous job (`{doc['job']}`, {doc['max_steps']} steps) on the local stack while one component "
+             f"at a time gets SIGKILL about every {f(doc['period_s'], '.0f')} s (seed {doc['seed']}); each comes back as "
+             f"the deployment brings it back. {doc['kills_total']} kills. Recovery: from the kill until the killed "
+             "part runs again (back) and until a new group is accepted and a new version trained after that.", ""]
+    lines += table(["killed", "kills", "back (s, mean)", "recovered (s, mean)", "recovered (s, max)"],
+                   [[k, str(r["kills"]), f(r["back_s_mean"], ".1f"), f(r["recover_s_mean"], ".1f"),
+                     f(r["recover_s_max"], ".1f")] for k, r in doc["recovery"].items()])
+    lines += [f"Groups accepted {g['accepted']}: trained {g['trained']}, rejected as stale {g['rejected_stale']}, "
+              f"zero variance {g['rejected_zero_variance']}, dead-lettered {g['dead_letter']}, still pending "
+              f"{g['pending']}; **lost {g['lost']}**. Batches trained twice: **{doc['batches_trained_twice']}**. "
+              f"Throughput under chaos: {f(t.get('chaos_versions_per_min'))} versions/min"
+              + (f" vs {f(t['quiet_versions_per_min'])} quiet (**{f(t.get('relative'))}x**)" if "quiet_versions" in t
+                 else "") + ".", ""]
+    lines += table(["check", "passed"], [[k, f(v)] for k, v in doc["checks"].items()])
+    lines += [provenance(doc, "chaos", results), ""] + plot_line(results, "chaos", out)
+    return lines, ["chaos", "groups lost / batches trained twice under SIGKILLs",
+                   f"{g['lost']} / {doc['batches_trained_twice']}", "0 / 0", f(doc["passed"])]
+
+
 def render(results: pathlib.Path, out: pathlib.Path) -> str:
     sections, summary = [], []
-    for name, fn in (("e2e", e2e_section), ("staleness", staleness_section), ("normaliser", normaliser_section)):
+    for name, fn in (("e2e", e2e_section), ("staleness", staleness_section), ("normaliser", normaliser_section),
+                     ("learning", learning_section), ("chaos", chaos_section)):
         doc = load(results, name)
         if doc is None:
             sections += [f"## {name}", "", f"Not run: no {name}.json in {results}.", ""]
