@@ -85,6 +85,7 @@ sites-report: setup
 	$(PY) scripts/sites_report.py --seeds 3 --random-episodes 5
 
 gallery: sites-report
+	ASYNCWEBRL_WRITE_GALLERY=1 $(PY) -m pytest -q tests/api/test_viewer.py
 
 clean:
 	rm -rf $(VENV) runs
