@@ -23,8 +23,12 @@ Afterwards it checks:
 - no browser context or lease is left (envfleet's sessions gauge, the job's running reports), no
   screenshot reference is held by anything but a pending group, and every unreferenced screenshot is
   reclaimed when due;
+- after the job is deleted (``DELETE /v1/jobs/{id}?purge=true``) its screenshot references are zero, its
+  blobs and every other key of it are gone, the global blob byte counter dropped by exactly its bytes,
+  and a GET of the job answers 404;
 - the AOF loads cleanly: ``redis-check-aof``, and a fresh redis-server loading a copy of it after the
-  stack is down holds the job's counters as the live one had them.
+  stack is down holds the job's counters as the live one had them (none: the purge is replayed too, so
+  no key of the job is left).
 It prints one JSON line: kills by component, recovery times by kind, the group accounting, batches
 trained twice, and the throughput under chaos relative to a quiet run of the same length (``--quiet``,
 on in the full form; ``--short``, the form ``make test`` runs, kills each component once and skips it).
@@ -592,6 +596,55 @@ def check_blobs(stack: Stack, jid: str, timeout: float) -> dict:
             "unreferenced_awaiting_deadline": len(unref), "due_not_reclaimed": len(due())}
 
 
+def blob_bytes_snapshot(stack: Stack, skip: tuple[str, ...] = ()) -> tuple[int, int]:
+    """(the global blob byte counter, the sum of the per-job blob bytes of every job but ``skip``), read in
+    one MULTI so a sweep between the two reads cannot skew them."""
+    r = stack.redis()
+    jobs = sorted(j.decode() for j in r.smembers(stack.prefix + "jobs") if j.decode() not in skip)
+    with r.pipeline(transaction=True) as pipe:
+        pipe.get(stack.prefix + "blobs:bytes")
+        for j in jobs:
+            pipe.hget(stack.jp(j) + "blobs:stat", "bytes")
+        total, *per_job = pipe.execute()
+    return int(total or 0), sum(int(b or 0) for b in per_job)
+
+
+def job_keys(stack: Stack, jid: str) -> list[str]:
+    """Every key under the job's prefix J (J ends in ':', so no other job's key matches)."""
+    r = stack.redis()
+    jp = stack.jp(jid)
+    pattern = "".join("\\" + c if c in "*?[]\\^" else c for c in jp) + "*"
+    return sorted(k for k in (k.decode() for k in r.scan_iter(pattern, count=1000)) if k.startswith(jp))
+
+
+def purge_and_check(stack: Stack, jid: str) -> dict:
+    """``DELETE /v1/jobs/{id}?purge=true``, then from Redis: no key of the job (nor of its warm-start) is left,
+    so no screenshot and no reference; the global blob byte counter dropped by exactly the bytes the purge
+    reports, which are the job's own (other jobs' sweeps between the snapshots accounted for); the job's
+    record is gone (GET answers 404)."""
+    r = stack.redis()
+    jobs = (jid, f"{jid}-warm")
+    job_bytes = sum(int(r.hget(stack.jp(j) + "blobs:stat", "bytes") or 0) for j in jobs)
+    job_refs = sum(int(r.hget(k, "refs") or 0) for j in jobs for k in job_keys(stack, j) if ":blob:" in k)
+    total_before, others_before = blob_bytes_snapshot(stack, jobs)
+    reply = stack.api("DELETE", f"/v1/jobs/{jid}?purge=true", timeout=300)
+    total_after, others_after = blob_bytes_snapshot(stack, jobs)
+    left = [k for j in jobs for k in job_keys(stack, j)]
+    blobs_left = [k for k in left if ":blob:" in k]
+    refs_left = sum(int(r.hget(k, "refs") or 0) for k in blobs_left)
+    try:
+        stack.api("GET", f"/v1/jobs/{jid}")
+        get_status = 200
+    except urllib.error.HTTPError as exc:
+        get_status = exc.code
+    deleted = reply.get("deleted") or {}
+    return {"state": reply.get("state"), "deleted": deleted, "job_bytes_before": job_bytes,
+            "job_references_before": job_refs, "blob_bytes_all_before": total_before,
+            "blob_bytes_all_after": total_after, "other_jobs_bytes_swept": others_before - others_after,
+            "keys_left": len(left), "blobs_left": len(blobs_left), "references_left": refs_left,
+            "in_job_set": any(r.sismember(stack.prefix + "jobs", j) for j in jobs), "get_status": get_status}
+
+
 def check_aof(stack: Stack, jid: str, counters: dict) -> dict:
     """After ``down`` (no writer): redis-check-aof, then a fresh redis-server loading a copy of the AOF."""
     aof_dir = stack.run_dir / "redis" / "appendonlydir"
@@ -630,6 +683,9 @@ def check_aof(stack: Stack, jid: str, counters: dict) -> dict:
                 out["loaded"] = True
                 out["keys"] = client.dbsize()
                 out["counters_match"] = {k.decode(): int(v) for k, v in raw.items()} == counters
+                # The purge is in the AOF too: the replayed data has no key of the job.
+                out["job_keys"] = sum(1 for k in client.scan_iter(stack.jp(jid) + "*", count=1000)
+                                      if k.decode().startswith(stack.jp(jid)))
             else:
                 out["loaded"] = False
                 out["log"] = (server.stdout.read() or "")[-2000:]
@@ -747,8 +803,9 @@ def soak(args) -> dict:
         gateway = gateway_losses(stack, jid)
         stack.api("DELETE", f"/v1/jobs/{jid}", timeout=180)  # a finished job: nothing to stop, its data stays
         leases = check_leases(stack, jid, args.lease_timeout)
-        blobs = check_blobs(stack, jid, 30)
-        counters = stack.counters(jid) or {}
+        blobs = check_blobs(stack, jid, 30)  # while the job's data is there: every reference held by a group
+        purged = purge_and_check(stack, jid)  # then the job deleted: no reference, no blob, bytes given back
+        counters = stack.counters(jid) or {}  # {} after the purge; the AOF must replay to the same
         stack.down()
         aof = check_aof(stack, jid, counters)
 
@@ -785,7 +842,14 @@ def soak(args) -> dict:
                                            and blobs["stat_count"] == blobs["blobs"]
                                            and blobs["stat_bytes"] == blobs["bytes"],
             "due_screenshots_reclaimed": blobs["due_not_reclaimed"] == 0,
+            "job_deleted": purged["state"] == "deleted" and purged["get_status"] == 404 and not purged["in_job_set"],
+            "screenshot_references_zero_after_delete": purged["references_left"] == 0
+                                                        and purged["blobs_left"] == 0 and purged["keys_left"] == 0,
+            "blob_bytes_given_back": purged["deleted"].get("blob_bytes", 0) == purged["job_bytes_before"]
+                                     and purged["blob_bytes_all_before"] - purged["blob_bytes_all_after"]
+                                     == purged["job_bytes_before"] + purged["other_jobs_bytes_swept"],
             "aof_loads_cleanly": bool(aof.get("loaded")) and bool(aof.get("counters_match"))
+                                 and aof.get("job_keys") == 0
                                  and aof.get("redis_check_aof", {}).get("valid", True),
         }
         if not args.kills:
@@ -796,7 +860,7 @@ def soak(args) -> dict:
             "recovery": recover, "throughput": throughput, "groups": groups, "batches": batches,
             "versions": versions, "job_state": job["state"], "job_reason": job.get("reason"),
             "gateway_losses": gateway, "launcher_restarts": restarts, "collateral_restarts": collateral,
-            "leases": leases, "blobs": blobs,
+            "leases": leases, "blobs": blobs, "purge": purged,
             "aof": aof, "kill_log": [{k: v for k, v in rec.items() if k != "t"} for rec in kills],
             "checks": checks, "passed": all(checks.values()),
         }

@@ -265,3 +265,89 @@ def test_task_names_may_carry_a_site():
     for bad in ("click-test", "webgym-lite//mail", "webgym-lite/mail/", "a/b/c/d/e", "../etc/passwd"):
         with pytest.raises(ValueError, match="tasks"):
             JobSpec(name="x", tasks={"tasks": [bad]})
+
+
+@pytest.fixture(scope="module")
+def api_with_buffer(redis_server, tmp_path_factory):
+    """An api (no launcher) and a real buffer over one redis-server, with one key prefix."""
+    from tests.buffer.conftest import TOKEN as BUFFER_TOKEN
+    from tests.buffer.conftest import start_buffer
+
+    prefix = "api-purge:"
+    d = tmp_path_factory.mktemp("api-purge")
+    buffer = start_buffer(d, redis_server, "--key-prefix", prefix, "--blob-release-grace-s", "0")
+    port = free_port()
+    proc = ServiceProcess("api", ["--redis-url", redis_server.url, "--key-prefix", prefix, "--log-format", "text",
+                                  "--api-port", str(port), "--buffer-target", buffer.target],
+                          {"ASYNCWEBRL_API_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": redis_server.password,
+                           "ASYNCWEBRL_AUTH_TOKEN": BUFFER_TOKEN}, d / "api.log")
+    proc.wait_ready()
+    wait_for_port(port, 30, proc.proc)
+    proc.api_port, proc.prefix, proc.buffer = port, prefix, buffer
+    yield proc
+    assert proc.stop() == 0, proc.logs()[-2000:]
+    assert buffer.stop() == 0, buffer.logs()[-2000:]
+
+
+def test_purge_deletes_the_job_and_exactly_its_buffer_data(api_with_buffer, redis_server):
+    from asyncwebrl.v1 import buffer_pb2
+    from tests.buffer.conftest import get_batch, make_group, put_blobs, stub_for
+
+    api, r, prefix = api_with_buffer, redis_server.client(), api_with_buffer.prefix
+    status, _, job = call(api, "POST", "/v1/jobs", {"name": "purge"})
+    assert status == 201, job
+    jid = job["id"]
+    # The job's RL data, its warm-start's and an evaluation's; and jobs whose ids share a prefix with it.
+    mine = [jid, f"{jid}-warm", f"{jid}-ev1"]
+    others = [jid[:-1], f"{jid}-x", f"{jid}-ev10"]
+    r.hset(f"{prefix}api:evals:{jid}", "1", json.dumps({"n": 1, "job_id": jid, "state": "succeeded"}))
+    ch, stub = stub_for(api.buffer)
+    try:
+        for bj in mine + others:
+            refs = put_blobs(stub, bj, [f"{bj}-a", "shared"], size=500)
+            put_blobs(stub, bj, [f"{bj}-loose"], size=100)
+            for _ in range(2):
+                stub.PutGroup(buffer_pb2.PutGroupRequest(group=make_group(bj, refs)))
+            get_batch(stub, bj, groups=1)  # one pending
+        job_bytes = sum(stub.Stats(buffer_pb2.BufferStatsRequest(job_id=bj)).blob_bytes for bj in mine)
+    finally:
+        ch.close()
+    assert job_bytes == 3 * 1100
+
+    def keys(bj):
+        jp = f"{prefix}job:{bj}:"
+        return {k: r.dump(k) for k in sorted(k.decode() for k in r.scan_iter(match=jp + "*")) if k.startswith(jp)}
+
+    before = {bj: keys(bj) for bj in others}
+    total = int(r.get(f"{prefix}blobs:bytes"))
+
+    # This api runs no jobs: a pending job cannot be stopped from here, so nothing is deleted.
+    status, _, refused = call(api, "DELETE", f"/v1/jobs/{jid}?purge=true")
+    assert status == 409 and refused["detail"].startswith("job_id:"), refused
+    assert all(keys(bj) for bj in mine) and int(r.get(f"{prefix}blobs:bytes")) == total
+
+    assert call(api, "DELETE", f"/v1/jobs/{jid}")[2]["state"] == "cancelled"
+    status, _, gone = call(api, "DELETE", f"/v1/jobs/{jid}?purge=true")
+    assert status == 200, gone
+    assert gone["state"] == "deleted" and gone["buffer_jobs"] == mine
+    d = gone["deleted"]
+    assert (d["groups"], d["pending"], d["blobs"], d["blob_bytes"]) == (6, 3, 9, job_bytes)
+    assert d["blob_refs"] == 12  # two groups, two screenshots each, in each of three buffer jobs
+
+    assert call(api, "GET", f"/v1/jobs/{jid}")[0] == 404, "a purged job is gone"
+    assert jid not in [j["id"] for j in call(api, "GET", "/v1/jobs?page_size=200")[2]["jobs"]]
+    assert not r.exists(f"{prefix}api:job:{jid}", f"{prefix}api:evals:{jid}")
+    for bj in mine:
+        assert keys(bj) == {}, f"{bj}: every key deleted, blobs and their references included"
+        assert not r.sismember(f"{prefix}jobs", bj)
+    assert int(r.get(f"{prefix}blobs:bytes")) == total - job_bytes
+    for bj in others:
+        assert keys(bj) == before[bj], f"{bj} shares a prefix with the purged job and keeps all it had"
+
+    status, _, again = call(api, "DELETE", f"/v1/jobs/{jid}?purge=true")
+    assert status == 404 and again["detail"].startswith("job_id:"), "a second purge finds nothing to delete"
+    assert int(r.get(f"{prefix}blobs:bytes")) == total - job_bytes
+    status, _, bad = call(api, "DELETE", "/v1/jobs/bad:id*?purge=true")
+    assert status == 404 and bad["detail"].startswith("job_id:")
+    status, _, bad = call(api, "DELETE", f"/v1/jobs/{jid}?purge=maybe")
+    assert status == 422 and bad["errors"][0]["field"] == "purge"

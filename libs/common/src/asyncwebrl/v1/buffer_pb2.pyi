@@ -304,3 +304,29 @@ class BufferStatsResponse(_message.Message):
     gate_capacity: int
     group_bytes: int
     def __init__(self, job_id: _Optional[str] = ..., trainer_version: _Optional[int] = ..., groups_accepted: _Optional[int] = ..., groups_running: _Optional[int] = ..., groups_consumed: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectionCount, _Mapping]]] = ..., groups_duplicate: _Optional[int] = ..., zero_variance_kept: _Optional[int] = ..., steps_accepted: _Optional[int] = ..., steps_consumed: _Optional[int] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., oldest_entry_age_s: _Optional[float] = ..., dead_letters: _Optional[int] = ..., blob_count: _Optional[int] = ..., blob_bytes: _Optional[int] = ..., blob_budget_bytes: _Optional[int] = ..., blob_bytes_all_jobs: _Optional[int] = ..., batch_groups: _Optional[int] = ..., max_staleness: _Optional[int] = ..., keep_zero_variance: _Optional[bool] = ..., max_stream_groups: _Optional[int] = ..., gate_capacity: _Optional[int] = ..., group_bytes: _Optional[int] = ...) -> None: ...
+
+class DeleteJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DeleteJobResponse(_message.Message):
+    __slots__ = ("job_id", "groups", "pending", "dead_letters", "blobs", "blob_bytes", "blob_refs", "keys")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    BLOB_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOB_REFS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    groups: int
+    pending: int
+    dead_letters: int
+    blobs: int
+    blob_bytes: int
+    blob_refs: int
+    keys: int
+    def __init__(self, job_id: _Optional[str] = ..., groups: _Optional[int] = ..., pending: _Optional[int] = ..., dead_letters: _Optional[int] = ..., blobs: _Optional[int] = ..., blob_bytes: _Optional[int] = ..., blob_refs: _Optional[int] = ..., keys: _Optional[int] = ...) -> None: ...

@@ -79,6 +79,11 @@ class BufferServiceStub:
                 request_serializer=asyncwebrl_dot_v1_dot_buffer__pb2.BufferStatsRequest.SerializeToString,
                 response_deserializer=asyncwebrl_dot_v1_dot_buffer__pb2.BufferStatsResponse.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/asyncwebrl.v1.BufferService/DeleteJob',
+                request_serializer=asyncwebrl_dot_v1_dot_buffer__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=asyncwebrl_dot_v1_dot_buffer__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class BufferServiceServicer:
@@ -152,6 +157,20 @@ class BufferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Delete everything the buffer keeps for one job (every key under its
+        prefix J: stream, consumer group and pending entries, dead letters,
+        batches, counters, settings, running reports, screenshot blobs with their
+        references) and take it off the deployment's job set. The global blob
+        byte counter drops by exactly the bytes of the blobs deleted. Stop the
+        job's processes first: a writer still running re-creates keys. Idempotent:
+        a second call finds nothing and returns zeros. INVALID_ARGUMENT for a
+        malformed job_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BufferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +218,11 @@ def add_BufferServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=asyncwebrl_dot_v1_dot_buffer__pb2.BufferStatsRequest.FromString,
                     response_serializer=asyncwebrl_dot_v1_dot_buffer__pb2.BufferStatsResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=asyncwebrl_dot_v1_dot_buffer__pb2.DeleteJobRequest.FromString,
+                    response_serializer=asyncwebrl_dot_v1_dot_buffer__pb2.DeleteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +468,33 @@ class BufferService:
             '/asyncwebrl.v1.BufferService/Stats',
             asyncwebrl_dot_v1_dot_buffer__pb2.BufferStatsRequest.SerializeToString,
             asyncwebrl_dot_v1_dot_buffer__pb2.BufferStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asyncwebrl.v1.BufferService/DeleteJob',
+            asyncwebrl_dot_v1_dot_buffer__pb2.DeleteJobRequest.SerializeToString,
+            asyncwebrl_dot_v1_dot_buffer__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -285,7 +285,12 @@ def cmd_eval(args) -> int:
 def cmd_cancel(args) -> int:
     client = client_of(args)
     client.timeout = max(client.timeout, 180.0)  # the api answers once the job's processes have stopped
-    job = client.request("DELETE", f"/v1/jobs/{quote_part(args.job)}")
+    job = client.delete_job(args.job, purge=args.purge)
+    if job.get("state") == "deleted":
+        d = job.get("deleted") or {}
+        print(f"{job['id']} deleted: {d.get('groups', 0)} groups, {d.get('blobs', 0)} screenshots "
+              f"({d.get('blob_bytes', 0)} bytes), {d.get('keys', 0)} keys")
+        return 0
     print(f"{job['id']} {job.get('state')}" + (f" ({job['reason']})" if job.get("reason") else ""))
     return 0
 
@@ -373,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("cancel", cmd_cancel, "cancel a job (its processes stop, its data stays)")
     p.add_argument("job", metavar="JOB")
+    p.add_argument("--purge", action="store_true", help="also delete the job and its data in the buffer "
+                   "(groups, screenshots, counters); the job is gone afterwards. Files under the run dir stay.")
+
+    p = command("delete", cmd_cancel, "delete a job and its data (as cancel --purge)")
+    p.add_argument("job", metavar="JOB")
+    p.set_defaults(purge=True)
 
     p = command("viewer", cmd_viewer, "print the URL of a job's trajectory viewer")
     p.add_argument("job", metavar="JOB")

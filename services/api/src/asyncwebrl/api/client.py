@@ -90,6 +90,11 @@ class Client:
     def get(self, path: str):
         return self.request("GET", path)
 
+    def delete_job(self, job_id: str, purge: bool = False) -> dict:
+        """Cancel the job (its data stays), or with ``purge`` delete it and its data: then the answer is
+        ``{"id", "state": "deleted", "deleted": {counts}}`` and the job is gone (a later GET is a 404)."""
+        return self.request("DELETE", f"/v1/jobs/{quote_part(job_id)}" + ("?purge=true" if purge else ""))
+
     def list_jobs(self, limit: int = 50) -> list[dict]:
         jobs, token = [], ""
         while len(jobs) < limit:

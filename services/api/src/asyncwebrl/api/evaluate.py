@@ -29,7 +29,7 @@ from typing import Awaitable, Callable
 import grpc
 
 from asyncwebrl.api.errors import EvalConflict, LaunchError
-from asyncwebrl.api.jobargs import archive_dir, resolve_model
+from asyncwebrl.api.jobargs import archive_dir, eval_job_id, resolve_model
 from asyncwebrl.api.jobbuffer import configure_job, eval_settings
 from asyncwebrl.api.jobspec import EvaluateRequest
 from asyncwebrl.api.store import Job, JobStore
@@ -111,12 +111,13 @@ class Evaluations:
         self.run_dir = pathlib.Path(run_dir)
         self.model_roots = model_roots
         self.run = run
+        self.store = store
         self.redis = store.redis
         self.prefix = store.prefix
         self.tasks: dict[tuple[str, int], asyncio.Task] = {}
 
     def _key(self, job_id: str) -> str:
-        return f"{self.prefix}api:evals:{job_id}"
+        return self.store.evals_key(job_id)
 
     async def _save(self, doc: dict) -> None:
         doc["updated_ms"] = int(time.time() * 1000)
@@ -169,7 +170,7 @@ class Evaluations:
             version, model = self.model_for(job, request.version)
         if await self.redis.hlen(self._key(job.job_id)) >= MAX_EVALUATIONS:
             raise EvalConflict(f"evaluations: {MAX_EVALUATIONS} kept for this job already")
-        n = int(await self.redis.incr(f"{self.prefix}api:evalseq:{job.job_id}"))
+        n = int(await self.redis.incr(self.store.eval_seq_key(job.job_id)))
         # The trainer prunes old versions: the evaluation holds its own links to the files.
         snapshot = self.run_dir / job.job_id / "evals" / f"eval-{n}" / "model"
         try:
@@ -189,7 +190,7 @@ class Evaluations:
 
     async def _run(self, job: Job, doc: dict, model: pathlib.Path) -> None:
         key = (job.job_id, doc["n"])
-        eval_job = f"{job.job_id}-ev{doc['n']}"
+        eval_job = eval_job_id(job.job_id, doc["n"])
         plan = EvalPlan(job, doc["n"], eval_job, doc["version"], model, doc["groups_requested"], doc["group_size"])
         try:
             await configure_job(self.buffer, eval_settings(eval_job, doc["groups_requested"]), 30)

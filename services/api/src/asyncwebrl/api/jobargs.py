@@ -149,6 +149,11 @@ def warm_job_id(job_id: str) -> str:
     return f"{job_id}-warm"
 
 
+def eval_job_id(job_id: str, n: int) -> str:
+    """The buffer job of a job's n-th evaluation."""
+    return f"{job_id}-ev{n}"
+
+
 def archive_dir(job_dir: pathlib.Path, source: str) -> pathlib.Path:
     """Where the viewer finds a job's episodes: ``train`` (the trainer's), ``eval-<n>`` (an evaluation's)."""
     return job_dir / "episodes" / source

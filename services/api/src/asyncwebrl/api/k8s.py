@@ -27,6 +27,7 @@ from asyncwebrl.api.errors import KubeError, LaunchError
 from asyncwebrl.api.evaluate import EvalPlan, Evaluations
 from asyncwebrl.api.jobargs import resolve_model
 from asyncwebrl.api.jobbuffer import configure_job, job_settings
+from asyncwebrl.api.launchers import stop_evaluations
 from asyncwebrl.api.k8s_client import WORKLOADS, KubeClient
 from asyncwebrl.api.k8s_manifests import (EVAL_LABEL, MANAGED_BY, MANAGER, RL_ROLES, ROLE_LABEL, WARM_ROLES,
                                           eval_manifests, job_dir, manifests, object_name)
@@ -174,6 +175,32 @@ class KubernetesLauncher:
             if cancelling():
                 raise asyncio.CancelledError from exc
             log.warning("cancel of %s: %s; the reconcile loop retries", job_id, exc)
+
+    async def stop(self, job_id: str, timeout_s: float) -> list[str]:
+        """Before a purge: the job cancelled if it still runs, its evaluations too, then every workload of
+        the job (evaluations' included) deleted and waited for until none is listed."""
+        job = await self.store.get(job_id)
+        if job is not None and job.state not in FINAL:
+            await self.cancel(job_id)
+        left = await stop_evaluations(self.evaluations, job_id, timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            while True:
+                objects = await self._all_objects(job_id)
+                if not objects or loop.time() >= deadline:
+                    break
+                await self._delete(objects)
+                await asyncio.sleep(min(2.0, max(0.0, deadline - loop.time())))
+        except KubeError as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
+            return [*left, f"kubernetes: {exc}"]
+        left += [f"{o['kind']} {o['metadata']['name']}" for o in objects]
+        if not left:
+            self._watched.discard(job_id)
+            self._phases.pop(job_id, None)
+        return left
 
     async def status(self, job_id: str) -> list[dict]:
         try:

@@ -25,6 +25,7 @@ from asyncwebrl.api.evaluate import EvalPlan, Evaluations
 from asyncwebrl.api.jobargs import (engine_args, eval_engine_args, eval_gateway_args, local_torch_threads,
                                     resolve_model, rollout_args, trainer_args, warm_rollout_args, warm_trainer_args)
 from asyncwebrl.api.jobbuffer import configure_job, job_settings
+from asyncwebrl.api.launchers import stop_evaluations
 from asyncwebrl.api.store import FINAL, Job, JobStore
 from asyncwebrl.common.grpcclient import aio_channel
 from asyncwebrl.common.localstack import free_port
@@ -245,6 +246,27 @@ class LocalLauncher:
         if run is not None and run.task is not None:
             run.cancel()
             await run.task
+
+    async def stop(self, job_id: str, timeout_s: float) -> list[str]:
+        """Before a purge: the job cancelled if it still runs, its evaluations too, and its children gone."""
+        job = await self.store.get(job_id)
+        run = self.runs.get(job_id)
+        if job is not None and job.state not in FINAL:
+            await self.cancel(job_id)
+        elif run is not None and run.task is not None and not run.task.done():
+            run.cancel()  # final in the store, but its processes still being stopped
+        left = await stop_evaluations(self.evaluations, job_id, timeout_s)
+        if run is not None and run.task is not None and not run.task.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(run.task), timeout_s)
+        if run is not None:
+            if run.task is not None and not run.task.done():
+                left.append("the job's run (its processes are still being stopped)")
+            left += [f"{c.role} (pid {c.proc.pid})" for c in run.children
+                     if c.proc is not None and c.proc.returncode is None]
+        if not left:
+            self.runs.pop(job_id, None)
+        return left
 
     async def status(self, job_id: str) -> list[dict]:
         run = self.runs.get(job_id)

@@ -11,6 +11,7 @@ import hmac
 import pathlib
 from typing import Annotated
 
+import grpc
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -21,13 +22,17 @@ from asyncwebrl.api import metrics, runs
 from asyncwebrl.api.config import ApiConfig
 from asyncwebrl.api.errors import BadPageToken, EvalConflict, Problem, StoreFull
 from asyncwebrl.api.evaluate import Evaluations
+from asyncwebrl.api.jobargs import eval_job_id, warm_job_id
 from asyncwebrl.api.jobspec import EvaluateRequest, JobSpec
 from asyncwebrl.api.launchers import Launcher
 from asyncwebrl.api.store import FINAL, Job, JobStore, decode_token, encode_token
 from asyncwebrl.api.viewer import viewer_router
+from asyncwebrl.common.grpcclient import aio_channel
 from asyncwebrl.common.keys import is_job_id
+from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
 
 PROBLEM = "application/problem+json"
+PURGE_COUNTS = ("groups", "pending", "dead_letters", "blobs", "blob_bytes", "blob_refs", "keys")
 
 
 def problem(status: int, title: str, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
@@ -54,7 +59,10 @@ def job_view(job: Job, progress: dict | None = None) -> dict:
 def create_app(config: ApiConfig, store: JobStore, launcher: Launcher | None = None) -> FastAPI:
     """``launcher``: the local or the Kubernetes launcher, or None when another launcher acts on stored jobs."""
     app = FastAPI(title="asyncwebrl", version="0.1.0", description="Jobs of asynchronous multi-step RL for "
-                  "vision-language web agents.")
+                  "vision-language web agents.\n\n"
+                  "`DELETE /v1/jobs/{id}` cancels a job and keeps its data; `DELETE /v1/jobs/{id}?purge=true` "
+                  "also deletes it: the job's record (a later GET answers 404) and all it keeps in the buffer "
+                  "(groups, screenshots, counters).")
 
     @app.middleware("http")
     async def bounded_body(request: Request, call_next):
@@ -197,10 +205,59 @@ def create_app(config: ApiConfig, store: JobStore, launcher: Launcher | None = N
             raise Problem(404, "Not Found", f"eval_id: no evaluation {eval_id} of job {job.job_id}")
         return doc
 
+    buffer_stub: list = []  # the api's own buffer client, made on first use when no launcher brings one
+
+    def buffer() -> buffer_pb2_grpc.BufferServiceStub:
+        if launcher is not None:
+            return launcher.buffer
+        if not buffer_stub:
+            buffer_stub.append(buffer_pb2_grpc.BufferServiceStub(aio_channel(config.buffer_target, config.auth_token)))
+        return buffer_stub[0]
+
+    async def purge(job: Job) -> dict:
+        if launcher is None:
+            if job.state not in FINAL:
+                raise Problem(409, "Conflict", f"job_id: job {job.job_id} is {job.state} and this api runs no "
+                                               "jobs, so it cannot stop it; cancel it where it runs, then purge")
+        else:
+            if job.state not in FINAL:
+                metrics.JOBS_CANCELLED.inc()
+            left = await launcher.stop(job.job_id, config.shutdown_grace_s + 30)
+            if left:
+                raise Problem(409, "Conflict", f"job_id: job {job.job_id} could not be stopped, so its data was "
+                                               f"not deleted; still running: {', '.join(left)[:400]}",
+                              still_running=left)
+        ns = await store.evaluation_numbers(job.job_id)
+        buffer_jobs = [j for j in (job.job_id, warm_job_id(job.job_id), *(eval_job_id(job.job_id, n) for n in ns))
+                       if is_job_id(j)]
+        totals = dict.fromkeys(PURGE_COUNTS, 0)
+        for bj in buffer_jobs:
+            try:
+                reply = await buffer().DeleteJob(buffer_pb2.DeleteJobRequest(job_id=bj), timeout=60)
+            except grpc.aio.AioRpcError as exc:
+                raise Problem(503, "Service Unavailable", f"buffer: deleting {bj}: {exc.code().name}: "
+                                                          f"{exc.details()}; the job is kept, retry the purge") from exc
+            for k in PURGE_COUNTS:
+                totals[k] += getattr(reply, k)
+        await store.delete(job.job_id)
+        return {"id": job.job_id, "name": job.spec.name, "state": "deleted", "buffer_jobs": buffer_jobs,
+                "deleted": totals}
+
     @app.delete("/v1/jobs/{job_id}", dependencies=auth, tags=["jobs"])
-    async def cancel_job(job_id: str) -> dict:
-        """Cancel: the job's processes stop, its data stays."""
+    async def cancel_job(job_id: str, purge_: Annotated[bool, Query(alias="purge")] = False) -> dict:
+        """Cancel: the job's processes stop, its data stays; the job's view is returned (state cancelled).
+
+        ``purge=true``: delete the job. It is cancelled first if it still runs (its evaluations too) and its
+        processes are waited for; then everything the buffer keeps for it (its groups, pending and
+        dead-letter entries, counters and settings, screenshot blobs and their references, for the job, its
+        warm-start and its evaluations) is deleted, and so is its record: the answer is
+        ``{"id", "state": "deleted", "deleted": {counts}}`` and a later GET (or purge) of the job answers
+        404. Files the job wrote under the run directory (checkpoints, metrics, logs) are kept. 409 when
+        the job's processes cannot be stopped (nothing is deleted then); 503 when the buffer cannot be
+        reached (the job is kept: retry)."""
         job = await existing(job_id)
+        if purge_:
+            return await purge(job)
         if job.state not in FINAL:
             if launcher is not None:
                 await launcher.cancel(job.job_id)

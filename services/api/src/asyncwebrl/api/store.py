@@ -58,6 +58,24 @@ class JobStore:
     def _key(self, job_id: str) -> str:
         return f"{self.prefix}api:job:{job_id}"
 
+    def evals_key(self, job_id: str) -> str:
+        """The job's evaluations (hash, n -> JSON), kept by api.evaluate."""
+        return f"{self.prefix}api:evals:{job_id}"
+
+    def eval_seq_key(self, job_id: str) -> str:
+        return f"{self.prefix}api:evalseq:{job_id}"
+
+    async def evaluation_numbers(self, job_id: str) -> list[int]:
+        fields = await self.redis.hkeys(self.evals_key(job_id))
+        return sorted(int(n) for n in (f.decode() if isinstance(f, bytes) else str(f) for f in fields) if n.isdigit())
+
+    async def delete(self, job_id: str) -> None:
+        """The job's record, its evaluations' records and its place in the listing."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(job_id), self.evals_key(job_id), self.eval_seq_key(job_id))
+            pipe.zrem(self.index, job_id)
+            await pipe.execute()
+
     async def create(self, spec: JobSpec) -> Job:
         if await self.redis.zcard(self.index) >= self.max_jobs:
             raise StoreFull(f"{self.max_jobs} jobs stored; delete finished ones first")

@@ -267,6 +267,17 @@ class BufferServicer:
         except (BufferError, RedisError) as exc:
             await self._fail(context, exc, "Stats")
 
+    async def DeleteJob(self, request, context):
+        try:
+            check_job_id(request.job_id)
+            c = await self.store.delete_job(request.job_id)
+        except (BufferError, RedisError) as exc:
+            await self._fail(context, exc, "DeleteJob")
+        return buffer_pb2.DeleteJobResponse(
+            job_id=request.job_id, groups=c.groups, pending=c.pending, dead_letters=c.dead_letters,
+            blobs=c.blobs, blob_bytes=c.blob_bytes, blob_refs=c.blob_refs, keys=c.keys,
+        )
+
 
 def _name_missing_blob(group: buffer_pb2.Group, exc: InvalidArgument) -> InvalidArgument:
     """Point at the first step that references the missing blob."""

@@ -196,6 +196,72 @@ return total
 """
 
 
+# DeleteJob, first step: the job's stream (with its consumer group and pending
+# entries), dead letters, counters, settings and running reports, counted and
+# deleted at once, and the job taken off the deployment's job set.
+# ARGV: jp, jobs, job -> {groups, pending, dead_letters, keys}
+_DELETE_HEAD = r"""
+local jp, jobs, job = ARGV[1], ARGV[2], ARGV[3]
+local stream, dead = jp .. 'groups', jp .. 'dead'
+local groups, pending, letters = 0, 0, 0
+if redis.call('EXISTS', stream) == 1 then
+  groups = redis.call('XLEN', stream)
+  local ok, summary = pcall(redis.call, 'XPENDING', stream, 'trainers')
+  if ok and type(summary) == 'table' then pending = tonumber(summary[1]) or 0 end
+end
+if redis.call('EXISTS', dead) == 1 then letters = redis.call('XLEN', dead) end
+local keys = redis.call('DEL', stream, dead, jp .. 'counters', jp .. 'config', jp .. 'running')
+redis.call('SREM', jobs, job)
+return {groups, pending, letters, keys}
+"""
+
+# DeleteJob, then: the rest of the job's keys, a SCAN page at a time. A blob's
+# bytes come off the global counter in the same step that deletes it, so the
+# budget's accounting stays exact whatever else runs meanwhile. A key outside
+# ``jp`` is never touched.
+# ARGV: jp, gbytes, key... -> {keys, blobs, blob_bytes, blob_refs}
+_DELETE_KEYS = r"""
+local jp, gbytes = ARGV[1], ARGV[2]
+local blob = jp .. 'blob:'
+local keys, blobs, nbytes, refs = 0, 0, 0, 0
+for i = 3, #ARGV do
+  local key = ARGV[i]
+  if string.sub(key, 1, #jp) == jp then
+    if string.sub(key, 1, #blob) == blob and redis.call('TYPE', key)['ok'] == 'hash' then
+      local size, r = unpack(redis.call('HMGET', key, 'size', 'refs'))
+      if redis.call('DEL', key) == 1 then
+        size = tonumber(size or '0') or 0
+        redis.call('DECRBY', gbytes, size)
+        blobs = blobs + 1
+        nbytes = nbytes + size
+        refs = refs + math.max(0, tonumber(r or '0') or 0)
+        keys = keys + 1
+      end
+    else
+      keys = keys + redis.call('DEL', key)
+    end
+  end
+end
+return {keys, blobs, nbytes, refs}
+"""
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\^" else c for c in text)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeleteCounts:
+    groups: int = 0
+    pending: int = 0
+    dead_letters: int = 0
+    blobs: int = 0
+    blob_bytes: int = 0
+    blob_refs: int = 0
+    keys: int = 0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobSettings:
     batch_groups: int
@@ -232,6 +298,8 @@ class GroupStore:
         self._set_version = redis.register_script(_SET_VERSION)
         self._report = redis.register_script(_REPORT_RUNNING)
         self._running = redis.register_script(_RUNNING)
+        self._delete_head = redis.register_script(_DELETE_HEAD)
+        self._delete_keys = redis.register_script(_DELETE_KEYS)
         self._admission: dict[str, tuple[float, JobSettings, int]] = {}
 
     def jp(self, job_id: str) -> str:
@@ -451,6 +519,38 @@ class GroupStore:
         if status == -3:
             raise Conflict(f"trainer_version: {version} is older than the trainer version {reply[1]}")
         return int(reply[1]), int(reply[2]), status == 1
+
+    # --- delete -----------------------------------------------------------
+
+    async def delete_job(self, job_id: str, page: int = 500) -> DeleteCounts:
+        """Delete every key of the job (everything under ``J``, see common.keys); returns what went.
+
+        ``J`` ends in ``:`` and job ids have none, so ``MATCH J*`` (its prefix escaped) matches this job's
+        keys only, never those of a job whose id merely starts with this one (``abc`` vs ``abc-warm``); each
+        key is checked again against ``J`` before it is deleted. Idempotent: a second call deletes nothing."""
+        jp = self.jp(job_id)
+        self.forget(job_id)
+        groups, pending, letters, keys = (int(x) for x in await self._delete_head(
+            args=[jp, jobs_key(self.prefix), job_id]))
+        blobs = nbytes = refs = 0
+        pattern = glob_escape(jp) + "*"
+        cursor = 0
+        while True:
+            cursor, found = await self.redis.scan(cursor, match=pattern, count=page)
+            names = [k for k in (_text(k) for k in found) if k.startswith(jp)]
+            for i in range(0, len(names), page):
+                k, b, n, r = (int(x) for x in await self._delete_keys(
+                    args=[jp, self._gbytes, *names[i:i + page]]))
+                keys, blobs, nbytes, refs = keys + k, blobs + b, nbytes + n, refs + r
+            if cursor == 0:
+                break
+        # A sweep that ran meanwhile may have re-created the blob statistics (HINCRBY); all blobs are gone now.
+        keys += int(await self.redis.delete(jp + "blobs:stat", jp + "blobs:unref"))
+        self.forget(job_id)
+        counts = DeleteCounts(groups, pending, letters, blobs, nbytes, refs, keys)
+        if keys:
+            log.info("job %s deleted: %s", job_id, counts)
+        return counts
 
     # --- stats ------------------------------------------------------------
 
