@@ -42,8 +42,13 @@ def table(header: list[str], rows: list[list]) -> list[str]:
     return out + [""]
 
 
+def shown(results: pathlib.Path) -> str:
+    """The results folder as the page names it: relative to the repository when inside it."""
+    return str(results.relative_to(ROOT) if results.is_relative_to(ROOT) else results)
+
+
 def provenance(doc: dict, name: str, results: pathlib.Path) -> str:
-    return (f"*{results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}/{name}.json, "
+    return (f"*{shown(results)}/{name}.json, "
             f"{str(doc.get('date', '?'))[:10]}, `{doc.get('command', '?')}`*")
 
 
@@ -96,7 +101,7 @@ def staleness_section(doc, results, out) -> tuple[list[str], list]:
 def normaliser_section(doc, results, out) -> tuple[list[str], list]:
     if "variants" not in doc:  # a result file from before the multi-step comparison
         return ["## Step normaliser: 1/k vs 1/|tau| (`make bench-normaliser`)", "",
-                f"{results / 'normaliser.json'} predates the multi-step comparison: run `make bench-normaliser`.",
+                f"{shown(results)}/normaliser.json predates the multi-step comparison: run `make bench-normaliser`.",
                 ""], ["normaliser", "1/k contracts trajectories at equal or better success", "-", "holds (paper)", "-"]
     s, w, labels = doc["summary"], doc["workload"], doc["variants"]
     lines = ["## Step normaliser: 1/k vs 1/|tau| (`make bench-normaliser`)", "",
@@ -284,7 +289,7 @@ def render(results: pathlib.Path, out: pathlib.Path) -> str:
                      ("learning", learning_section), ("chaos", chaos_section)):
         doc = load(results, name)
         if doc is None:
-            sections += [f"## {name}", "", f"Not run: no {name}.json in {results}.", ""]
+            sections += [f"## {name}", "", f"Not run: no {name}.json in {shown(results)}.", ""]
             continue
         lines, row = fn(doc, results, out)
         sections += lines
