@@ -766,7 +766,14 @@ def soak(args) -> dict:
         for i, kind in enumerate(plan):
             # On the schedule, but never before the last kill has recovered (each recovery is its own).
             at = max(t0 + (i + 1 + rng.uniform(-0.2, 0.2)) * args.period, last_done + 2.0)
-            if not args.kills and at > t0 + args.duration:
+            if args.every_versions:
+                # By the job's progress, not the clock: a fast machine must not finish the job before
+                # every component has been killed, nor a slow one be killed faster than it recovers.
+                at = last_done + 2.0
+                target = (i + 1) * args.every_versions
+                wait_for(f"version {target} of job {jid}", lambda: (v := watcher.latest()) and v["version"] >= target
+                         or (stack.job(jid) or {}).get("state") in FINAL, args.recover_timeout, 0.5)
+            elif not args.kills and at > t0 + args.duration:
                 break
             while time.monotonic() < at:
                 time.sleep(min(0.5, at - time.monotonic()))
@@ -884,12 +891,15 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--short", action="store_true", help="the form `make test` runs: smaller groups, each "
-                   "component killed once (--kills 8), no quiet run, a shorter period")
+                   "component killed once (--kills 8) every 12 versions (--every-versions), no quiet run")
     p.add_argument("--seed", type=int, default=24)
     p.add_argument("--duration", type=float, default=600.0, help="seconds of chaos after the first version "
                    "(and the quiet run's length)")
     p.add_argument("--period", type=float, default=45.0, help="seconds between kills (+-20%%)")
     p.add_argument("--kills", type=int, default=0, help="a fixed number of kills instead of --duration's")
+    p.add_argument("--every-versions", type=int, default=0,
+                   help="kill when the job has trained this many more versions (after the last recovery) "
+                        "instead of by --period")
     p.add_argument("--max-steps", type=int, default=0, help="the job's max_steps (default: from the quiet run)")
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=None,
                    help="run the quiet job first (default: on in the full form)")
@@ -907,7 +917,9 @@ def main(argv: list[str] | None = None) -> int:
         args.kills = args.kills or len(KINDS)
         args.period = 15.0 if args.period == 45.0 else args.period
         args.restart_delay = 2.0 if args.restart_delay == 5.0 else args.restart_delay
-        args.max_steps = args.max_steps or 70
+        args.every_versions = args.every_versions or 12
+        # Room for every kill and two spacings after the last.
+        args.max_steps = args.max_steps or args.every_versions * (args.kills + 2)
     if args.quiet is None:
         args.quiet = not args.short
     started = datetime.datetime.now(datetime.timezone.utc)
