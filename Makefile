@@ -27,7 +27,7 @@ protos: setup
 	$(PY) -m grpc_tools.protoc -I protos --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
 		--grpc_python_out=$(PROTO_OUT) $$(find protos -name '*.proto' | sort)
 
-# Every benchmark in turn (< 60 min here), then BENCHMARKS.md; bench-quick: reduced sizes (< 10 min),
+# Every benchmark in turn (some hours here), then BENCHMARKS.md; bench-quick: reduced sizes (minutes),
 # results in bench/results/quick/.
 bench: setup
 	$(PY) bench/all.py
