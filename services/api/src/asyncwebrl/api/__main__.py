@@ -39,9 +39,10 @@ async def serve(config: ApiConfig) -> None:
     stop = asyncio.create_task(runner.wait_stopped())
     while not server.started and not api.done():
         await asyncio.sleep(0.05)
-    if server.started:
-        port = server.servers[0].sockets[0].getsockname()[1]
-        log.info("api serving", extra={"api_port": port})
+    # A SIGTERM between uvicorn's start and this poll has already closed its sockets: then it only drains.
+    sockets = [sock for srv in server.servers for sock in srv.sockets] if server.started else []
+    if sockets and not server.should_exit:
+        log.info("api serving", extra={"api_port": sockets[0].getsockname()[1]})
         if launcher is not None:
             await launcher.resume()
     await asyncio.wait({api, stop}, return_when=asyncio.FIRST_COMPLETED)
