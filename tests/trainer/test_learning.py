@@ -27,14 +27,15 @@ Measured (128 held-out episodes each; seed = ASYNCWEBRL_LEARNING_SEED):
   the proximal policy jumped from ~0.001 to 0.07 in one step).
 
 So a collapse is this recipe's own instability on a 0.3M-parameter model at lr 1e-3,
-not a matter of the warm-start; in CI it struck 3 of the last 5 runs, each time as one
-step whose approx KL to the proximal policy was ~0.08 (against ~0.001) with a grad-norm
-spike, after which every group failed. The defaults are the 8 SFT steps with the larger
-gains; a collapse, detected as a stall (no new version for 2 minutes, a healthy step
-takes 15-25 s), is retried as a fresh job from the same warm-start with another seed,
-up to 3 jobs; collapsing every time fails the test. Each success rate is measured on
-512 held-out episodes, and the assertion is a one-sided test at p < 0.05 (1.645
-standard errors of the difference, about 0.05 here) rather than a fixed size.
+not a matter of the warm-start: one step whose KL to the policy before it jumps from
+~0.001 to 0.09-0.5, after which the tool-call format breaks, every group fails, every
+group is zero-variance and dropped, and the trainer starves (`make bench-learning`,
+2026-12-05: 2 of 5 seeds collapsed for good, a third for 3 minutes). The recipe now
+takes the demo job's trust region (``max_step_kl``: such a step is undone and retried at
+half the learning rate), and the test runs one job: a collapse fails it, nothing is
+retried. Each success rate is measured on 512 held-out episodes, and the assertion is a
+one-sided test at p < 0.05 (1.645 standard errors of the difference, about 0.05 here)
+rather than a fixed size.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ RL_MINIBATCHES = os.environ.get("ASYNCWEBRL_LEARNING_RL_MINIBATCHES", "2")
 RL_KL = os.environ.get("ASYNCWEBRL_LEARNING_RL_KL", "0")
 RL_WARMUP = os.environ.get("ASYNCWEBRL_LEARNING_RL_WARMUP", "5")
 EVAL_GROUPS = int(os.environ.get("ASYNCWEBRL_LEARNING_EVAL_GROUPS", "128"))
+RL_MAX_STEP_KL = os.environ.get("ASYNCWEBRL_LEARNING_RL_MAX_STEP_KL", "0.01")
 SEED = int(os.environ.get("ASYNCWEBRL_LEARNING_SEED", "1"))
-ATTEMPTS = int(os.environ.get("ASYNCWEBRL_LEARNING_ATTEMPTS", "3"))
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +79,17 @@ def world(redis_server, tmp_path_factory, chromium_path):
     shutil.copytree(SHIPPED / "qwen2_5_vl", models / "base")
     env = {"ASYNCWEBRL_AUTH_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": redis_server.password}
     common = ["--redis-url", redis_server.url, "--key-prefix", PREFIX, "--log-format", "text"]
-    envfleet = ServiceProcess("envfleet", [*common, "--browsers", "1", "--contexts-per-browser", "16",
-                                           "--task-sources", "miniwob", "--chromium-path", chromium_path,
-                                           "--warm-reset"], env, logs / "envfleet.log")
     buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0"], env, logs / "buffer.log")
     # The one publisher: the trainer's versions reach the job's engine through it.
     weightsync = ServiceProcess("weightsync", [*common, "--reconcile-interval-s", "0.5",
                                                "--checkpoint-roots", str(models)], env, logs / "weightsync.log")
-    envfleet.wait_ready()
     buffer.wait_ready()
+    # envfleet has no Redis: its screenshots go through the buffer.
+    envfleet = ServiceProcess("envfleet", ["--buffer-target", buffer.target, "--log-format", "text", "--browsers", "1",
+                                           "--contexts-per-browser", "16", "--task-sources", "miniwob",
+                                           "--chromium-path", chromium_path, "--warm-reset"],
+                              {"ASYNCWEBRL_AUTH_TOKEN": TOKEN}, logs / "envfleet.log")
+    envfleet.wait_ready()
     weightsync.wait_ready()
     ch = channel(buffer.target, TOKEN)
     w = {"envfleet": envfleet, "buffer": buffer, "logs": logs, "env": env, "common": common, "models": models,
@@ -147,13 +150,9 @@ def success_rate(w, model_path, tag: str) -> float:
     return rate
 
 
-class Collapsed(Exception):
-    pass
-
-
-def _wait_for_training(w, job: str, trainer, root, stall_s: float = 120.0) -> None:
-    """Until the trainer exits; raises Collapsed, with the buffer's counts, if no version appears
-    for ``stall_s`` (a collapsed policy fills the buffer with zero-variance groups)."""
+def _wait_for_training(w, job: str, trainer, root, stall_s: float = 300.0) -> None:
+    """Until the trainer exits; fails, with the buffer's counts, if no version appears for ``stall_s``
+    (a collapsed policy fills the buffer with zero-variance groups; a healthy step takes 3-25 s)."""
     last, since = None, time.monotonic()
     while trainer.proc.poll() is None:
         found = latest_version(root, verify=False)
@@ -162,7 +161,7 @@ def _wait_for_training(w, job: str, trainer, root, stall_s: float = 120.0) -> No
             last, since = version, time.monotonic()
         if time.monotonic() - since > stall_s:
             stats = w["stub"].Stats(buffer_pb2.BufferStatsRequest(job_id=job))
-            raise Collapsed(f"training stalled at version {version} for {stall_s:.0f}s; buffer: "
+            pytest.fail(f"collapsed: training stalled at version {version} for {stall_s:.0f}s; buffer: "
                             f"accepted {stats.groups_accepted}, consumed {stats.groups_consumed}, "
                             f"rejected {[(r.reason, r.groups) for r in stats.rejected]}")
         time.sleep(2)
@@ -178,7 +177,7 @@ def grpo(w, job: str, warm, seed: int):
     trainer = _service(w, "trainer", job, "--model-path", str(warm), "--checkpoint-dir", str(models / job),
                        "--device", "cpu", "--batch-groups", "4", "--max-staleness", "2", "--max-steps",
                        str(RL_STEPS), "--lr", RL_LR, "--minibatches", RL_MINIBATCHES, "--step-norm", "constant",
-                       "--kl-coef", RL_KL, "--warmup-steps", RL_WARMUP,
+                       "--kl-coef", RL_KL, "--warmup-steps", RL_WARMUP, "--max-step-kl", RL_MAX_STEP_KL,
                        "--publish", "weightsync", "--weightsync-target", w["weightsync"].target,
                        "--full-every", "1000", "--seed", str(seed))
     gateway = _service(w, "rollout", job, *ROLLOUT, "--group-size", "8", "--max-concurrent-episodes", "16",
@@ -215,19 +214,8 @@ def test_grpo_raises_success_on_held_out_seeds(world):
     if os.environ.get("ASYNCWEBRL_LEARNING_STOP_AFTER_SFT"):
         return
 
-    # 2. GRPO. A collapse (see above) is retried as a fresh job from the same warm-start with another
-    # seed, up to ATTEMPTS jobs in all; collapsing every time fails the test, as does a run that
-    # trains but does not improve.
-    collapses = []
-    for attempt in range(ATTEMPTS):
-        try:
-            final = grpo(w, "rl" if attempt == 0 else f"rl-{attempt}", warm, SEED + attempt)
-            break
-        except Collapsed as exc:
-            collapses.append(str(exc))
-            print(f"[{time.monotonic() - t0:.0f}s] attempt {attempt + 1} collapsed ({exc})")
-    else:
-        pytest.fail(f"collapsed {ATTEMPTS} times: {collapses}")
+    # 2. GRPO, one job: a collapse fails the test, as does a run that trains but does not improve.
+    final = grpo(w, "rl", warm, SEED)
     print(f"[{time.monotonic() - t0:.0f}s] GRPO done")
     after = success_rate(w, final, "after")
     n = 4 * EVAL_GROUPS

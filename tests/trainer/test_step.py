@@ -121,3 +121,29 @@ def test_off_policy_health_on_and_off_policy(setup):
     assert off.ess == pytest.approx(w.sum() ** 2 / (8 * (w * w).sum()), rel=1e-4) and off.ess < 0.9
     # Tokens of another version do not count towards the gap (they may differ by design).
     assert train_step(model, optimizer, rows, images, StepConfig(), version=5).behav_gap is None
+
+
+def test_the_trust_region_undoes_a_step_that_moves_the_policy_too_far(setup):
+    """A learning rate that throws the policy far (the tiny model's collapses began with one such step)
+    is halved until the step stays within max_step_kl; past step_backtracks the step is skipped and the
+    weights and optimizer state are exactly what they were."""
+    _, images, group = setup
+    rows, _ = rows_from_groups([group], "constant", 1.0)
+    model = load_policy(SHIPPED / "qwen2_5_vl", device="cpu").model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    free = train_step(model, optimizer, rows, images, StepConfig(max_step_kl=0.0))
+    assert free.step_kl is None and free.backtracks == 0, "off by default: no extra pass"
+
+    model = load_policy(SHIPPED / "qwen2_5_vl", device="cpu").model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    bounded = train_step(model, optimizer, rows, images, StepConfig(max_step_kl=0.05, step_backtracks=10))
+    assert 0 < bounded.step_kl <= 0.05 and bounded.backtracks >= 1 and not bounded.step_skipped
+    assert optimizer.param_groups[0]["lr"] == 0.1, "the schedule's rate is restored for the next step"
+
+    model = load_policy(SHIPPED / "qwen2_5_vl", device="cpu").model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    skipped = train_step(model, optimizer, rows, images, StepConfig(max_step_kl=1e-9, step_backtracks=1))
+    assert skipped.step_skipped and skipped.backtracks == 1 and skipped.step_kl > 1e-9
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "the weights are untouched"
+    assert not optimizer.state_dict()["state"], "and so is AdamW's state (no moments yet)"

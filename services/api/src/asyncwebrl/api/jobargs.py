@@ -65,7 +65,8 @@ def trainer_args(config: ApiConfig, job: Job, model: pathlib.Path, ckpt: pathlib
         "--batch-groups", str(r.batch_groups), "--max-staleness", str(r.max_staleness),
         "--step-norm", a.step_norm, "--k", str(a.k), "--lr", str(a.lr), "--warmup-steps", str(a.warmup_steps),
         "--epochs", str(a.epochs), "--minibatches", str(a.minibatches), "--clip-eps", str(a.clip_eps),
-        "--kl-coef", str(a.kl_coef), "--max-steps", str(a.max_steps),
+        "--kl-coef", str(a.kl_coef), "--max-step-kl", str(a.max_step_kl), "--step-backtracks", str(a.step_backtracks),
+        "--max-steps", str(a.max_steps),
         "--temperature", str(logprob_temperature(r.temperature)),
         *publish_args(config), "--seed", str(t.train_seed), "--archive-dir", str(archive_dir(ckpt.parent, "train")),
         *(["--keep-zero-variance"] if a.keep_zero_variance else [])]

@@ -61,6 +61,10 @@ class AlgorithmSpec(_Strict):
     minibatches: int = Field(1, ge=1, le=64)
     clip_eps: float = Field(0.2, gt=0, lt=1.0)
     kl_coef: float = Field(0.0, ge=0, le=10.0)
+    max_step_kl: float = Field(0.0, ge=0, le=10.0, description="Trust region: a step whose KL per token (before "
+                               "vs after, over its batch) exceeds this is undone and retried at half the learning "
+                               "rate, up to step_backtracks times, then skipped; 0 = off.")
+    step_backtracks: int = Field(3, ge=0, le=10, description="Halvings of the learning rate under max_step_kl.")
     keep_zero_variance: bool = False
     reward: Literal[REWARD_MODES] = Field(  # type: ignore[valid-type]
         "success", description="What GRPO sees: success (1 or 0) or raw (the task's own reward, e.g. MiniWoB's "

@@ -58,6 +58,11 @@ class TrainerConfig(ServiceConfig):
     dual_clip: float = option(3.0, "Dual clip c (> 1).")
     behav_cap: float = option(5.0, "Tokens whose behaviour weight exceeds this are masked out.")
     kl_coef: float = option(0.0, "KL penalty to the starting model (0 = off, no reference model loaded).")
+    max_step_kl: float = option(0.0, "Trust region: a step whose KL(before || after) per token over its own batch "
+                                     "exceeds this is undone and taken again at half the learning rate, up to "
+                                     "--step-backtracks times, then skipped (0 = off; costs one forward pass and "
+                                     "a copy of the weights and optimizer state).")
+    step_backtracks: int = option(3, "Halvings of the learning rate a step may try under --max-step-kl.")
     temperature: float = option(1.0, "Sampling temperature of the engines (logprobs are taken at it).")
     max_steps: int = option(0, "Stop after this many training steps (0 = until stopped).")
     full_every: int = option(10, "Full checkpoint (weights, optimizer, RNG) every N versions.")
@@ -104,6 +109,8 @@ class TrainerConfig(ServiceConfig):
         require(self.dual_clip > 1, "dual_clip", "must be > 1")
         require(self.behav_cap >= 1, "behav_cap", "must be >= 1")
         require(self.kl_coef >= 0, "kl_coef", "must be >= 0")
+        require(0 <= self.max_step_kl <= 10, "max_step_kl", "must be in [0, 10]")
+        require(0 <= self.step_backtracks <= 10, "step_backtracks", "must be in [0, 10]")
         require(0 < self.temperature <= 10, "temperature", "must be in (0, 10]")
         require(self.max_steps >= 0, "max_steps", "must be >= 0")
         require(self.full_every >= 1 and self.keep_versions >= 1 and self.keep_full >= 1, "full_every",
@@ -119,5 +126,5 @@ class TrainerConfig(ServiceConfig):
             objective=self.objective, epochs=self.epochs, minibatches=self.minibatches,
             token_budget=self.token_budget, clip_eps=self.clip_eps, dual_clip=self.dual_clip,
             behav_cap=self.behav_cap, max_grad_norm=self.max_grad_norm, temperature=self.temperature,
-            kl_coef=self.kl_coef, seed=self.seed * 1_000_003 + step,
+            kl_coef=self.kl_coef, max_step_kl=self.max_step_kl, step_backtracks=self.step_backtracks, seed=self.seed * 1_000_003 + step,
         )

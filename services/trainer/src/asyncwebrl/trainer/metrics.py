@@ -31,6 +31,12 @@ INVALID_ACTIONS = Gauge("asyncwebrl_trainer_invalid_action_rate", "Steps of the 
                         "parse as an action.")
 CAP_FRACTION = Gauge("asyncwebrl_trainer_behaviour_cap_fraction", "Tokens masked by the behaviour cap, last step.")
 APPROX_KL = Gauge("asyncwebrl_trainer_approx_kl", "k3 KL estimate between the proximal and updated policy.")
+STEP_KL = Gauge("asyncwebrl_trainer_step_kl", "KL per token between the policy before and after the last step, "
+                "over its batch (only with --max-step-kl).")
+BACKTRACKS = Counter("asyncwebrl_trainer_step_backtracks_total", "Steps undone by the trust region (--max-step-kl) "
+                     "and taken again at half the learning rate.")
+STEPS_SKIPPED = Counter("asyncwebrl_trainer_steps_skipped_total", "Steps the trust region undid at every learning "
+                        "rate it tried (the weights stayed as they were).")
 LR = Gauge("asyncwebrl_trainer_lr", "Learning rate of the last step.")
 REWARD = Gauge("asyncwebrl_trainer_reward", "Mean episode reward of the last batch, by difficulty.", ["difficulty"])
 SUCCESS = Gauge("asyncwebrl_trainer_success_rate", "Success rate of the last batch, by difficulty.", ["difficulty"])
@@ -107,6 +113,10 @@ def record(entry: dict) -> None:
                         ("entropy", ENTROPY), ("invalid_action_rate", INVALID_ACTIONS)):
         if entry.get(name) is not None:
             gauge.set(entry[name])
+    if entry.get("step_kl") is not None:
+        STEP_KL.set(entry["step_kl"])
+    BACKTRACKS.inc(entry.get("backtracks", 0))
+    STEPS_SKIPPED.inc(int(entry.get("step_skipped", False)))
     ADV_MASS.labels("positive").set(entry.get("adv_pos_mass", 0.0))
     ADV_MASS.labels("negative").set(entry.get("adv_neg_mass", 0.0))
     for d, v in entry["reward_by_difficulty"].items():

@@ -11,6 +11,7 @@ one process would compute it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 import time
@@ -41,6 +42,11 @@ class StepConfig:
     max_grad_norm: float = 1.0
     temperature: float = 1.0
     kl_coef: float = 0.0
+    # Trust region (grpo): a step whose KL(proximal || updated) over its own batch exceeds max_step_kl
+    # is undone (weights and optimizer state) and taken again at half the learning rate, up to
+    # step_backtracks times; past that it is skipped. 0 = off.
+    max_step_kl: float = 0.0
+    step_backtracks: int = 3
     seed: int = 0
 
 
@@ -53,6 +59,9 @@ class StepMetrics:
     cap_fraction: float = 0.0
     approx_kl: float = 0.0
     kl_ref: float = 0.0
+    step_kl: float | None = None     # KL(proximal || updated) over the batch, with the trust region on
+    backtracks: int = 0              # halvings of the learning rate this step needed
+    step_skipped: bool = False       # no learning rate within the backtracks kept step_kl in bounds
     # Off-policy health, from the proximal pass (the policy before the step):
     ess: float = 1.0                 # effective sample size of the behaviour weights, as a fraction of tokens
     behav_gap: float | None = None   # mean |logp_prox - logp_behav| over tokens of the trainer's own version
@@ -146,38 +155,18 @@ def _grad_norm(model, max_norm: float) -> float:
     return float(norm)
 
 
-def train_step(model, optimizer: torch.optim.Optimizer, rows: list[Row], images: ImageResolver,
-               cfg: StepConfig, d: Dist | None = None, ref_model=None, version: int | None = None) -> StepMetrics:
-    """``rows`` is the whole batch, the same on every rank; ``version`` the one the model's
-    weights are (tokens of that version should have behaviour logprobs equal to the proximal)."""
-    d = d or Dist()
-    metrics = StepMetrics()
-    if not rows:
-        return metrics
-    if cfg.objective not in OBJECTIVES:
-        raise ValueError(f"objective: must be one of {OBJECTIVES}")
+def _ppo_pass(model, optimizer, rows: list[Row], images: ImageResolver, cfg: StepConfig, d: Dist,
+              owner: dict[int, int], prox: dict[int, torch.Tensor], ref: dict[int, torch.Tensor] | None,
+              metrics: StepMetrics) -> tuple[list[float], list[float]]:
+    """The epochs over minibatches: this rank's sums (loss, clipped, kept, capped, tokens, kl, kl rows,
+    ref kl, dual-clipped) and the gradient norm of each optimizer step."""
     device = next(model.parameters()).device
     grpo = cfg.objective == "grpo"
-    owner = {id(r): i % d.world for i, r in enumerate(rows)}  # a row's rank for the whole step
-    started = time.monotonic()
-    # The proximal policy: the current weights, before this step changes them.
-    entropy: dict[int, torch.Tensor] = {}
-    prox = _logprobs(model, rows, images, cfg, d, owner, entropy) if grpo else {}
-    if grpo:
-        w_sum, w_sq, n_tok, gap, gap_n, pos, neg, ent = d.all_reduce_sum(_health(rows, prox, entropy, version))
-        metrics.ess = w_sum * w_sum / (n_tok * w_sq) if w_sq > 0 else 0.0
-        metrics.behav_gap = gap / gap_n if gap_n else None
-        metrics.adv_pos_mass, metrics.adv_neg_mass = pos, neg
-        metrics.entropy = ent / n_tok if n_tok else 0.0
-    ref = _logprobs(ref_model, rows, images, cfg, d, owner) if grpo and ref_model is not None and cfg.kl_coef > 0 \
-        else None
-    metrics.seconds_proximal = time.monotonic() - started
     order = list(range(len(rows)))
     rng = random.Random(cfg.seed)
-    # Local sums, reduced over ranks at the end: loss, clipped, kept, capped, tokens, kl, kl rows, ref kl,
-    # dual-clipped.
     sums = [0.0] * 9
     norms: list[float] = []
+    metrics.micro_batches = metrics.tokens = 0
     model.train()
     for _ in range(cfg.epochs):
         rng.shuffle(order)
@@ -225,6 +214,81 @@ def train_step(model, optimizer: torch.optim.Optimizer, rows: list[Row], images:
             metrics.seconds_optimizer += time.monotonic() - t
             metrics.tokens += total
     model.eval()
+    return sums, norms
+
+
+def _step_kl(model, rows: list[Row], images: ImageResolver, cfg: StepConfig, d: Dist, owner: dict[int, int],
+             prox: dict[int, torch.Tensor]) -> float:
+    """KL(proximal || updated) per token over the whole batch (k3 estimator), the same on every rank."""
+    new = _logprobs(model, rows, images, cfg, d, owner)
+    kl, n = 0.0, 0
+    for key, logp in new.items():
+        log_r = logp - prox[key]
+        kl += float((torch.exp(log_r) - log_r - 1).sum())
+        n += logp.numel()
+    kl, n = d.all_reduce_sum([kl, float(n)])
+    return kl / n if n else 0.0
+
+
+def _snapshot(model, optimizer) -> tuple[list[torch.Tensor], dict]:
+    """The weights (this rank's shards under FSDP) and the optimizer state, to undo a step."""
+    return [p.detach().clone() for p in model.parameters()], copy.deepcopy(optimizer.state_dict())
+
+
+def _restore(model, optimizer, saved: tuple[list[torch.Tensor], dict]) -> None:
+    params, state = saved
+    with torch.no_grad():
+        for p, old in zip(model.parameters(), params):
+            p.copy_(old)
+    optimizer.load_state_dict(copy.deepcopy(state))
+
+
+def train_step(model, optimizer: torch.optim.Optimizer, rows: list[Row], images: ImageResolver,
+               cfg: StepConfig, d: Dist | None = None, ref_model=None, version: int | None = None) -> StepMetrics:
+    """``rows`` is the whole batch, the same on every rank; ``version`` the one the model's
+    weights are (tokens of that version should have behaviour logprobs equal to the proximal)."""
+    d = d or Dist()
+    metrics = StepMetrics()
+    if not rows:
+        return metrics
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"objective: must be one of {OBJECTIVES}")
+    grpo = cfg.objective == "grpo"
+    owner = {id(r): i % d.world for i, r in enumerate(rows)}  # a row's rank for the whole step
+    started = time.monotonic()
+    # The proximal policy: the current weights, before this step changes them.
+    entropy: dict[int, torch.Tensor] = {}
+    prox = _logprobs(model, rows, images, cfg, d, owner, entropy) if grpo else {}
+    if grpo:
+        w_sum, w_sq, n_tok, gap, gap_n, pos, neg, ent = d.all_reduce_sum(_health(rows, prox, entropy, version))
+        metrics.ess = w_sum * w_sum / (n_tok * w_sq) if w_sq > 0 else 0.0
+        metrics.behav_gap = gap / gap_n if gap_n else None
+        metrics.adv_pos_mass, metrics.adv_neg_mass = pos, neg
+        metrics.entropy = ent / n_tok if n_tok else 0.0
+    ref = _logprobs(ref_model, rows, images, cfg, d, owner) if grpo and ref_model is not None and cfg.kl_coef > 0 \
+        else None
+    metrics.seconds_proximal = time.monotonic() - started
+    trust = grpo and cfg.max_step_kl > 0
+    saved = _snapshot(model, optimizer) if trust else None
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    attempt = 0
+    while True:
+        sums, norms = _ppo_pass(model, optimizer, rows, images, cfg, d, owner, prox, ref, metrics)
+        if not trust:
+            break
+        metrics.step_kl = _step_kl(model, rows, images, cfg, d, owner, prox)
+        if metrics.step_kl <= cfg.max_step_kl:
+            break
+        _restore(model, optimizer, saved)
+        if attempt == cfg.step_backtracks:
+            metrics.step_skipped = True
+            break
+        attempt += 1
+        metrics.backtracks = attempt
+        for g, lr in zip(optimizer.param_groups, base_lrs):
+            g["lr"] = lr * 0.5 ** attempt
+    for g, lr in zip(optimizer.param_groups, base_lrs):
+        g["lr"] = lr
     loss, clipped, kept, capped, tokens, kl, kl_rows, kl_ref, dual = d.all_reduce_sum(sums)
     metrics.micro_batches = int(d.all_reduce_sum([metrics.micro_batches])[0])
     metrics.loss = loss
