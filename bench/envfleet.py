@@ -3,7 +3,8 @@
 The same MiniWoB click episodes (task, seed, clicks) go through:
   raw          a bare async Playwright loop in this process (the limit): per episode a
                fresh context, load, seed, then click + JPEG screenshot + reward read per step
-  envfleet     the real service over gRPC (Allocate, Step per click, Release)
+  envfleet     the real service over gRPC (Allocate, Step per click, Release), its screenshots
+               stored through a buffer (PutBlobs) as in a deployment
   browsergym   BrowserGym's MiniWoB env, with its defaults and with its per-step waits at zero
   miniwob_gym  the miniwob package's own gymnasium env (Selenium)
 at 1, 4 and 8 concurrent sessions, interleaved in rounds so machine noise hits all alike.
@@ -334,12 +335,17 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-envfleet-") as tmp:
         redis = RedisServer(pathlib.Path(tmp))
+        # envfleet stores its screenshots through the buffer's PutBlobs (it has no Redis of its own).
+        buffer = ServiceProcess("buffer", ["--redis-url", redis.url, "--log-level", "WARNING"],
+                                {"ASYNCWEBRL_REDIS_PASSWORD": redis.password}, pathlib.Path(tmp) / "buffer.log")
+        buffer.wait_ready()
+
         def start(*extra):
             return ServiceProcess(
                 "envfleet",
-                ["--redis-url", redis.url, "--log-level", "WARNING", "--browsers", "1",
+                ["--buffer-target", buffer.target, "--log-level", "WARNING", "--browsers", "1",
                  "--contexts-per-browser", str(max(levels)), *extra],
-                {"ASYNCWEBRL_REDIS_PASSWORD": redis.password},
+                {},
                 pathlib.Path(tmp) / f"envfleet{len(extra)}.log",
             )
 
@@ -369,6 +375,7 @@ def main() -> int:
         finally:
             svc.stop()
             warm_svc.stop()
+            buffer.stop()
             redis.stop()
 
     def best(system, c):

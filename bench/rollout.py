@@ -137,9 +137,13 @@ async def run(args) -> dict:
         server = RedisServer(tmp)
         env = {"ASYNCWEBRL_AUTH_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": server.password}
         common = ["--redis-url", server.url, "--key-prefix", PREFIX, "--log-format", "text", "--log-level", "WARNING"]
-        envfleet = ServiceProcess("envfleet", [*common, "--browsers", "1", "--contexts-per-browser", str(SLOTS),
-                                               "--task-sources", "webgym-lite"], env, tmp / "envfleet.log")
         buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0"], env, tmp / "buffer.log")
+        buffer.wait_ready()
+        # envfleet has no Redis: its screenshots go through the buffer.
+        envfleet = ServiceProcess("envfleet", ["--buffer-target", buffer.target, "--log-format", "text",
+                                               "--log-level", "WARNING", "--browsers", "1", "--contexts-per-browser",
+                                               str(SLOTS), "--task-sources", "webgym-lite"],
+                                  {"ASYNCWEBRL_AUTH_TOKEN": TOKEN}, tmp / "envfleet.log")
         engine = EngineProcess(["--model-path", str(SHIPPED / "qwen2_5_vl"), "--device", "cpu", "--max-batch-size",
                                 "32", "--registry-redis-url", server.url, "--key-prefix", PREFIX, "--job-id", "bench",
                                 "--log-level", "WARNING"], tmp / "engine.log",

@@ -1,4 +1,4 @@
-"""`make demo-envfleet`: envfleet on a local redis-server, a scripted agent through MiniWoB tasks.
+"""`make demo-envfleet`: envfleet (screenshots through a buffer on a local redis-server), a scripted agent through MiniWoB tasks.
 
 Prints one line per episode and saves every screenshot the agent saw under
 runs/demo-envfleet/ (`make demo-envfleet`; `make demo` is the training demo).
@@ -30,14 +30,23 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="asyncwebrl-demo-") as tmp:
         redis = RedisServer(pathlib.Path(tmp))
-        envfleet = ServiceProcess(
-            "envfleet",
+        # envfleet has no Redis of its own: it stores screenshots through the buffer's PutBlobs.
+        buffer = ServiceProcess(
+            "buffer",
             ["--redis-url", redis.url, "--log-format", "text", "--log-level", "WARNING"],
             {"ASYNCWEBRL_AUTH_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": redis.password},
-            pathlib.Path(tmp) / "envfleet.log",
+            pathlib.Path(tmp) / "buffer.log",
         )
+        envfleet = None
         try:
-            print(f"envfleet: starting (redis on port {redis.port}) ...", flush=True)
+            buffer.wait_ready()
+            envfleet = ServiceProcess(
+                "envfleet",
+                ["--buffer-target", buffer.target, "--log-format", "text", "--log-level", "WARNING"],
+                {"ASYNCWEBRL_AUTH_TOKEN": TOKEN},
+                pathlib.Path(tmp) / "envfleet.log",
+            )
+            print(f"envfleet: starting (buffer on {buffer.target}, redis on port {redis.port}) ...", flush=True)
             envfleet.wait_ready()
             stub = env_pb2_grpc.EnvServiceStub(channel(envfleet.target, TOKEN))
             tasks = stub.ListTasks(env_pb2.ListTasksRequest(source="miniwob"))
@@ -60,10 +69,12 @@ def main() -> int:
                   f"{stats.steps_total} steps; screenshots in {out}/")
             return 0 if solved == total else 1
         except Exception:
-            print(envfleet.logs()[-4000:], file=sys.stderr)
+            print((envfleet or buffer).logs()[-4000:], file=sys.stderr)
             raise
         finally:
-            envfleet.stop()
+            if envfleet is not None:
+                envfleet.stop()
+            buffer.stop()
             redis.stop()
 
 

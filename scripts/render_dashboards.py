@@ -70,9 +70,12 @@ class Run:
         self.env = {"ASYNCWEBRL_AUTH_TOKEN": TOKEN, "ASYNCWEBRL_REDIS_PASSWORD": self.redis.password}
         self.common = ["--redis-url", self.redis.url, "--key-prefix", PREFIX, "--log-format", "text"]
         chromium = os.environ.get("ASYNCWEBRL_CHROMIUM_PATH", "/usr/bin/chromium")
-        self.envfleet = self._service("envfleet", "--browsers", "1", "--contexts-per-browser", "8",
-                                      "--task-sources", "miniwob", "--chromium-path", chromium, "--warm-reset")
         self.buffer = self._service("buffer", "--blob-release-grace-s", "0", "--blob-budget-bytes", str(4 << 20))
+        self.buffer.wait_ready(120)
+        # envfleet has no Redis: its screenshots go through the buffer.
+        self.envfleet = self._service("envfleet", "--browsers", "1", "--contexts-per-browser", "8",
+                                      "--task-sources", "miniwob", "--chromium-path", chromium, "--warm-reset",
+                                      common=["--buffer-target", self.buffer.target, "--log-format", "text"])
         self.weightsync = self._service("weightsync", "--checkpoint-roots", str(work), "--reconcile-interval-s", "1")
         self.api_port = free_port()
         self.api = ServiceProcess("api", [*self.common, "--api-port", str(self.api_port)],
@@ -91,7 +94,7 @@ class Run:
         self.prom_url = f"http://127.0.0.1:{prom_port}"
         self._start_prometheus(prom_port)
 
-    def _service(self, name: str, *args: str, job: str | None = None):
+    def _service(self, name: str, *args: str, job: str | None = None, common: list[str] | None = None):
         from asyncwebrl.common.localstack import ServiceProcess
 
         extra = ["--job-id", job] if job else []
@@ -100,7 +103,7 @@ class Run:
         while logfile.exists():  # a restarted process keeps the log of the one before
             n += 1
             logfile = self.logs / f"{stem}-{n}.log"
-        p = ServiceProcess(name, [*self.common, *extra, *args], self.env, logfile)
+        p = ServiceProcess(name, [*(self.common if common is None else common), *extra, *args], self.env, logfile)
         self.procs.append(p)
         if job:
             self._target(name, job, p.http_port)

@@ -39,9 +39,13 @@ def main() -> int:
     rows, problems = [], []
     with tempfile.TemporaryDirectory() as tmp:
         redis = RedisServer(pathlib.Path(tmp))
-        svc = ServiceProcess("envfleet", ["--redis-url", redis.url, "--log-level", "WARNING",
+        # envfleet stores screenshots through the buffer (no Redis of its own); they are read back from Redis.
+        buffer = ServiceProcess("buffer", ["--redis-url", redis.url, "--log-level", "WARNING"],
+                                {"ASYNCWEBRL_REDIS_PASSWORD": redis.password}, pathlib.Path(tmp) / "buffer.log")
+        buffer.wait_ready()
+        svc = ServiceProcess("envfleet", ["--buffer-target", buffer.target, "--log-level", "WARNING",
                                           "--task-sources", "webgym-lite", "--contexts-per-browser", "2"],
-                             {"ASYNCWEBRL_REDIS_PASSWORD": redis.password}, pathlib.Path(tmp) / "envfleet.log")
+                             {}, pathlib.Path(tmp) / "envfleet.log")
         try:
             svc.wait_ready()
             stub = env_pb2_grpc.EnvServiceStub(channel(svc.target))
@@ -75,6 +79,7 @@ def main() -> int:
                           f"  random {wins}/{args.random_episodes}", file=sys.stderr, flush=True)
         finally:
             svc.stop()
+            buffer.stop()
             redis.stop()
     if not wanted:
         lines = ["# Built-in site tasks (webgym-lite)", "",

@@ -37,16 +37,18 @@ async def fake_http_server(routes):
 
 
 def start_envfleet_and_buffer(redis_server, prefix: str, token: str, logs, chromium_path: str):
-    """envfleet (one Chromium, 4 contexts, MiniWoB) and a buffer on ``redis_server``, both ready.
+    """A buffer on ``redis_server`` and envfleet (one Chromium, 4 contexts, MiniWoB) storing its screenshots
+    through that buffer (no Redis of its own), both ready.
     Returns (envfleet, buffer, env, common flags) for the services a test starts next to them."""
     from asyncwebrl.common.localstack import ServiceProcess
 
     env = {"ASYNCWEBRL_AUTH_TOKEN": token, "ASYNCWEBRL_REDIS_PASSWORD": redis_server.password}
     common = ["--redis-url", redis_server.url, "--key-prefix", prefix, "--log-format", "text"]
-    envfleet = ServiceProcess("envfleet", [*common, "--browsers", "1", "--contexts-per-browser", "4",
-                                           "--task-sources", "miniwob", "--chromium-path", chromium_path],
-                              env, logs / "envfleet.log")
     buffer = ServiceProcess("buffer", [*common, "--blob-release-grace-s", "0"], env, logs / "buffer.log")
-    envfleet.wait_ready()
     buffer.wait_ready()
+    envfleet = ServiceProcess("envfleet", ["--buffer-target", buffer.target, "--log-format", "text", "--browsers", "1",
+                                           "--contexts-per-browser", "4", "--task-sources", "miniwob",
+                                           "--chromium-path", chromium_path],
+                              {"ASYNCWEBRL_AUTH_TOKEN": token}, logs / "envfleet.log")
+    envfleet.wait_ready()
     return envfleet, buffer, env, common

@@ -29,7 +29,7 @@ DEMO = ROOT / "examples" / "jobs" / "demo.yaml"
 SYNC = ROOT / "examples" / "jobs" / "sync-baseline.yaml"
 SCRIPT = pathlib.Path(sys.executable).parent / "asyncwebrl"
 CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "asyncwebrl.api.cli"]
-COMPONENTS = ("redis", "envfleet", "buffer", "weightsync", "api")
+COMPONENTS = ("redis", "buffer", "envfleet", "weightsync", "api")
 SUBCOMMANDS = ("up", "down", "status", "submit", "watch", "logs", "eval", "cancel", "viewer")
 
 
@@ -167,6 +167,14 @@ def test_up_starts_every_component(stack):
     for name in COMPONENTS:
         cmdline = pathlib.Path(f"/proc/{saved['components'][name]['pid']}/cmdline").read_bytes().decode()
         assert not any(saved[k] in cmdline for k in ("api_token", "auth_token", "redis_password")), name
+    # envfleet has no Redis access: no Redis flag, no password; its screenshots go through the buffer.
+    envfleet = saved["components"]["envfleet"]["pid"]
+    cmdline = pathlib.Path(f"/proc/{envfleet}/cmdline").read_bytes().decode().split("\0")
+    assert "--redis-url" not in cmdline and "--key-prefix" not in cmdline
+    assert cmdline[cmdline.index("--buffer-target") + 1] == f"127.0.0.1:{saved['components']['buffer']['grpc_port']}"
+    environ = pathlib.Path(f"/proc/{envfleet}/environ").read_bytes().decode(errors="replace").split("\0")
+    assert not any(v.startswith("ASYNCWEBRL_REDIS_PASSWORD=") for v in environ)
+    assert f"ASYNCWEBRL_AUTH_TOKEN={saved['auth_token']}" in environ
     stack["saved"] = saved
 
 

@@ -1,4 +1,4 @@
-"""EnvService against the real service process, real Chromium and real Redis."""
+"""EnvService against the real service process, real Chromium, and a real buffer on real Redis (screenshots)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.envfleet import scripted
 from asyncwebrl.v1 import env_pb2, env_pb2_grpc
-from tests.envfleet.conftest import click, code_of
+from tests.envfleet.conftest import click, code_of, get_blob
 
 
 def step(stub, session_id, action, **kw):
@@ -49,7 +49,7 @@ def test_scripted_agent_solves_task(stub, redis_server, task, seed):
     assert episode.done, episode
     assert episode.reward == 1.0, episode
     assert episode.instruction
-    # Every observation's screenshot is in Redis under its own sha256.
+    # Every observation's screenshot is in Redis under its own sha256, as the buffer stored it.
     r = redis_server.client()
     for sha in episode.screenshots:
         data = r.hget(f"asyncwebrl:job:default:blob:{sha}", "data")
@@ -207,7 +207,7 @@ def test_type_clear_enter_navigation_and_back(stub):
         release(stub, a.session_id)
 
 
-def test_png_screenshots(stub, redis_server):
+def test_png_screenshots(stub, buffer_stub):
     a = stub.Allocate(
         env_pb2.AllocateRequest(task="miniwob/click-test", seed=1,
                                 screenshot=env_pb2.ScreenshotOptions(format=env_pb2.IMAGE_FORMAT_PNG)),
@@ -216,10 +216,32 @@ def test_png_screenshots(stub, redis_server):
     try:
         ref = a.observation.screenshot
         assert ref.mime == "image/png"
-        data = redis_server.client().hget(f"asyncwebrl:job:default:blob:{ref.sha256}", "data")
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) == ref.size_bytes
+        blob = get_blob(buffer_stub, "default", ref.sha256)
+        assert blob.data[:8] == b"\x89PNG\r\n\x1a\n" and len(blob.data) == ref.size_bytes
     finally:
         release(stub, a.session_id)
+
+
+def test_screenshots_are_stored_through_the_buffer(envfleet, stub, buffer_stub):
+    """envfleet has no Redis: each observation's screenshot is put into the buffer (PutBlobs) under the
+    session's job, and reads back through the buffer's GetBlobs with the sha256, size and image the
+    observation names."""
+    a = stub.Allocate(env_pb2.AllocateRequest(task="miniwob/click-test", seed=3, job_id="envjob"), timeout=30)
+    try:
+        r = step(stub, a.session_id, env_pb2.Action(wait=env_pb2.Wait(ms=10)))
+        for ref in (a.observation.screenshot, r.observation.screenshot):
+            blob = get_blob(buffer_stub, "envjob", ref.sha256)
+            assert blob is not None, "the screenshot is in the buffer's blob store"
+            assert hashlib.sha256(blob.data).hexdigest() == ref.sha256 and len(blob.data) == ref.size_bytes
+            assert (blob.mime, blob.width, blob.height) == (ref.mime, ref.width, ref.height) == (
+                "image/jpeg", a.viewport.width, a.viewport.height)
+            assert blob.data[:3] == b"\xff\xd8\xff"
+        # Stored under the session's job only: another job does not see it.
+        assert get_blob(buffer_stub, "not-envjob", a.observation.screenshot.sha256) is None
+    finally:
+        release(stub, a.session_id)
+    ready = urllib.request.urlopen(f"http://127.0.0.1:{envfleet.http_port}/readyz", timeout=10)
+    assert ready.status == 200, "ready: browsers up and the buffer answering"
 
 
 # ---------------------------------------------------------------- bad input

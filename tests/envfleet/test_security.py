@@ -40,13 +40,13 @@ class Canary:
 
 
 @pytest.fixture(scope="module")
-def hostile(redis_server, tmp_path_factory):
+def hostile(redis_server, buffer, tmp_path_factory):
     canary = Canary()
     site = tmp_path_factory.mktemp("hostile")
     page = TEMPLATE.read_text().replace("REDIS_PORT", str(redis_server.port)).replace("CANARY_PORT", str(canary.port))
     (site / "probe.html").write_text(page)
     (site / "same-origin.txt").write_text("hello")
-    svc = start_envfleet(site, redis_server, "--task-sources", "static", "--static-task-dirs", str(site))
+    svc = start_envfleet(site, buffer, "--task-sources", "static", "--static-task-dirs", str(site))
     stub = env_pb2_grpc.EnvServiceStub(channel(svc.target, TOKEN))
     yield stub, canary, f"static/{site.name}/probe"
     svc.stop()

@@ -24,8 +24,8 @@ TEMPLATES = [t for s in SITES for t in s.templates]
 
 
 @pytest.fixture(scope="module")
-def lite(redis_server, tmp_path_factory):
-    svc = start_envfleet(tmp_path_factory.mktemp("lite"), redis_server, "--task-sources", "webgym-lite",
+def lite(buffer, tmp_path_factory):
+    svc = start_envfleet(tmp_path_factory.mktemp("lite"), buffer, "--task-sources", "webgym-lite",
                          "--contexts-per-browser", "3")
     yield env_pb2_grpc.EnvServiceStub(channel(svc.target, TOKEN))
     svc.stop()

@@ -11,8 +11,8 @@ from tests.envfleet.conftest import TOKEN, start_envfleet
 
 
 @pytest.fixture(scope="module")
-def warm(redis_server, tmp_path_factory):
-    svc = start_envfleet(tmp_path_factory.mktemp("warm"), redis_server, "--warm-reset",
+def warm(buffer, tmp_path_factory):
+    svc = start_envfleet(tmp_path_factory.mktemp("warm"), buffer, "--warm-reset",
                          "--contexts-per-browser", "2")
     yield env_pb2_grpc.EnvServiceStub(channel(svc.target, TOKEN))
     svc.stop()

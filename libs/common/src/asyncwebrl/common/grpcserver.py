@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
-from asyncwebrl.common.service_config import ServiceConfig
+from asyncwebrl.common.service_config import GrpcConfig
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class ServiceRunner:
 
     def __init__(
         self,
-        config: ServiceConfig,
+        config: GrpcConfig,
         service_names: Iterable[str],
         ready: Callable[[], bool] | None = None,
     ) -> None:

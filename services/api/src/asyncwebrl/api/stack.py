@@ -1,4 +1,4 @@
-"""The local stack: redis-server, envfleet, buffer, weightsync and the api as
+"""The local stack: redis-server, buffer, envfleet, weightsync and the api as
 detached background processes, brought up and down by ``asyncwebrl up``/``down``.
 
 The stack keeps its state in ``<run-dir>/stack.json`` (mode 0600): the
@@ -34,9 +34,9 @@ DEFAULT_RUN_DIR = "runs/stack"
 DEFAULT_API_PORT = 8080
 KEY_PREFIX = "asyncwebrl:"
 # Start order; ``down`` stops them in reverse (api first, redis last).
-COMPONENTS = ("redis", "envfleet", "buffer", "weightsync", "api")
-# Who is given whose address at start.
-DEPENDS = {"redis": (), "envfleet": ("redis",), "buffer": ("redis",), "weightsync": ("redis",),
+COMPONENTS = ("redis", "buffer", "envfleet", "weightsync", "api")
+# Who is given whose address at start. envfleet has no Redis: its screenshots go through the buffer.
+DEPENDS = {"redis": (), "buffer": ("redis",), "envfleet": ("buffer",), "weightsync": ("redis",),
            "api": ("redis", "envfleet", "buffer", "weightsync")}
 READY_TIMEOUT_S = {"redis": 30.0, "envfleet": 120.0, "buffer": 60.0, "weightsync": 60.0, "api": 90.0}
 # SIGTERM -> SIGKILL grace: the api first stops every job's processes (their own grace + 10 s).
@@ -192,7 +192,10 @@ def main_port(name: str, comp: dict) -> int | None:
 def _child_env(stack: dict, name: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("ASYNCWEBRL_API_URL", "ASYNCWEBRL_RUN_DIR")}
     env["ASYNCWEBRL_AUTH_TOKEN"] = stack["auth_token"]
-    env["ASYNCWEBRL_REDIS_PASSWORD"] = stack["redis_password"]
+    if name == "envfleet":  # no Redis access: it is not given the password
+        env.pop("ASYNCWEBRL_REDIS_PASSWORD", None)
+    else:
+        env["ASYNCWEBRL_REDIS_PASSWORD"] = stack["redis_password"]
     if name == "api":
         env["ASYNCWEBRL_API_TOKEN"] = stack["api_token"]
     else:
@@ -215,11 +218,12 @@ def _command(name: str, stack: dict, run_dir: pathlib.Path) -> list[str]:
                 "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
                 "--dir", str(run_dir / "redis"), "--daemonize", "no"]
     redis_url = f"redis://127.0.0.1:{comps['redis']['port']}/0"
-    common = ["--grpc-port", str(c["grpc_port"]), "--http-port", str(c["http_port"]), "--redis-url", redis_url,
-              "--key-prefix", stack.get("key_prefix", KEY_PREFIX), "--log-format", "text"]
+    ports = ["--grpc-port", str(c["grpc_port"]), "--http-port", str(c["http_port"]), "--log-format", "text"]
+    common = [*ports, "--redis-url", redis_url, "--key-prefix", stack.get("key_prefix", KEY_PREFIX)]
     py = [sys.executable, "-m", f"asyncwebrl.{name}"]
     if name == "envfleet":
-        return [*py, *common, "--browsers", str(opts["browsers"]), "--contexts-per-browser", str(opts["contexts"]),
+        return [*py, *ports, "--buffer-target", f"127.0.0.1:{comps['buffer']['grpc_port']}",
+                "--browsers", str(opts["browsers"]), "--contexts-per-browser", str(opts["contexts"]),
                 "--task-sources", "miniwob,webgym-lite", "--chromium-path", opts["chromium_path"],
                 "--warm-reset" if opts["warm_reset"] else "--no-warm-reset"]
     if name == "buffer":
@@ -359,8 +363,9 @@ def up(run_dir: pathlib.Path, *, chromium_path: str | None = None, api_port: int
         save_stack(run_dir, stack)
 
         try:
-            # redis first; envfleet, buffer and weightsync need only redis; the api needs them all.
-            for wave in (["redis"], ["envfleet", "buffer", "weightsync"], ["api"]):
+            # redis first; the buffer and weightsync need only redis; envfleet stores its screenshots
+            # through the buffer, so it comes after it; the api needs them all.
+            for wave in (["redis"], ["buffer", "weightsync"], ["envfleet"], ["api"]):
                 names = [n for n in wave if n in to_start]
                 for name in names:
                     print(f"starting {name} ...", file=sys.stderr)
@@ -443,8 +448,9 @@ def down(run_dir: pathlib.Path) -> None:
         if not running:
             print(f"the local stack in {run_dir} is not running")
         job_pids = {pid: _start_ticks(pid) for pid in (_job_pids(stack) if "api" in running else [])}
-        # api first (it stops its jobs' processes), then the services, redis last.
-        for wave in (["api"], ["weightsync", "buffer", "envfleet"], ["redis"]):
+        # api first (it stops its jobs' processes), then the services (envfleet before the buffer it
+        # writes to), redis last.
+        for wave in (["api"], ["weightsync", "envfleet"], ["buffer"], ["redis"]):
             items = [(n, comps[n]) for n in wave if n in running]
             for _, c in items:
                 _signal(c, signal.SIGTERM)

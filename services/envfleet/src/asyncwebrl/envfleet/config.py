@@ -6,7 +6,7 @@ import dataclasses
 import os
 
 from asyncwebrl.common.config import option, require
-from asyncwebrl.common.service_config import ServiceConfig
+from asyncwebrl.common.service_config import GrpcConfig, require_target
 
 # Flags the project runs Chromium with everywhere (no sandbox: we run as root in
 # a container whose NetworkPolicy is the outer wall; no background traffic).
@@ -26,8 +26,11 @@ TIMER_OFF_MS = 2**31 - 1
 
 
 @dataclasses.dataclass(kw_only=True)
-class EnvfleetConfig(ServiceConfig):
-    """Browser-environment fleet: Chromium contexts behind the gRPC EnvService."""
+class EnvfleetConfig(GrpcConfig):
+    """Browser-environment fleet: Chromium contexts behind the gRPC EnvService.
+
+    No Redis: screenshots go to the buffer (``PutBlobs``), which owns the blob store, its TTL and its budget.
+    """
 
     grpc_port: int = option(50061, "gRPC port; 0 picks a free one (logged at start).")
     http_port: int = option(9461, "HTTP port for /metrics, /healthz and /readyz; 0 picks a free one.")
@@ -46,9 +49,11 @@ class EnvfleetConfig(ServiceConfig):
                                       "many seconds is reclaimed: its gateway died.")
     screenshot_format: str = option("jpeg", "Default screenshot format: jpeg or png.")
     screenshot_quality: int = option(80, "Default JPEG quality (1-100).")
-    blob_ttl_s: int = option(
-        3600, "Seconds an unreferenced screenshot blob lives (no stored group uses it yet) unless written again."
+    buffer_target: str = option(
+        "", "buffer gRPC address (HOST:PORT), required: screenshots are stored through its PutBlobs, with the "
+        "shared --auth-token."
     )
+    buffer_timeout_s: float = option(5.0, "Deadline of one PutBlobs call to the buffer.")
     blob_wait_s: float = option(
         10.0, "Past the buffer's blob budget, how long a step waits for memory before RESOURCE_EXHAUSTED."
     )
@@ -82,7 +87,9 @@ class EnvfleetConfig(ServiceConfig):
         require(1 <= self.owner_ttl_s <= 3600, "owner_ttl_s", "must be in [1, 3600]")
         require(self.screenshot_format in ("jpeg", "png"), "screenshot_format", "must be jpeg or png")
         require(1 <= self.screenshot_quality <= 100, "screenshot_quality", "must be in [1, 100]")
-        require(self.blob_ttl_s >= 10, "blob_ttl_s", "must be at least 10")
+        require(bool(self.buffer_target), "buffer_target", "is required (the buffer's HOST:PORT)")
+        require_target(self.buffer_target, "buffer_target")
+        require(0.1 <= self.buffer_timeout_s <= 120, "buffer_timeout_s", "must be in [0.1, 120]")
         require(0 <= self.blob_wait_s <= 600, "blob_wait_s", "must be in [0, 600]")
         require(100 <= self.action_timeout_ms <= 120_000, "action_timeout_ms", "must be in [100, 120000]")
         require(100 <= self.navigation_timeout_ms <= 300_000, "navigation_timeout_ms", "must be in [100, 300000]")

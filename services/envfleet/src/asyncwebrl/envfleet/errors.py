@@ -30,4 +30,9 @@ class EnvFault(EnvError):
 
 
 class Unavailable(EnvError):
-    """A dependency (Redis) is down; the same call may work later."""
+    """A dependency (the buffer, which stores screenshots) is down; the same call may work later."""
+
+
+class BufferRejected(EnvError):
+    """The buffer refused a screenshot for a reason waiting cannot fix: a bug or a misconfiguration
+    (INVALID_ARGUMENT, UNAUTHENTICATED); INTERNAL to the caller, with what to check."""

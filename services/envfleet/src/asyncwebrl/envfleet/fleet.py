@@ -14,10 +14,10 @@ import uuid
 
 from playwright.async_api import Error as PlaywrightError
 
-from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.envfleet import metrics, oracle
 from asyncwebrl.envfleet.act import act
 from asyncwebrl.envfleet.actions import check
+from asyncwebrl.envfleet.blobs import BufferBlobs
 from asyncwebrl.envfleet.config import EnvfleetConfig
 from asyncwebrl.envfleet.errors import EnvFault, EpisodeOver, Exhausted, InvalidArgument, NotFound
 from asyncwebrl.envfleet.observe import Observer
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Fleet:
-    def __init__(self, config: EnvfleetConfig, blobs: BlobStore, sources: list[TaskSource]) -> None:
+    def __init__(self, config: EnvfleetConfig, blobs: BufferBlobs, sources: list[TaskSource]) -> None:
         self.config = config
         self.blobs = blobs
         self.sources = sources
@@ -54,7 +54,8 @@ class Fleet:
             await source.stop()
 
     def ready(self) -> bool:
-        return self.pool.ready()
+        """Browsers up and the buffer (where screenshots go) answering."""
+        return self.pool.ready() and self.blobs.up
 
     def free_slots(self) -> int:
         return self.pool.free_slots()

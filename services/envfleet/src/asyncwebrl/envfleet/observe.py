@@ -1,7 +1,7 @@
 """Observing: what an agent sees after an action, and what the task says of it.
 
-A screenshot (stored in the blob store, with backpressure when its budget is
-spent), the page's URL and title, optionally the boxes of visible elements,
+A screenshot (stored through the buffer's PutBlobs, with backpressure when
+its blob budget is spent), the page's URL and title, optionally the boxes of visible elements,
 and the task's outcome (reward, done) read from the page or from the task's
 server. A read that lands in a document being replaced waits and tries again.
 """
@@ -14,13 +14,13 @@ import time
 from typing import Any
 
 from playwright.async_api import Error as PlaywrightError
-from redis.exceptions import RedisError
 
-from asyncwebrl.common.blobstore import BlobBudgetExceeded, BlobRef, BlobStore
+from asyncwebrl.common.blobstore import BlobBudgetExceeded, BlobRef
 from asyncwebrl.common.keys import DEFAULT_JOB
 from asyncwebrl.envfleet import metrics
+from asyncwebrl.envfleet.blobs import BufferBlobs
 from asyncwebrl.envfleet.config import EnvfleetConfig
-from asyncwebrl.envfleet.errors import Exhausted, Unavailable
+from asyncwebrl.envfleet.errors import Exhausted
 from asyncwebrl.envfleet.pool import Session
 from asyncwebrl.envfleet.tasks import Outcome
 from asyncwebrl.v1 import env_pb2
@@ -46,9 +46,9 @@ _ELEMENTS_JS = """(limit) => {
 
 
 class Observer:
-    """Observations and outcomes of sessions' pages; screenshots go to ``blobs``."""
+    """Observations and outcomes of sessions' pages; screenshots go to ``blobs`` (the buffer)."""
 
-    def __init__(self, config: EnvfleetConfig, blobs: BlobStore) -> None:
+    def __init__(self, config: EnvfleetConfig, blobs: BufferBlobs) -> None:
         self.config = config
         self.blobs = blobs
 
@@ -74,8 +74,9 @@ class Observer:
         raise AssertionError("unreachable")
 
     async def _store_screenshot(self, session: Session, shot: bytes) -> BlobRef:
-        # Past the blob budget, wait for trained groups to free memory (backpressure)
-        # for a bounded time rather than fail the episode at once.
+        # Past the buffer's blob budget (RESOURCE_EXHAUSTED), wait for trained groups to free
+        # memory (backpressure) for a bounded time rather than fail the episode at once. The
+        # buffer away raises Unavailable and a refusal raises BufferRejected: neither is waited on.
         deadline = time.monotonic() + self.config.blob_wait_s
         delay = 0.05
         while True:
@@ -83,8 +84,6 @@ class Observer:
                 return await self.blobs.put(
                     session.job_id or DEFAULT_JOB, shot, f"image/{session.image_format}", session.width, session.height
                 )
-            except RedisError as exc:
-                raise Unavailable(f"blob store unavailable: {exc}") from exc
             except BlobBudgetExceeded as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:

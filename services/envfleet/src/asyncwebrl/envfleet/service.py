@@ -7,6 +7,7 @@ import base64
 import grpc
 
 from asyncwebrl.envfleet.errors import (
+    BufferRejected,
     EnvError,
     EnvFault,
     EpisodeOver,
@@ -28,6 +29,7 @@ _STATUS = {
     # ABORTED, not UNAVAILABLE: retrying the same Step cannot help, the episode is void.
     EnvFault: grpc.StatusCode.ABORTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    BufferRejected: grpc.StatusCode.INTERNAL,
 }
 MAX_PAGE_SIZE = 1000
 
