@@ -12,6 +12,9 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# tests/security/test_browser_isolation.py: Chromium in a network namespace (ip), walled by nftables.
+[ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1 || missing+=(nftables)
+[ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # Without any font, page text renders as empty boxes in screenshots.
 fc-list 2>/dev/null | grep -q . || missing+=(fonts-liberation)
 # Debian's python3 ships venv separately.

@@ -20,6 +20,8 @@ import collections
 import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -104,6 +106,25 @@ def check_session_id(session_id: str) -> None:
         raise InvalidArgument("session_id", "must be the 32-character id Allocate returned")
 
 
+# The only variables Chromium is started with (an allowlist: the envfleet process holds
+# ASYNCWEBRL_AUTH_TOKEN, the Redis password and more, and a renderer must find none of it).
+# HOME is always a private directory of our own; see chromium_env().
+_CHROMIUM_ENV_PASSTHROUGH = (
+    "PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR",
+    "FONTCONFIG_FILE", "FONTCONFIG_PATH", "XDG_RUNTIME_DIR",
+)
+
+
+def chromium_env(home: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment a Chromium process gets: allowlisted variables of ``environ`` and HOME=``home``.
+    Playwright's ``env=`` replaces (does not extend) the browser's environment."""
+    environ = os.environ if environ is None else environ
+    env = {k: environ[k] for k in _CHROMIUM_ENV_PASSTHROUGH if k in environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["HOME"] = home
+    return env
+
+
 def _find_pid(marker: str) -> int:
     """The browser (not renderer) process launched with our marker flag."""
     for proc in psutil.process_iter(["pid", "cmdline"]):
@@ -130,11 +151,19 @@ class Pool:
         self.faults_total = 0
         self.expired_total = 0
         self.warm_resets = 0
+        self._chromium_home = ""  # private HOME of the Chromium processes, made in start()
 
     # ------------------------------------------------------------------ browsers
 
     async def start(self) -> None:
-        self._pw = await async_playwright().start()
+        self._chromium_home = tempfile.mkdtemp(prefix="asyncwebrl-chromium-home-")
+        # Playwright's node driver copies os.environ when it starts; it gets none of our settings
+        # (the token among them: the config holds what envfleet needs).
+        ours = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("ASYNCWEBRL_")}
+        try:
+            self._pw = await async_playwright().start()
+        finally:
+            os.environ.update(ours)
         await asyncio.gather(*(self._launch(i) for i in range(self.config.browsers)))
         self.spawn(self._reap_forever())
         self.update_gauges()
@@ -154,6 +183,8 @@ class Pool:
                     pass
         if self._pw is not None:
             await self._pw.stop()
+        if self._chromium_home:
+            shutil.rmtree(self._chromium_home, ignore_errors=True)
 
     def ready(self) -> bool:
         return not self._stopping and any(h is not None and h.connected for h in self.browsers)
@@ -172,6 +203,7 @@ class Pool:
             headless=True,
             args=[*CHROMIUM_FLAGS, *self.config.chromium_extra_flags, marker],
             timeout=30_000,
+            env=chromium_env(self._chromium_home),
         )
         host = Browser(index, browser, _find_pid(marker), generation)
         browser.on("disconnected", lambda _b: self._on_disconnected(host))
