@@ -5,8 +5,10 @@
   and 1.33 schemas with kubernetes-validate --strict, except the Prometheus operator's CRDs
   (CRD_KINDS, whose shape is checked here instead); ``helm lint --strict`` is clean;
 - values.schema.json rejects bad values, naming the field;
-- the properties that matter: browsers' egress never reaches private ranges or 169.254.169.254,
-  Redis takes connections only from our pods, no secret is inline in a workload, Redis runs with
+- the properties that matter: a default-deny NetworkPolicy and a policy of its own for every pod (the
+  chart's and the launcher's job pods), whose evaluation over every pair of pods gives exactly the
+  designed edges (EDGES); browsers' egress never reaches private ranges, 169.254.169.254 or Redis,
+  Redis takes connections only from its clients, pods roll when the Secret changes, no secret is inline in a workload, Redis runs with
   AOF and noeviction, probes are on grpc.health.v1, the api's Role grants what asyncwebrl.api.k8s
   calls, dashboards and rules come from charts/, an external Redis replaces the StatefulSet (and the
   StatefulSet's Redis command runs on a real redis-server: password from the environment, AOF);
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import ipaddress
 import json
 import pathlib
@@ -32,6 +35,7 @@ import pytest
 import redis as redis_py
 import yaml
 
+from asyncwebrl.api import config as api_config
 from asyncwebrl.api import k8s, k8s_client, k8s_manifests, k8s_settings
 from asyncwebrl.api.config import ApiConfig
 from asyncwebrl.api.jobspec import JobSpec
@@ -268,6 +272,48 @@ BAD_VALUES = [
     ({"networkPolicy": {"inference": {"scrapeFrom": [{"ipBlock": {"cidr": "10.0.0.1"}}]}}},
      "/networkPolicy/inference/scrapeFrom/0/ipBlock/cidr", "does not match"),
     ({"surprise": True}, "''", "additional properties 'surprise' not allowed"),
+    # NetworkPolicyPeer-shaped peers only.
+    ({"networkPolicy": {"redis": {"extraFrom": [{"namespace": "ops"}]}}},
+     "/networkPolicy/redis/extraFrom/0", "additional properties 'namespace' not allowed"),
+    ({"networkPolicy": {"redis": {"extraFrom": ["10.0.0.0/8"]}}}, "/networkPolicy/redis/extraFrom/0", "want object"),
+    ({"networkPolicy": {"redis": {"extraFrom": [{"podSelector": {"matchLabel": {"a": "b"}}}]}}},
+     "/networkPolicy/redis/extraFrom/0/podSelector", "additional properties 'matchLabel' not allowed"),
+    # Misspelt Kubernetes keys.
+    ({"envfleet": {"tolerations": [{"key": "a", "efect": "NoSchedule"}]}},
+     "/envfleet/tolerations/0", "additional properties 'efect' not allowed"),
+    ({"redis": {"tolerations": [{"key": "a", "operator": "Exist"}]}}, "/redis/tolerations/0/operator", "must be one of"),
+    ({"api": {"affinity": {"nodeAfinity": {}}}}, "/api/affinity", "additional properties 'nodeAfinity' not allowed"),
+    ({"buffer": {"affinity": {"podAntiAffinity": {"requiredDuringScheduling": []}}}},
+     "/buffer/affinity/podAntiAffinity", "additional properties 'requiredDuringScheduling' not allowed"),
+    ({"buffer": {"resources": {"requests": {"memroy": "1Gi"}}}},
+     "/buffer/resources/requests", "additional properties 'memroy' not allowed"),
+    ({"weightsync": {"resources": {"limits": {"cpus": "1"}}}},
+     "/weightsync/resources/limits", "additional properties 'cpus' not allowed"),
+    ({"envfleet": {"resources": {"limit": {"memory": "1Gi"}}}},
+     "/envfleet/resources", "additional properties 'limit' not allowed"),
+    # Bounded: past it, rendering as an int64 would overflow (and past 2^53 a float loses digits).
+    ({"buffer": {"blobBudgetBytes": 9223372036854775808}}, "/buffer/blobBudgetBytes", "maximum"),
+    ({"buffer": {"blobBudgetBytes": 1099511627777}}, "/buffer/blobBudgetBytes", "maximum"),
+    ({"images": {"registry": "https://ghcr.io/acme"}}, "/images/registry", "does not match"),
+    ({"images": {"registry": "oci://ghcr.io"}}, "/images/registry", "does not match"),
+    # The external Redis's CIDRs are opened to every Redis client: never everything or the metadata range.
+    ({"redis": {"external": {"egressCIDRs": ["0.0.0.0/0"]}}}, "/redis/external/egressCIDRs/0", "does not match"),
+    ({"redis": {"external": {"egressCIDRs": ["10.0.0.0/4"]}}}, "/redis/external/egressCIDRs/0", "does not match"),
+    ({"redis": {"external": {"egressCIDRs": ["169.254.169.254/32"]}}}, "/redis/external/egressCIDRs/0", "'not' failed"),
+    ({"redis": {"external": {"egressCIDRs": ["169.254.0.0/16"]}}}, "/redis/external/egressCIDRs/0", "'not' failed"),
+    ({"redis": {"external": {"egressCIDRs": ["169.0.0.0/8"]}}}, "/redis/external/egressCIDRs/0", "'not' failed"),
+    ({"redis": {"external": {"egressCIDRs": ["::/0"]}}}, "/redis/external/egressCIDRs/0", "does not match"),
+    ({"checkpoints": {"accessModes": ["ReadWriteOnce"]}}, "/checkpoints/accessModes", "no items match contains"),
+    ({"secrets": {"apiToken": "x"}}, "/secrets/apiToken", "minLength: got 1, want 16"),
+    ({"secrets": {"authToken": "fifteen-chars-x"}}, "/secrets/authToken", "minLength: got 15, want 16"),
+    ({"secrets": {"engineApiKey": "short"}}, "/secrets/engineApiKey", "minLength: got 5, want 16"),
+    ({"redis": {"pdb": {"maxUnavailable": 2}}}, "/redis/pdb/maxUnavailable", "maximum"),
+    ({"networkPolicy": {"defaultDeny": {"scope": "cluster"}}}, "/networkPolicy/defaultDeny/scope", "must be one of"),
+    ({"networkPolicy": {"envfleet": {"siteCIDRs": ["8.8.8.8"]}}}, "/networkPolicy/envfleet/siteCIDRs/0",
+     "does not match"),
+    ({"networkPolicy": {"envfleet": {"sitePorts": []}}}, "/networkPolicy/envfleet/sitePorts", "minItems"),
+    ({"networkPolicy": {"jobs": {"judgeTo": [{"cidr": "203.0.113.10/32"}]}}},
+     "/networkPolicy/jobs/judgeTo/0", "additional properties 'cidr' not allowed"),
 ]
 
 
@@ -311,7 +357,7 @@ def test_values_are_documented():
 def egress_allows(policy: dict, ip: str, port: int) -> bool:
     """Whether one of the policy's ipBlock egress rules lets ``ip:port`` through."""
     addr = ipaddress.ip_address(ip)
-    for rule in policy["spec"]["egress"]:
+    for rule in policy["spec"].get("egress", []):
         ports = [p["port"] for p in rule.get("ports", [])]
         if ports and port not in ports:
             continue
@@ -326,32 +372,241 @@ def egress_allows(policy: dict, ip: str, port: int) -> bool:
     return False
 
 
-def test_envfleet_egress_is_public_internet_only(rendered):
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector (matchLabels, matchExpressions In/NotIn/Exists/DoesNotExist) selects ``labels``."""
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        value, present = labels.get(e["key"]), e["key"] in labels
+        ok = {"In": present and value in e.get("values", []), "NotIn": not present or value not in e.get("values", []),
+              "Exists": present, "DoesNotExist": not present}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def job_pods(settings: k8s_settings.K8sSettings) -> dict[str, dict]:
+    """Pod templates of every workload the api's launcher creates (RL, warm-start and evaluation phases,
+    SGLang and embedded engines), by "<role>" or "inference-<engine>", from asyncwebrl.api.k8s_manifests."""
+    sglang = Job("sglang-0a1b2c", JobSpec.model_validate({
+        "name": "sglang", "model": {"path": "qwen"}, "algorithm": {"warm_start_steps": 2},
+        "resources": {"engine_kind": "sglang", "engine_gpus": 1, "trainer_gpus": 1, "max_gateways": 2}}),
+        "pending", 0, 0)
+    embedded = Job("cpu-0a1b2c", JobSpec.model_validate({"name": "cpu", "resources": {"device": "cpu"}}),
+                   "pending", 0, 0)
+    model = pathlib.Path("/models/qwen")
+    out: dict[str, dict] = {}
+    for obj in [*k8s_manifests.manifests(sglang, settings, model=model),
+                *k8s_manifests.manifests(sglang, settings, phase="warm_start", model=model),
+                *k8s_manifests.manifests(embedded, settings),
+                *k8s_manifests.eval_manifests(embedded, settings, 1, "cpu-0a1b2c-ev1", 3, model, 2, 2)]:
+        if "template" not in obj["spec"]:
+            continue  # the gateway's HorizontalPodAutoscaler
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        role = labels[k8s_manifests.ROLE_LABEL]
+        out[f"{role}-{labels[k8s_manifests.ENGINE_LABEL]}" if role == "inference" else role] = obj["spec"]["template"]
+    assert set(out) == {"inference-sglang", "inference-embedded", "rollout", "trainer", "warm-rollout",
+                        "warm-trainer", "eval-inference", "eval-rollout"}
+    return out
+
+
+def launcher_settings(r: Rendered) -> k8s_settings.K8sSettings:
+    """The api launcher's settings, from the api Deployment's environment as the chart renders it."""
+    environ = environ_of(container(r.get("Deployment", f"{FULL}-api")))
+    settings = k8s_settings.settings_from_config(parse_config(ApiConfig, [], environ), NAMESPACE)
+    # Without jobs.images.sglang the launcher refuses SGLang jobs; their pods' labels are what matters here.
+    return settings if settings.image_sglang else dataclasses.replace(settings, image_sglang="lmsysorg/sglang:v0")
+
+
+def all_pods(r: Rendered) -> dict[str, dict]:
+    """Pod templates of the chart's workloads (by name) and of the launcher's job pods (by role)."""
+    pods = {w["metadata"]["name"]: w["spec"]["template"] for w in r.workloads()}
+    return {**pods, **job_pods(launcher_settings(r))}
+
+
+def pod_ports(template: dict) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+
+
+def _peer_matches(peer: dict, labels: dict[str, str]) -> bool:
+    """A peer matching a pod of this namespace: a podSelector alone (namespaceSelector peers name other
+    namespaces in this chart; ipBlocks are cluster-external addresses)."""
+    return set(peer) == {"podSelector"} and selects(peer["podSelector"], labels)
+
+
+def _rules_allow(policies: list[dict], direction: str, labels: dict[str, str], peer: dict[str, str],
+                 port: int) -> bool:
+    """Whether the policies selecting ``labels`` with ``direction`` (Ingress/Egress) allow ``peer`` on
+    ``port``; a pod no such policy selects is not isolated in that direction."""
+    mine = [p["spec"] for p in policies if direction in p["spec"]["policyTypes"]
+            and selects(p["spec"]["podSelector"], labels)]
+    if not mine:
+        return True
+    key, side = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    for spec in mine:
+        for rule in spec.get(key, []):
+            ports = [p["port"] for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            if side not in rule or any(_peer_matches(p, peer) for p in rule[side]):
+                return True
+    return False
+
+
+def connects(r: Rendered, src: str, dst: str, port: int | str) -> bool:
+    """Whether the NetworkPolicies let pod ``src`` open a connection to pod ``dst`` on ``port`` (a number, or
+    the name of one of dst's container ports); pods by all_pods name."""
+    pods = all_pods(r)
+    src_labels, dst_labels = pods[src]["metadata"]["labels"], pods[dst]["metadata"]["labels"]
+    if isinstance(port, str):
+        port = pod_ports(pods[dst])[port]
+    policies = r.kind("NetworkPolicy")
+    return (_rules_allow(policies, "Egress", src_labels, dst_labels, port)
+            and _rules_allow(policies, "Ingress", dst_labels, src_labels, port))
+
+
+NP_COMBOS = ("default", "external-redis", "no-monitoring", "gpu-sglang", "everything")
+
+
+def test_default_deny_and_a_policy_for_every_pod(rendered):
+    """A default deny (ingress and egress, no rule) selects every pod the chart and the api's launcher make,
+    and each of those pods is selected by at least one other policy: its allowed edges."""
+    for combo in NP_COMBOS:
+        r = rendered[combo]
+        deny = r.get("NetworkPolicy", f"{FULL}-default-deny")["spec"]
+        assert set(deny["policyTypes"]) == {"Ingress", "Egress"}, combo
+        assert "ingress" not in deny and "egress" not in deny, combo
+        pods = all_pods(r)
+        others = [p for p in r.kind("NetworkPolicy") if p["metadata"]["name"] != f"{FULL}-default-deny"]
+        for name, template in pods.items():
+            labels = template["metadata"]["labels"]
+            assert selects(deny["podSelector"], labels), (combo, name)
+            mine = [p["metadata"]["name"] for p in others if selects(p["spec"]["podSelector"], labels)]
+            assert mine, f"{combo}: pod {name} has no NetworkPolicy besides the default deny"
+        # Each component's policy selects its own pods and nothing else of ours.
+        for policy in others:
+            chosen = {n for n, t in pods.items() if selects(policy["spec"]["podSelector"], t["metadata"]["labels"])}
+            assert chosen, (combo, policy["metadata"]["name"])
+    # The namespace scope: every pod of the namespace.
+    with helm.Chart.load(CHART) as chart:
+        wide = render(chart, {"networkPolicy": {"defaultDeny": {"scope": "namespace"}}})
+    assert wide.get("NetworkPolicy", f"{FULL}-default-deny")["spec"]["podSelector"] == {}
+    assert not rendered["existing"].kind("NetworkPolicy")  # networkPolicy.enabled false
+
+
+# Who may open a connection to whom (the pods' own ports by name); every other pair of pods is refused.
+EDGES = {
+    (f"{FULL}-api", f"{FULL}-redis", "redis"), (f"{FULL}-api", f"{FULL}-buffer", "grpc"),
+    (f"{FULL}-api", f"{FULL}-envfleet", "grpc"), (f"{FULL}-api", f"{FULL}-weightsync", "grpc"),
+    (f"{FULL}-buffer", f"{FULL}-redis", "redis"), (f"{FULL}-weightsync", f"{FULL}-redis", "redis"),
+    (f"{FULL}-envfleet", f"{FULL}-buffer", "grpc"),
+    (f"{FULL}-weightsync", "inference-sglang", "http"), (f"{FULL}-weightsync", "inference-embedded", "http"),
+    (f"{FULL}-weightsync", "eval-inference", "http"),
+    *{(g, t, p) for g in ("rollout", "warm-rollout", "eval-rollout")
+      for t, p in ((f"{FULL}-envfleet", "grpc"), (f"{FULL}-buffer", "grpc"), (f"{FULL}-redis", "redis"))},
+    *{(g, e, "http") for g in ("rollout", "eval-rollout")
+      for e in ("inference-sglang", "inference-embedded", "eval-inference")},
+    *{(t, d, p) for t in ("trainer", "warm-trainer")
+      for d, p in ((f"{FULL}-buffer", "grpc"), (f"{FULL}-weightsync", "grpc"), (f"{FULL}-redis", "redis"))},
+    *{(e, f"{FULL}-redis", "redis") for e in ("inference-sglang", "inference-embedded", "eval-inference")},
+}
+
+
+def test_pod_to_pod_edges_are_the_designed_ones(rendered):
+    """Evaluating the policies (default deny plus each component's) over every pair of pods and every
+    port the destination listens on gives exactly EDGES: no browser reaches Redis or the api, no trainer
+    an engine, the warm-start gateway (no model) no engine, Redis nothing."""
+    for combo in ("default", "gpu-sglang"):
+        r = rendered[combo]
+        pods = all_pods(r)
+        found = {(s, d, name) for s in pods for d in pods if s != d for name in pod_ports(pods[d])
+                 if connects(r, s, d, name) and name not in ("metrics",)}
+        # gRPC ports of the api, trainers and gateways serve health only (to the kubelet): no pod reaches them.
+        assert found == EDGES, (combo, sorted(found ^ EDGES))
+    # An external Redis: no pod of ours for it; its clients reach it at redis.external.egressCIDRs only.
+    r = rendered["external-redis"]
+    for name in ("api", "buffer", "weightsync"):
+        policy = r.get("NetworkPolicy", f"{FULL}-{name}")
+        assert egress_allows(policy, "10.40.0.7", 6380) and not egress_allows(policy, "10.40.0.7", 6379), name
+        assert not egress_allows(policy, "10.40.0.8", 6380), name
+    assert not egress_allows(r.get("NetworkPolicy", f"{FULL}-envfleet"), "10.40.0.7", 6380)
+
+
+def test_metrics_ports_take_the_configured_scrapers(rendered):
+    """Metrics ports of the services, the Redis exporter and the jobs' trainers and gateways take
+    networkPolicy.metrics.scrapeFrom (default: Prometheus in namespace monitoring) and no one else."""
+    scrapers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    r = rendered["default"]
+    expected = {"api": 9470, "buffer": 9462, "weightsync": 9465, "envfleet": 9461, "redis": 9121,
+                "job-rollout": k8s_manifests.PORTS["rollout"][1], "job-trainer": k8s_manifests.PORTS["trainer"][1]}
+    for name, port in expected.items():
+        rules = [rule for rule in r.get("NetworkPolicy", f"{FULL}-{name}")["spec"]["ingress"]
+                 if {p["port"] for p in rule["ports"]} == {port}]
+        assert rules == [{"from": scrapers, "ports": [{"port": port, "protocol": "TCP"}]}], name
+    # No scrapers: no metrics rule anywhere (the jobs' pods then take no ingress at all).
+    with helm.Chart.load(CHART) as chart:
+        bare = render(chart, {"networkPolicy": {"metrics": {"scrapeFrom": []}}})
+    for name, port in expected.items():
+        ingress = bare.get("NetworkPolicy", f"{FULL}-{name}")["spec"].get("ingress", [])
+        assert all(port not in {p["port"] for p in rule["ports"]} for rule in ingress), name
+
+
+def test_api_policy_rest_and_kube_api(rendered):
+    """REST from anyone by default, from networkPolicy.api.restFrom when given; the API server at
+    networkPolicy.kubeAPI (never 169.254.0.0/16), for the api and (SGLang discovery) weightsync only."""
+    r = rendered["default"]
+    api = r.get("NetworkPolicy", f"{FULL}-api")
+    assert api["spec"]["ingress"][0] == {"ports": [{"port": 8080, "protocol": "TCP"}]}
+    for name in ("api", "weightsync"):
+        policy = r.get("NetworkPolicy", f"{FULL}-{name}")
+        assert egress_allows(policy, "10.96.0.1", 443) and egress_allows(policy, "172.18.0.2", 6443), name
+        assert not egress_allows(policy, "169.254.169.254", 443), name
+        assert not egress_allows(policy, "10.96.0.1", 80), name
+    for name in ("buffer", "envfleet", "inference", "job-rollout", "job-trainer", "redis"):
+        assert not egress_allows(r.get("NetworkPolicy", f"{FULL}-{name}"), "10.96.0.1", 443), name
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    with helm.Chart.load(CHART) as chart:
+        narrowed = render(chart, {"networkPolicy": {"api": {"restFrom": peers},
+                                                    "kubeAPI": {"cidrs": ["172.18.0.2/32"], "ports": [6443]}},
+                                  "weightsync": {"discoverSGLang": False}})
+    api = narrowed.get("NetworkPolicy", f"{FULL}-api")
+    assert api["spec"]["ingress"][0] == {"from": peers, "ports": [{"port": 8080, "protocol": "TCP"}]}
+    assert egress_allows(api, "172.18.0.2", 6443) and not egress_allows(api, "10.96.0.1", 443)
+    assert not egress_allows(narrowed.get("NetworkPolicy", f"{FULL}-weightsync"), "172.18.0.2", 6443)
+
+
+def test_envfleet_egress_is_dns_buffer_and_task_sites(rendered):
     for combo in ("default", "external-redis", "gpu-sglang", "everything"):
         policy = rendered[combo].get("NetworkPolicy", f"{FULL}-envfleet")
         spec = policy["spec"]
         assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "envfleet"
         assert set(spec["policyTypes"]) == {"Ingress", "Egress"}  # default-deny beyond the rules
         for ip in FORBIDDEN:
-            for port in (80, 443, 8080):
+            for port in (80, 443, 8080, 6379, 6380):
                 assert not egress_allows(policy, ip, port), (combo, ip, port)
         for ip in PUBLIC:
-            assert egress_allows(policy, ip, 443), (combo, ip)
+            assert egress_allows(policy, ip, 443) and egress_allows(policy, ip, 80), (combo, ip)
+            assert not egress_allows(policy, ip, 8080) and not egress_allows(policy, ip, 6379), (combo, ip)
         public = [p["ipBlock"] for r in spec["egress"] for p in r["to"]
                   if "ipBlock" in p and p["ipBlock"]["cidr"] == "0.0.0.0/0"]
         assert len(public) == 1
         assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10",
                 "127.0.0.0/8"} <= set(public[0]["except"])
-        # Every other peer: the cluster DNS on 53, Redis on its port, listed CIDRs only on those ports.
+        # Every peer: the cluster DNS on 53, the buffer's gRPC, the task sites on 80 and 443. No Redis.
         for rule in spec["egress"]:
             ports = {p["port"] for p in rule.get("ports", [])}
             for peer in rule["to"]:
                 if "ipBlock" in peer and peer["ipBlock"]["cidr"] in ("0.0.0.0/0", "::/0"):
-                    assert not ports
+                    assert ports == {80, 443}
                 elif "namespaceSelector" in peer:
                     assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"} and ports == {53}
+                elif "podSelector" in peer:
+                    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "buffer"
+                    assert ports == {50062}
                 else:
-                    assert ports in ({53}, {6379}, {6380}), (combo, rule)
+                    assert ports == {53}, (combo, rule)  # networkPolicy.dns.extraCIDRs
     everything = rendered["everything"].get("NetworkPolicy", f"{FULL}-envfleet")
     assert egress_allows(everything, "169.254.20.10", 53)  # NodeLocal DNS, listed, on 53 only
     assert not egress_allows(everything, "203.0.113.9", 443)  # extraBlockedCIDRs
@@ -359,107 +614,77 @@ def test_envfleet_egress_is_public_internet_only(rendered):
         assert not egress_allows(everything, ip, 443), ip
     assert egress_allows(everything, "2606:4700:4700::1111", 443)
     assert not egress_allows(rendered["default"].get("NetworkPolicy", f"{FULL}-envfleet"), "2606:4700:4700::1111", 443)
-    # An external Redis on a private address: reachable on its port only.
-    external = rendered["external-redis"].get("NetworkPolicy", f"{FULL}-envfleet")
-    assert egress_allows(external, "10.40.0.7", 6380) and not egress_allows(external, "10.40.0.7", 443)
-    # Ingress: EnvService from our pods only; metrics from anywhere.
+    # An external Redis on a private address: not for the browsers.
+    assert not egress_allows(rendered["external-redis"].get("NetworkPolicy", f"{FULL}-envfleet"), "10.40.0.7", 6380)
+    # Narrower task sites: each gets the blocked ranges inside it excepted; one inside a blocked range is refused.
+    with helm.Chart.load(CHART) as chart:
+        sites = render(chart, {"networkPolicy": {"envfleet": {"siteCIDRs": ["8.0.0.0/5", "93.184.0.0/16"],
+                                                              "sitePorts": [443]}}})
+        with pytest.raises(helm.HelmRenderError, match="networkPolicy.envfleet.siteCIDRs: 10.1.0.0/16 is inside "
+                                                       "the blocked range 10.0.0.0/8"):
+            chart.render({"networkPolicy": {"envfleet": {"siteCIDRs": ["10.1.0.0/16"]}}}, name=RELEASE)
+    policy = sites.get("NetworkPolicy", f"{FULL}-envfleet")
+    blocks = [p["ipBlock"] for r in policy["spec"]["egress"] for p in r["to"] if "ipBlock" in p]
+    assert blocks == [{"cidr": "8.0.0.0/5", "except": ["10.0.0.0/8"]}, {"cidr": "93.184.0.0/16"}]
+    assert egress_allows(policy, "8.8.8.8", 443) and egress_allows(policy, "93.184.215.14", 443)
+    assert not egress_allows(policy, "10.0.0.1", 443) and not egress_allows(policy, "1.1.1.1", 443)
+    assert not egress_allows(policy, "8.8.8.8", 80)
+    # Ingress: EnvService from the api and the jobs' gateways only; metrics from the scrapers.
     ingress = rendered["default"].get("NetworkPolicy", f"{FULL}-envfleet")["spec"]["ingress"]
     assert ingress[0]["ports"] == [{"port": 50061, "protocol": "TCP"}]
-    assert all("podSelector" in p and "namespaceSelector" not in p for p in ingress[0]["from"])
-    assert ingress[1] == {"ports": [{"port": 9461, "protocol": "TCP"}]}
+    assert all(set(p) == {"podSelector"} for p in ingress[0]["from"])
 
 
-def test_redis_reachable_only_from_our_pods(rendered):
+def test_redis_reachable_only_from_its_clients(rendered):
     r = rendered["default"]
     policy = r.get("NetworkPolicy", f"{FULL}-redis")["spec"]
     assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
-    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["policyTypes"] == ["Ingress"]  # its egress: the default deny's, none
     redis_rule, metrics_rule = policy["ingress"]
     assert redis_rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
-    assert metrics_rule == {"ports": [{"port": 9121, "protocol": "TCP"}]}  # the exporter, not Redis
+    assert metrics_rule["ports"] == [{"port": 9121, "protocol": "TCP"}]  # the exporter, not Redis
     assert all(set(p) == {"podSelector"} for p in redis_rule["from"])  # this namespace's pods, no ipBlock
-    peers = [p["podSelector"]["matchLabels"] for p in redis_rule["from"]]
-    assert peers == [{"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/part-of": "asyncwebrl"},
-                     {"app.kubernetes.io/managed-by": k8s_manifests.MANAGER, "app.kubernetes.io/part-of": "asyncwebrl"}]
-    # The selectors match the chart's pods and the pods the api's launcher creates for a job.
-    for w in r.workloads():
-        labels = w["spec"]["template"]["metadata"]["labels"]
-        assert all(labels.get(k) == v for k, v in peers[0].items()), w["metadata"]["name"]
-    settings = k8s_settings.K8sSettings(namespace=NAMESPACE, run_dir="/runs", redis_url="redis://r:6379/0",
-                               key_prefix="asyncwebrl:", envfleet_target="e:1", buffer_target="b:1",
-                               weightsync_target="w:1")
-    for role in ("inference", "rollout", "trainer"):
-        labels = k8s_manifests.labels(settings, "demo-1a2b3c", role)
-        assert all(labels.get(k) == v for k, v in peers[1].items()), role
+    # The peers select the api, buffer, weightsync and every job pod, never envfleet.
+    pods = all_pods(r)
+    peers = {n for n, t in pods.items() for p in redis_rule["from"] if selects(p["podSelector"], t["metadata"]["labels"])}
+    assert peers == {f"{FULL}-api", f"{FULL}-buffer", f"{FULL}-weightsync", *job_pods(launcher_settings(r))}
     # Peers from the values are added to those; an external Redis gets no policy of ours.
     extra = rendered["everything"].get("NetworkPolicy", f"{FULL}-redis")["spec"]["ingress"][0]["from"]
     assert extra[2:] == COMBOS["everything"]["networkPolicy"]["redis"]["extraFrom"]
     assert not rendered["external-redis"].has("NetworkPolicy", f"{FULL}-redis")
-    assert not rendered["existing"].kind("NetworkPolicy")  # networkPolicy.enabled false there
-
-
-def job_pods(settings: k8s_settings.K8sSettings) -> dict[str, dict[str, str]]:
-    """Pod labels of every workload the api's launcher creates (RL and warm-start phases, SGLang and embedded
-    engines), by "<role>" or "inference-<engine>", from asyncwebrl.api.k8s itself."""
-    sglang = Job("sglang-0a1b2c", JobSpec.model_validate({
-        "name": "sglang", "model": {"path": "qwen"}, "algorithm": {"warm_start_steps": 2},
-        "resources": {"engine_kind": "sglang", "engine_gpus": 1, "trainer_gpus": 1}}), "pending", 0, 0)
-    embedded = Job("cpu-0a1b2c", JobSpec.model_validate({"name": "cpu", "resources": {"device": "cpu"}}),
-                   "pending", 0, 0)
-    model = pathlib.Path("/models/qwen")
-    out: dict[str, dict[str, str]] = {}
-    for obj in [*k8s_manifests.manifests(sglang, settings, model=model),
-                *k8s_manifests.manifests(sglang, settings, phase="warm_start", model=model),
-                *k8s_manifests.manifests(embedded, settings)]:
-        if "template" not in obj["spec"]:
-            continue  # the gateway's HorizontalPodAutoscaler
-        labels = obj["spec"]["template"]["metadata"]["labels"]
-        role = labels[k8s_manifests.ROLE_LABEL]
-        out[f"{role}-{labels[k8s_manifests.ENGINE_LABEL]}" if role == "inference" else role] = labels
-    assert set(out) == {"inference-sglang", "inference-embedded", "rollout", "trainer", "warm-rollout",
-                        "warm-trainer"}
-    return out
-
-
-def selects(selector: dict, labels: dict[str, str]) -> bool:
-    """Whether a LabelSelector of matchLabels only selects a pod with ``labels``."""
-    assert set(selector) == {"matchLabels"}, selector
-    return selector["matchLabels"].items() <= labels.items()
 
 
 def test_inference_reachable_only_from_gateways_and_weightsync(rendered):
-    """The jobs' inference pods (SGLang or embedded engine) take connections on their HTTP port from the
-    jobs' RL gateways, weightsync (the one publisher: not the trainers), and the Prometheus of
-    networkPolicy.inference.scrapeFrom."""
-    environ = environ_of(container(rendered["gpu-sglang"].get("Deployment", f"{FULL}-api")))
-    settings = k8s_settings.settings_from_config(parse_config(ApiConfig, [], environ), NAMESPACE)
-    pods = job_pods(settings)
-    # Both kinds are of component inference, as weightsync's selector and the PodMonitor's relabelling expect.
-    for name in ("inference-sglang", "inference-embedded"):
-        assert pods[name][k8s_manifests.COMPONENT] == "inference"
+    """The jobs' inference pods (SGLang or embedded engine, RL or evaluation) take connections on their HTTP
+    port from the jobs' generating gateways, weightsync (the one publisher: not the trainers), and the
+    Prometheus of networkPolicy.inference.scrapeFrom."""
     for combo in ("default", "external-redis", "gpu-sglang", "everything"):
         r = rendered[combo]
+        pods = {n: t["metadata"]["labels"] for n, t in all_pods(r).items()}
+        # Both kinds are of component inference, as weightsync's selector and the PodMonitor's relabelling expect.
+        for name in ("inference-sglang", "inference-embedded", "eval-inference"):
+            assert pods[name][k8s_manifests.COMPONENT] == "inference"
         spec = r.get("NetworkPolicy", f"{FULL}-inference")["spec"]
-        assert spec["policyTypes"] == ["Ingress"]
-        # It selects the launcher's inference pods, both kinds, and no other pod (job or chart).
-        chart_pods = {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in r.workloads()}
-        selected = {n for n, labels in {**pods, **chart_pods}.items() if selects(spec["podSelector"], labels)}
-        assert selected == {"inference-sglang", "inference-embedded"}, combo
+        assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+        # It selects the launcher's inference pods, all kinds, and no other pod (job or chart).
+        selected = {n for n, labels in pods.items() if selects(spec["podSelector"], labels)}
+        assert selected == {"inference-sglang", "inference-embedded", "eval-inference"}, combo
         (rule,) = spec["ingress"]
         assert rule["ports"] == [{"port": k8s_manifests.ENGINE_PORT, "protocol": "TCP"}]
-        # The peers: pod selectors of this namespace, which match exactly the RL gateway and weightsync;
-        # then the scrapers of the values.
+        # The peers: pod selectors of this namespace, which match exactly the generating gateways and
+        # weightsync; then the scrapers of the values.
         own = [p for p in rule["from"] if set(p) == {"podSelector"}]
         rest = [p for p in rule["from"] if set(p) != {"podSelector"}]
         assert rule["from"] == own + rest and len(own) == 2, combo
-        peers = {n for p in own for n, labels in {**pods, **chart_pods}.items() if selects(p["podSelector"], labels)}
-        assert peers == {"rollout", f"{FULL}-weightsync"}, combo
+        peers = {n for p in own for n, labels in pods.items() if selects(p["podSelector"], labels)}
+        assert peers == {"rollout", "eval-rollout", f"{FULL}-weightsync"}, combo
         scrapers = (COMBOS[combo].get("networkPolicy", {}).get("inference", {}).get("scrapeFrom")
                     or [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
                          "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}])
         assert rest == scrapers, combo
     # The launcher's inference containers (valid manifests) listen on that port, named http, which the
     # PodMonitor scrapes for /metrics.
+    settings = launcher_settings(rendered["gpu-sglang"])
     job = Job("sglang-0a1b2c", JobSpec.model_validate(
         {"name": "sglang", "model": {"path": "qwen"}, "resources": {"engine_kind": "sglang", "engine_gpus": 1}}),
         "pending", 0, 0)
@@ -476,6 +701,17 @@ def test_inference_reachable_only_from_gateways_and_weightsync(rendered):
     (rule,) = bare.get("NetworkPolicy", f"{FULL}-inference")["spec"]["ingress"]
     assert len(rule["from"]) == 2 and all(set(p) == {"podSelector"} for p in rule["from"])
     assert not rendered["existing"].has("NetworkPolicy", f"{FULL}-inference")
+
+
+def test_gateways_reach_a_judge_only_where_configured(rendered):
+    policy = rendered["default"].get("NetworkPolicy", f"{FULL}-job-rollout")
+    assert not egress_allows(policy, "203.0.113.10", 443)
+    with helm.Chart.load(CHART) as chart:
+        judged = render(chart, {"networkPolicy": {"jobs": {"judgeTo": [{"ipBlock": {"cidr": "203.0.113.10/32"}}],
+                                                           "judgePorts": [8443]}}})
+    policy = judged.get("NetworkPolicy", f"{FULL}-job-rollout")
+    assert egress_allows(policy, "203.0.113.10", 8443) and not egress_allows(policy, "203.0.113.10", 443)
+    assert not egress_allows(judged.get("NetworkPolicy", f"{FULL}-job-trainer"), "203.0.113.10", 8443)
 
 
 # --- secrets -------------------------------------------------------------------------------------
@@ -565,10 +801,15 @@ def test_redis_command_runs_as_rendered(rendered, tmp_path):
 def test_external_redis_replaces_the_statefulset(rendered):
     r = rendered["external-redis"]
     assert not r.kind("StatefulSet") and not r.has("Service", f"{FULL}-redis")
-    for name in ("envfleet", "buffer", "weightsync", "api"):
+    for name in ("buffer", "weightsync", "api"):
         env = env_of(container(r.get("Deployment", f"{FULL}-{name}")))
         assert env["ASYNCWEBRL_REDIS_URL"]["value"] == EXTERNAL_URL, name
         assert "secretKeyRef" in env["ASYNCWEBRL_REDIS_PASSWORD"]["valueFrom"]
+    # envfleet has no Redis: its screenshots go to the buffer.
+    for combo, rr in rendered.items():
+        env = env_of(container(rr.get("Deployment", f"{FULL}-envfleet")))
+        assert not {"ASYNCWEBRL_REDIS_URL", "ASYNCWEBRL_REDIS_PASSWORD", "ASYNCWEBRL_KEY_PREFIX"} & set(env), combo
+        assert env["ASYNCWEBRL_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "auth-token", combo
     default_url = env_of(container(rendered["default"].get("Deployment", f"{FULL}-buffer")))["ASYNCWEBRL_REDIS_URL"]
     assert default_url["value"] == f"redis://{FULL}-redis.{NAMESPACE}.svc:6379/0"
     assert "egressCIDRs" not in r.notes and "redis.external.egressCIDRs" not in r.notes  # CIDRs were given
@@ -745,6 +986,7 @@ def test_service_environment_parses(rendered):
     envfleet = parse_config(EnvfleetConfig, [], environ_of(container(
         rendered["default"].get("Deployment", f"{FULL}-envfleet"))))
     assert (envfleet.browsers, envfleet.contexts_per_browser, envfleet.task_sources) == (1, 4, ("miniwob", "webgym-lite"))
+    assert envfleet.buffer_target == f"{FULL}-buffer.{NAMESPACE}.svc:50062"  # the buffer Service's gRPC port
     buffer = parse_config(BufferConfig, [], environ_of(container(rendered["default"].get("Deployment", f"{FULL}-buffer"))))
     assert buffer.blob_budget_bytes == 2147483648  # a large integer value renders as digits, not 2.147e+09
 
@@ -910,3 +1152,104 @@ def test_notes_tell_how_to_reach_the_api_and_submit(rendered):
 def render_notes(values: dict) -> str:
     with helm.Chart.load(CHART) as chart:
         return render(chart, values).notes
+
+
+# --- rollouts on Secret changes, tokens, Services, disruption budgets ---------------------------
+
+def checksums(r: Rendered) -> dict[str, str]:
+    return {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+            for w in r.workloads()}
+
+
+def test_pods_roll_when_the_secret_changes(chart, rendered):
+    """Every pod template that reads the Secret carries a hash of it: another token rolls the pods, the same
+    values render the same hash; with an existing Secret the hash is of its name (the chart cannot see it)."""
+    values = {"secrets": SECRETS}
+    first, again = render(chart, values), render(chart, values)
+    changed = render(chart, {"secrets": {**SECRETS, "authToken": "another-grpc-token-Yy9"}})
+    names = {f"{FULL}-{c}" for c in ("api", "buffer", "envfleet", "weightsync", "redis")}
+    assert set(checksums(first)) == names
+    assert checksums(first) == checksums(again)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in checksums(first).values())
+    assert all(checksums(changed)[n] != checksums(first)[n] for n in names)
+    # Pod annotations from the values sit beside it.
+    annotated = render(chart, {"secrets": SECRETS, "envfleet": {"podAnnotations": {"team": "rl"}}})
+    meta = annotated.get("Deployment", f"{FULL}-envfleet")["spec"]["template"]["metadata"]["annotations"]
+    assert meta == {"checksum/secret": checksums(first)[f"{FULL}-envfleet"], "team": "rl"}
+    existing = checksums(rendered["existing"])
+    assert set(existing.values()) == {hashlib.sha256(b"rl-tokens").hexdigest()}
+
+
+def test_token_minimum_is_one_fact():
+    """The tokens' minimum length lives in values.schema.json (definitions.token); the tokens the chart
+    generates meet it, and the api accepts a token of exactly that length."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    token = schema["definitions"]["token"]
+    minimum = next(b["minLength"] for b in token["anyOf"] if "minLength" in b)
+    assert minimum == api_config.MIN_TOKEN_CHARS, "one fact: the api's minimum"
+    for key in ("apiToken", "authToken", "engineApiKey"):
+        assert schema["properties"]["secrets"]["properties"][key]["allOf"] == [{"$ref": "#/definitions/token"}]
+    config = parse_config(ApiConfig, [], {"ASYNCWEBRL_API_TOKEN": "t" * minimum})
+    assert len(config.api_token) == minimum
+    with pytest.raises(SystemExit):
+        parse_config(ApiConfig, [], {"ASYNCWEBRL_API_TOKEN": "t" * (minimum - 1)})
+    with helm.Chart.load(CHART) as chart:
+        r = render(chart, {"secrets": {"apiToken": "t" * minimum}})
+    assert base64.b64decode(r.get("Secret", FULL)["data"]["api-token"]).decode() == "t" * minimum
+
+
+def test_rest_service_apart_from_internal_ports(rendered):
+    """The REST Service (the Ingress's backend, api.service.type) has the REST port only; gRPC health and
+    /metrics are on a ClusterIP Service of their own, the one the ServiceMonitor selects."""
+    for combo, r in rendered.items():
+        rest = r.get("Service", f"{FULL}-api")
+        internal = r.get("Service", f"{FULL}-api-internal")
+        assert [(p["name"], p["port"]) for p in rest["spec"]["ports"]] == [("http", 8080)], combo
+        assert {p["name"]: p["port"] for p in internal["spec"]["ports"]} == {"grpc": 50070, "metrics": 9470}
+        assert internal["spec"]["type"] == "ClusterIP"
+        assert "asyncwebrl.io/metrics" not in rest["metadata"]["labels"]
+        assert internal["metadata"]["labels"]["asyncwebrl.io/metrics"] == "true"
+    (ingress,) = rendered["everything"].kind("Ingress")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{FULL}-api", "port": {"name": "http"}}
+    with helm.Chart.load(CHART) as chart:
+        lb = render(chart, {"api": {"service": {"type": "LoadBalancer", "port": 443}}})
+    assert lb.get("Service", f"{FULL}-api")["spec"]["type"] == "LoadBalancer"
+    assert lb.get("Service", f"{FULL}-api-internal")["spec"]["type"] == "ClusterIP"
+    assert f"service/{FULL}-api-internal" in rendered["default"].notes
+
+
+def test_redis_has_a_disruption_budget(rendered):
+    pdb = rendered["default"].get("PodDisruptionBudget", f"{FULL}-redis")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
+    assert not rendered["external-redis"].has("PodDisruptionBudget", f"{FULL}-redis")
+    with helm.Chart.load(CHART) as chart:
+        held = render(chart, {"redis": {"pdb": {"maxUnavailable": 0}}})
+        off = render(chart, {"redis": {"pdb": {"enabled": False}}})
+    assert held.get("PodDisruptionBudget", f"{FULL}-redis")["spec"]["maxUnavailable"] == 0
+    assert not off.has("PodDisruptionBudget", f"{FULL}-redis")
+
+
+def test_schema_takes_the_kubernetes_shapes(chart):
+    """What the stricter schema still accepts: full tolerations and affinity, extended resources, a
+    registry with a port and a path, a private external Redis."""
+    values = {
+        "envfleet": {"tolerations": [{"key": "a", "operator": "Equal", "value": "b", "effect": "NoExecute",
+                                      "tolerationSeconds": 30}, {"operator": "Exists"}],
+                     "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                         {"weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]},
+                         "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                             {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["b"]}]}]}}},
+                     "resources": {"requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"},
+                                   "limits": {"memory": "2Gi", "hugepages-2Mi": "64Mi"}}},
+        "buffer": {"blobBudgetBytes": 1099511627776, "resources": {"limits": {"memory": "1Gi", "example.com/foo": 1}}},
+        "images": {"registry": "registry.local:5000/team/rl"},
+        "redis": {"external": {"url": EXTERNAL_URL, "egressCIDRs": ["10.40.0.7/32", "fd00:10::/64"]}},
+        "secrets": {"apiToken": "a" * 16},
+    }
+    r = render(chart, values)
+    assert container(r.get("Deployment", f"{FULL}-envfleet"))["image"].startswith("registry.local:5000/team/rl/")
+    for doc in r.docs:
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, VERSIONS[-1], strict=True)

@@ -71,12 +71,13 @@ helm.sh/chart: {{ include "asyncwebrl.chart" .ctx }}
 {{- end -}}
 
 {{/* The services' default ports (the launcher's per-job pods use the same numbers; "inference" is the
-     HTTP port of its inference pods, asyncwebrl.api.k8s.ENGINE_PORT: API and /metrics). */}}
+     HTTP port of its inference pods, asyncwebrl.api.k8s_manifests.ENGINE_PORT: API and /metrics; "rollout"
+     and "trainer" the metrics ports of the jobs' gateways and trainers, k8s_manifests.PORTS). */}}
 {{- define "asyncwebrl.grpcPort" -}}
 {{- get (dict "envfleet" 50061 "buffer" 50062 "weightsync" 50065 "api" 50070) . -}}
 {{- end -}}
 {{- define "asyncwebrl.httpPort" -}}
-{{- get (dict "envfleet" 9461 "buffer" 9462 "weightsync" 9465 "api" 9470 "inference" 30000) . -}}
+{{- get (dict "envfleet" 9461 "buffer" 9462 "weightsync" 9465 "api" 9470 "inference" 30000 "rollout" 9463 "trainer" 9464) . -}}
 {{- end -}}
 
 {{/* host:port of a component's gRPC Service, resolvable from any namespace. */}}
@@ -116,12 +117,17 @@ asyncwebrl.io/role: {{ . }}
 {{- end }}
 {{- end -}}
 
-{{/* Pod metadata labels of our pods allowed to talk to Redis (chart pods and the api's job pods). */}}
-{{- define "asyncwebrl.ourPods" -}}
+{{/* Redis's clients: this release's api, buffer and weightsync, and the api's job pods (trainers and
+     gateways: --redis-url; embedded engines: their registry). Not envfleet: browsers never reach Redis. */}}
+{{- define "asyncwebrl.np.redisClients" -}}
 - podSelector:
     matchLabels:
       app.kubernetes.io/instance: {{ .Release.Name }}
       app.kubernetes.io/part-of: asyncwebrl
+    matchExpressions:
+      - key: app.kubernetes.io/component
+        operator: In
+        values: [api, buffer, weightsync]
 - podSelector:
     matchLabels:
       {{- include "asyncwebrl.jobPodLabels" (dict) | nindent 6 }}
@@ -137,8 +143,9 @@ asyncwebrl.io/role: {{ . }}
       optional: {{ .optional | default false }}
 {{- end -}}
 
-{{/* Environment every service reads: bind address, ports, logs, Redis and the shared gRPC token.
-     (dict "ctx" $ "component" "envfleet" "grace" .Values.envfleet.shutdownGraceS) */}}
+{{/* Environment every service reads: bind address, ports, logs, Redis and its key prefix (unless noRedis:
+     envfleet, which stores screenshots through the buffer) and the shared gRPC token.
+     (dict "ctx" $ "component" "buffer" "grace" .Values.buffer.shutdownGraceS) */}}
 {{- define "asyncwebrl.serviceEnv" -}}
 - name: ASYNCWEBRL_HOST
   value: "0.0.0.0"
@@ -150,13 +157,15 @@ asyncwebrl.io/role: {{ . }}
   value: json
 - name: ASYNCWEBRL_LOG_LEVEL
   value: {{ .ctx.Values.common.logLevel | quote }}
-- name: ASYNCWEBRL_KEY_PREFIX
-  value: {{ .ctx.Values.common.keyPrefix | quote }}
 - name: ASYNCWEBRL_SHUTDOWN_GRACE_S
   value: {{ .grace | quote }}
+{{- if not .noRedis }}
+- name: ASYNCWEBRL_KEY_PREFIX
+  value: {{ .ctx.Values.common.keyPrefix | quote }}
 - name: ASYNCWEBRL_REDIS_URL
   value: {{ include "asyncwebrl.redisURL" .ctx | quote }}
 {{ include "asyncwebrl.secretEnv" (dict "ctx" .ctx "name" "ASYNCWEBRL_REDIS_PASSWORD" "key" "redis-password") }}
+{{- end }}
 {{ include "asyncwebrl.secretEnv" (dict "ctx" .ctx "name" "ASYNCWEBRL_AUTH_TOKEN" "key" "auth-token") }}
 # A read-only root: caches and temporary files go to the /tmp emptyDir.
 - name: HOME
@@ -272,4 +281,165 @@ true
 {{/* A DNS-label form of a file's base name: "Buffer_Overview.json" -> "buffer-overview". */}}
 {{- define "asyncwebrl.fileLabel" -}}
 {{- regexReplaceAll "[^a-z0-9-]+" (base . | trimSuffix (ext .) | lower) "-" | trunc 40 | trimAll "-" -}}
+{{- end -}}
+
+{{/* --- NetworkPolicy pieces: every pod is under the default deny (networkpolicy-default-deny.yaml); each
+     component's policy lists its few edges with these. --- */}}
+
+{{/* Egress to the cluster DNS (and networkPolicy.dns.extraCIDRs) on 53. */}}
+{{- define "asyncwebrl.np.dnsEgress" -}}
+{{- $np := .Values.networkPolicy -}}
+# The cluster DNS.
+- to:
+    - namespaceSelector:
+        matchLabels:
+          {{- toYaml $np.dns.namespaceSelector | nindent 10 }}
+      podSelector:
+        matchLabels:
+          {{- toYaml $np.dns.podSelector | nindent 10 }}
+    {{- range $np.dns.extraCIDRs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end -}}
+
+{{/* Egress to Redis: the chart's pod on 6379, or an external Redis at redis.external.egressCIDRs on its
+     URL's port (none listed: no rule, and NOTES.txt says so). */}}
+{{- define "asyncwebrl.np.redisEgress" -}}
+{{- if not .Values.redis.external.url }}
+# Redis.
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "asyncwebrl.selectorLabels" (dict "ctx" . "component" "redis") | nindent 10 }}
+  ports:
+    - port: 6379
+      protocol: TCP
+{{- else if .Values.redis.external.egressCIDRs }}
+# The external Redis (redis.external.egressCIDRs).
+- to:
+    {{- range .Values.redis.external.egressCIDRs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    - port: {{ include "asyncwebrl.redisPort" . | int }}
+      protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{/* Egress to the gRPC port of chart components: (dict "ctx" $ "components" (list "buffer" "weightsync")). */}}
+{{- define "asyncwebrl.np.grpcEgress" -}}
+{{- $ctx := .ctx -}}
+{{- range .components }}
+# {{ . }}'s gRPC.
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "asyncwebrl.selectorLabels" (dict "ctx" $ctx "component" .) | nindent 10 }}
+  ports:
+    - port: {{ include "asyncwebrl.grpcPort" . }}
+      protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{/* Egress to the Kubernetes API server (networkPolicy.kubeAPI; 169.254.0.0/16 excepted from a range holding it). */}}
+{{- define "asyncwebrl.np.kubeAPIEgress" -}}
+{{- $k := .Values.networkPolicy.kubeAPI -}}
+{{- if $k.cidrs }}
+# The Kubernetes API server (networkPolicy.kubeAPI).
+- to:
+    {{- range $k.cidrs }}
+    {{- include "asyncwebrl.np.ipBlock" (dict "cidr" . "blocked" (list "169.254.0.0/16") "field" "networkPolicy.kubeAPI.cidrs") | nindent 4 }}
+    {{- end }}
+  ports:
+    {{- range $k.ports }}
+    - port: {{ . | int }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Ingress from networkPolicy.metrics.scrapeFrom on a metrics port: (dict "ctx" $ "port" 9461). */}}
+{{- define "asyncwebrl.np.scrapeIngress" -}}
+{{- with .ctx.Values.networkPolicy.metrics.scrapeFrom }}
+# Metrics, for Prometheus (networkPolicy.metrics.scrapeFrom).
+- from:
+    {{- toYaml . | nindent 4 }}
+  ports:
+    - port: {{ $.port | int }}
+      protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{/* A peer selecting the chart's pods of a component: (dict "ctx" $ "component" "api"). */}}
+{{- define "asyncwebrl.np.componentPeer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "asyncwebrl.selectorLabels" . | nindent 6 }}
+{{- end -}}
+
+{{/* A peer selecting the api's job pods of some components: (dict "components" (list "rollout" "trainer")). */}}
+{{- define "asyncwebrl.np.jobPeer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "asyncwebrl.jobPodLabels" (dict) | nindent 6 }}
+    matchExpressions:
+      - key: app.kubernetes.io/component
+        operator: In
+        values: {{ toJson .components }}
+{{- end -}}
+
+{{/* IPv4 a.b.c.d/p as "start size" (integers: the range's first address, aligned, and its length). */}}
+{{- define "asyncwebrl.ipv4Span" -}}
+{{- $parts := splitList "/" . -}}
+{{- $n := 0 -}}
+{{- range splitList "." (first $parts) }}{{ $n = add (mul $n 256) (atoi .) }}{{ end -}}
+{{- $size := 1 -}}
+{{- range until (sub 32 (atoi (last $parts)) | int) }}{{ $size = mul $size 2 }}{{ end -}}
+{{- printf "%d %d" (mul (div $n $size) $size) $size -}}
+{{- end -}}
+
+{{/* An ipBlock peer for a CIDR, excepting each blocked IPv4 range strictly inside it; a CIDR inside (or equal
+     to) a blocked range is refused, naming the field. IPv6 CIDRs pass as they are.
+     (dict "cidr" "0.0.0.0/0" "blocked" (list ...) "field" "networkPolicy.envfleet.siteCIDRs") */}}
+{{- define "asyncwebrl.np.ipBlock" -}}
+{{- $except := list -}}
+{{- if not (contains ":" .cidr) -}}
+{{- $s := splitList " " (include "asyncwebrl.ipv4Span" .cidr) -}}
+{{- $start := atoi (first $s) | int64 -}}{{- $size := atoi (last $s) | int64 -}}
+{{- range .blocked -}}
+{{- if not (contains ":" .) -}}
+{{- $b := splitList " " (include "asyncwebrl.ipv4Span" .) -}}
+{{- $bstart := atoi (first $b) | int64 -}}{{- $bsize := atoi (last $b) | int64 -}}
+{{- if and (ge $start $bstart) (lt $start (add $bstart $bsize)) (le $size $bsize) -}}
+{{- fail (printf "%s: %s is inside the blocked range %s" $.field $.cidr .) -}}
+{{- end -}}
+{{- if and (ge $bstart $start) (lt $bstart (add $start $size)) (lt $bsize $size) -}}
+{{- $except = append $except . -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+- ipBlock:
+    cidr: {{ .cidr }}
+    {{- with $except }}
+    except: {{ toJson . }}
+    {{- end }}
+{{- end -}}
+
+{{/* The pod-template annotation that rolls a component's pods when the Secret changes. With
+     secrets.existingSecret the chart does not see that Secret's content: the annotation hashes its name
+     only (restart the pods yourself after changing it, e.g. kubectl rollout restart). */}}
+{{- define "asyncwebrl.checksumAnnotations" -}}
+{{- if .Values.secrets.existingSecret -}}
+checksum/secret: {{ .Values.secrets.existingSecret | sha256sum }}
+{{- else -}}
+checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end -}}
 {{- end -}}

@@ -10,6 +10,9 @@ from asyncwebrl.api.k8s_settings import check_config
 from asyncwebrl.common.service_config import ServiceConfig
 
 
+# The shortest bearer token the api accepts (the chart's values schema is checked against it).
+MIN_TOKEN_CHARS = 16
+
 @dataclasses.dataclass(kw_only=True)
 class ApiConfig(ServiceConfig):
     """REST api settings (gRPC and the side HTTP port serve health and metrics, as every service)."""
@@ -92,6 +95,8 @@ class ApiConfig(ServiceConfig):
         require(0 <= self.api_port <= 65535, "api_port", f"must be in [0, 65535], got {self.api_port}")
         require(bool(self.api_token) or self.allow_no_token, "api_token",
                 "required (or pass --allow-no-token for a loopback development server)")
+        require(not self.api_token or len(self.api_token) >= MIN_TOKEN_CHARS, "api_token",
+                f"must be at least {MIN_TOKEN_CHARS} characters")
         require(1024 <= self.max_body_bytes <= 16 * 1024 * 1024, "max_body_bytes", "must be in [1 KiB, 16 MiB]")
         require(1 <= self.max_jobs <= 1_000_000, "max_jobs", "must be in [1, 1000000]")
         require(self.launcher in ("none", "local", "kubernetes"), "launcher",
