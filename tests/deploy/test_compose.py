@@ -9,6 +9,13 @@ statically (no Docker engine is needed, none exists on the CI machine):
   and its compose arguments and environment pass the service's own config validation;
 - healthchecks, depends_on conditions, restart policies, loopback-only ports, named volumes, the
   checkpoints volume at one path everywhere;
+- isolation as strict as the Helm chart: envfleet (Chromium, pages we do not control) only on the
+  ``browser`` network (its route to the task sites, alone) and the internal ``fleet`` network (the buffer,
+  the api, Prometheus), never with Redis, weightsync or the engines; the ``state`` network internal; every
+  peer a service dials shares a network with it; every container drops all capabilities, has
+  no-new-privileges and (where the service allows it) a read-only root with tmpfs for what it writes; no
+  secret in any command line (Redis gets its password on stdin: the entrypoint is run against a stand-in
+  redis-server, and against the real one where it is installed);
 - every Dockerfile parses, pins its base images by tag (and says how to pin the digest), ends as a
   non-root user with a HEALTHCHECK, copies only what exists and .dockerignore lets through, and its final
   stage installs only its service's distribution and libs/common (the api's ``local`` target, for the
@@ -55,6 +62,20 @@ SECRETS = ("REDIS_PASSWORD", "ASYNCWEBRL_AUTH_TOKEN", "ASYNCWEBRL_API_TOKEN", "A
            "GRAFANA_ADMIN_PASSWORD")
 # Values for the variables compose requires, as a user's .env would give them.
 TEST_ENV = {**{name: "test-secret" for name in SECRETS}, "SGLANG_MODEL": "qwen2.5-vl-3b"}
+# Isolation. envfleet runs Chromium on pages we do not control: it is on `browser` (alone: its route to the
+# task sites) and `fleet`, whose other members are those it must reach or that must reach it.
+ENVFLEET_NETWORKS = {"browser", "fleet"}
+ENVFLEET_PEERS = {"buffer": "envfleet stores screenshots through its PutBlobs",
+                  "api": "its jobs' rollout gateways (the api's children, in its container) drive envfleet",
+                  "prometheus": "scrapes envfleet's metrics"}
+INTERNAL_NETWORKS = {"state", "fleet"}
+# Services whose root filesystem stays writable, and why.
+WRITABLE_ROOT = {"sglang": "JIT compilers (Triton, FlashInfer, torch) write and load kernels under HOME and /tmp"}
+# Capabilities a service adds back after dropping ALL, and why (none needs one: non-root, ports above 1024).
+CAP_ADD: dict[str, set[str]] = {}
+# Flags that would carry a secret on a command line.
+SECRET_FLAGS = ("--requirepass", "--masterauth", "--pass", "--password", "--redis-password", "--auth-token",
+                "--api-token", "--api-key", "--admin-api-key", "--engine-api-key", "--registry-redis-password")
 # Services without a healthcheck, and why.
 NO_HEALTHCHECK = {"redis-exporter": "scratch image without a shell; nothing depends on it"}
 SGLANG_PORT = 30000
@@ -540,6 +561,239 @@ def test_ports_volumes_and_images():
     base = raw(COMPOSE)["services"]
     assert key == environment(base["weightsync"])["ASYNCWEBRL_ENGINE_API_KEY"] \
         == environment(base["api"])["ASYNCWEBRL_ENGINE_API_KEY"] == environment(base["engine"])["ASYNCWEBRL_API_KEY"]
+
+
+# --- isolation: networks, capabilities, read-only roots, secrets off the command line -------------------
+
+def networks_of(svc: dict) -> set[str]:
+    nets = svc.get("networks")
+    assert nets, "every service names its networks (none falls back to compose's default network)"
+    return set(nets)
+
+
+def members(services: dict, network: str) -> set[str]:
+    return {name for name, svc in services.items() if network in networks_of(svc)}
+
+
+def dialled_hosts(svc: dict) -> set[str]:
+    """The compose services a service connects to, from its command line and environment."""
+    words = [str(w) for w in (svc.get("command") or []) if isinstance(svc.get("command"), list)]
+    words += list(environment(svc).values())
+    hosts = set()
+    for i, word in enumerate(words):
+        value = words[i + 1] if word.startswith("--") and i + 1 < len(words) else word
+        if word.startswith("--") and word.endswith("-target"):
+            hosts.add(value.rsplit(":", 1)[0])
+        for m in re.finditer(r"(?:redis|rediss|http|https)://(?:[^@/\s]*@)?([A-Za-z][\w.-]*)", value):
+            hosts.add(m[1])
+    return hosts
+
+
+def test_envfleet_reaches_only_its_peers_and_the_internet():
+    for stack, doc in stacks().items():
+        services, nets = doc["services"], doc.get("networks") or {}
+        fleet_nets = networks_of(services["envfleet"])
+        assert fleet_nets == ENVFLEET_NETWORKS, f"{stack} envfleet is on {sorted(fleet_nets)}"
+        # Alone on its route out; its other network holds only the peers it must have.
+        assert members(services, "browser") == {"envfleet"}, f"{stack}: browser has {members(services, 'browser')}"
+        assert not (nets.get("browser") or {}).get("internal"), f"{stack}: envfleet needs the internet"
+        for name, svc in services.items():
+            if name == "envfleet":
+                continue
+            shared = networks_of(svc) & fleet_nets
+            if name in ENVFLEET_PEERS:
+                assert shared == {"fleet"}, f"{stack} {name} ({ENVFLEET_PEERS[name]}) shares {shared} with envfleet"
+            else:
+                # Redis, its exporter, weightsync, the engines, Grafana: nothing a page runs can reach them.
+                assert not shared, f"{stack} {name} shares {sorted(shared)} with envfleet"
+        # No Redis for envfleet: no URL, no password; its screenshots go to the buffer's gRPC port.
+        cmd = asyncwebrl_command(services["envfleet"]["command"])[1]
+        env = environment(services["envfleet"])
+        assert not any("redis" in a.lower() for a in cmd), f"{stack} envfleet: {cmd}"
+        assert not any("REDIS" in k for k in env), f"{stack} envfleet: {sorted(env)}"
+        buffer_port = flag_value(asyncwebrl_command(services["buffer"]["command"])[1], "--grpc-port") \
+            or default_of(service_help("buffer"), "--grpc-port")
+        assert flag_value(cmd, "--buffer-target") == f"buffer:{buffer_port}"
+        assert set(env) & {"ASYNCWEBRL_AUTH_TOKEN"}, f"{stack} envfleet: no gRPC token for the buffer"
+
+
+def test_networks_internal_and_every_peer_reachable():
+    for stack, doc in stacks().items():
+        services, nets = doc["services"], doc.get("networks") or {}
+        assert set(nets) >= INTERNAL_NETWORKS | {"browser"}, f"{stack}: networks {sorted(nets)}"
+        for name in INTERNAL_NETWORKS:
+            assert (nets[name] or {}).get("internal") is True, f"{stack}: network {name} must be internal"
+        assert "envfleet" not in members(services, "state")
+        # A route out only where it is needed: envfleet's task sites, and the published ports (Docker
+        # publishes none of a container that is only on internal networks, moby/moby#36174).
+        for name, svc in services.items():
+            external = {n for n in networks_of(svc) if not (nets.get(n) or {}).get("internal")}
+            assert external == ({"browser"} if name == "envfleet" else {"edge"} if svc.get("ports") else set()), \
+                f"{stack} {name}: non-internal networks {sorted(external)}"
+            assert networks_of(svc) <= set(nets), f"{stack} {name}: undeclared network"
+        # Everyone a service dials is on a network with it.
+        for name, svc in services.items():
+            for host in dialled_hosts(svc) - {"127.0.0.1", "localhost", "0.0.0.0"}:
+                assert host in services, f"{stack} {name} dials {host}, which is no service"
+                assert networks_of(svc) & networks_of(services[host]), f"{stack} {name} cannot reach {host}"
+        # Prometheus reaches what it scrapes, Grafana reaches Prometheus.
+        scraped = {n for job in raw(PROMETHEUS)["scrape_configs"] for sd in job.get("dns_sd_configs") or []
+                   for n in sd["names"]}
+        for host in scraped & set(services):
+            assert networks_of(services["prometheus"]) & networks_of(services[host]), f"{stack}: no scrape of {host}"
+        assert networks_of(services["grafana"]) & networks_of(services["prometheus"])
+        # On a network envfleet is on, Prometheus takes no lifecycle or admin calls.
+        prometheus = [str(a) for a in services["prometheus"]["command"]]
+        assert not any(a.startswith(("--web.enable-lifecycle", "--web.enable-admin-api")) for a in prometheus), \
+            f"{stack} prometheus: lifecycle/admin API open to the fleet network: {prometheus}"
+
+
+def test_every_service_drops_capabilities_and_privileges():
+    for stack, name, svc in service_items():
+        assert svc.get("cap_drop") == ["ALL"], f"{stack} {name}: cap_drop {svc.get('cap_drop')}"
+        assert set(svc.get("cap_add") or []) == CAP_ADD.get(name, set()), f"{stack} {name}: cap_add"
+        assert "no-new-privileges:true" in (svc.get("security_opt") or []), f"{stack} {name}: no-new-privileges"
+        assert not svc.get("privileged"), f"{stack} {name} is privileged"
+        assert str(svc.get("user", "")).split(":")[0] not in ("root", "0"), f"{stack} {name} runs as root"
+        for key in ("pid", "ipc", "network_mode", "userns_mode"):
+            assert svc.get(key) != "host", f"{stack} {name}: {key}: host"
+
+
+def test_every_service_that_can_has_a_read_only_root():
+    for stack, name, svc in service_items():
+        if name in WRITABLE_ROOT:
+            assert svc.get("read_only") is False, f"{stack} {name}: say read_only: false ({WRITABLE_ROOT[name]})"
+            continue
+        assert svc.get("read_only") is True, f"{stack} {name} needs read_only: true (or a reason in WRITABLE_ROOT)"
+        tmpfs = {str(t).split(":")[0] for t in svc.get("tmpfs") or []}
+        if asyncwebrl_command(svc.get("command")):
+            # Our images run as a user whose HOME is in the read-only root: HOME and caches go to /tmp.
+            env = environment(svc)
+            assert "/tmp" in tmpfs, f"{stack} {name}: no /tmp tmpfs"
+            assert env.get("HOME") == "/tmp" and env.get("XDG_CACHE_HOME", "/tmp").startswith("/tmp"), \
+                f"{stack} {name}: HOME {env.get('HOME')!r}"
+    services = stacks()["cpu"]["services"]
+    assert "redis-data:/data" in services["redis"]["volumes"] and services["redis"]["read_only"] is True
+
+
+def _argv_fields(svc: dict) -> list[str]:
+    out = []
+    for key in ("command", "entrypoint"):
+        value = svc.get(key)
+        out += [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
+    test = (svc.get("healthcheck") or {}).get("test")
+    out += [str(v) for v in test] if isinstance(test, list) else [str(test)] if test else []
+    return out
+
+
+def test_no_secret_on_any_command_line():
+    env = {**TEST_ENV, **{name: f"Sx{i}-{name.lower()}-value" for i, name in enumerate(SECRETS)}}
+    docs = {"cpu": interpolate(without_extensions(raw(COMPOSE)), env),
+            "gpu": interpolate(merge(without_extensions(raw(COMPOSE)), raw(GPU)), env)}
+    for stack, doc in docs.items():
+        for name, svc in doc["services"].items():
+            for word in _argv_fields(svc):
+                for secret in SECRETS:
+                    assert env[secret] not in word, f"{stack} {name}: {secret} on the command line: {word!r}"
+                assert not re.search(r"://[^/@\s:]*:[^/@\s]+@", word), f"{stack} {name}: password in a URL: {word!r}"
+                for flag in SECRET_FLAGS:
+                    assert not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", word), \
+                        f"{stack} {name}: {flag} on the command line"
+    # Nor a reference to one (interpolated into the argv by compose): `$$` keeps a variable for the shell.
+    for path in (COMPOSE, GPU):
+        for name, svc in (raw(path).get("services") or {}).items():
+            for word in _argv_fields(svc):
+                used = {m["name"] or m["bare"] for m in _VAR.finditer(word) if not m["escaped"]}
+                assert not used & set(SECRETS), f"{path.name} {name}: {sorted(used & set(SECRETS))} in the argv"
+
+
+REDIS_TRICKY_PASSWORD = 'p"a\\s$s `id` $(id) \'q\' #x'
+
+
+def _redis_entrypoint(tmp_path, password: str, replace: dict[str, str] | None = None, fake: bool = True):
+    """The redis service's entrypoint and command as a local command line (flags' values in ``replace``
+    swapped: redis-server applies --dir as it reads it), with a stand-in redis-server unless ``fake`` is
+    false."""
+    svc = stacks()["cpu"]["services"]["redis"]
+    entrypoint, command = svc["entrypoint"], [str(c) for c in svc["command"]]
+    for flag, value in (replace or {}).items():
+        command[command.index(flag) + 1] = value
+    assert entrypoint[:2] == ["/bin/sh", "-c"], entrypoint
+    path = os.environ["PATH"]
+    if fake:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        (bin_dir / "redis-server").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.argv"\ncat > "$0.stdin"\n')
+        (bin_dir / "redis-server").chmod(0o755)
+        path = f"{bin_dir}:{path}"
+    env = {"PATH": path, **environment(svc)}
+    env["REDISCLI_AUTH"] = password
+    return ["sh", "-c", entrypoint[2], *entrypoint[3:], *command], env
+
+
+def test_redis_gets_its_password_on_stdin(tmp_path):
+    args, env = _redis_entrypoint(tmp_path, REDIS_TRICKY_PASSWORD)
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, result.stderr
+    argv = (tmp_path / "bin" / "redis-server.argv").read_text().splitlines()
+    stdin = (tmp_path / "bin" / "redis-server.stdin").read_text()
+    assert argv[-1] == "-" and not any("requirepass" in a or "p\"a" in a for a in argv), argv
+    assert flag_value(argv, "--dir") == "/data" and flag_value(argv, "--appendonly") == "yes"
+    assert flag_value(argv, "--maxmemory-policy") == "noeviction"
+    # Escaped for Redis' config parser (sdssplitargs): \\ and \" inside double quotes.
+    escaped = REDIS_TRICKY_PASSWORD.replace("\\", "\\\\").replace('"', '\\"')
+    assert stdin == f'requirepass "{escaped}"\n', stdin
+    # A password on two lines would be two config lines: refused, as is an empty one.
+    for bad in ("one\nrename-command FLUSHALL x", ""):
+        args, env = _redis_entrypoint(tmp_path, bad)
+        result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=10)
+        assert result.returncode != 0
+
+
+def _redis_call(port: int, *commands: list[str]) -> bytes:
+    import socket
+    import time
+    payload = b"".join(b"*%d\r\n" % len(c) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in c)
+                       for c in commands)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(payload)
+        data, deadline = b"", time.monotonic() + 5
+        while data.count(b"\r\n") < len(commands) and time.monotonic() < deadline:
+            data += conn.recv(4096)
+    return data
+
+
+def test_redis_entrypoint_with_the_real_redis_server(tmp_path):
+    import socket
+    import time
+    assert shutil.which("redis-server"), "redis-server is missing: run 'make setup'"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "data"
+    data.mkdir()
+    args, env = _redis_entrypoint(tmp_path, REDIS_TRICKY_PASSWORD, fake=False,
+                                  replace={"--port": str(port), "--dir": str(data)})
+    args += ["--bind", "127.0.0.1"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                reply = _redis_call(port, ["PING"])
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
+                time.sleep(0.1)
+        assert reply.startswith(b"-NOAUTH"), reply
+        assert _redis_call(port, ["AUTH", "wrong"]).startswith(b"-WRONGPASS")
+        reply = _redis_call(port, ["AUTH", REDIS_TRICKY_PASSWORD], ["CONFIG", "GET", "appendonly"])
+        assert reply.startswith(b"+OK\r\n") and b"yes" in reply, reply
+        cmdline = pathlib.Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert b"p\"a" not in cmdline and b"requirepass" not in cmdline, cmdline
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 # === Dockerfiles ========================================================================================
