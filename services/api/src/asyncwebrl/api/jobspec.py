@@ -4,6 +4,7 @@ YAML file is an error, not a silently ignored setting."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
@@ -13,6 +14,12 @@ from asyncwebrl.common.tasks import DIFFICULTIES
 
 NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"  # also a DNS label, so workloads can carry it
 TASK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}){1,3}$"  # source/name, webgym-lite/<site>/<template>
+ESCAPE = r"^/|(^|/)\.\.(/|$)"  # an absolute path, or one with a '..' part
+
+# Rules between fields, stated in the JSON Schema (/v1/schema/job, /openapi.json) where JSON Schema can state
+# them; the validators below enforce them all. Not expressible: that eval_seed differs from train_seed when
+# both are given (JSON Schema compares no two values of one document; $data is no standard keyword); only the
+# cases where one of them takes its default are stated.
 
 
 class _Strict(BaseModel):
@@ -22,18 +29,32 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     path: str = Field("tiny/qwen2_5_vl", min_length=1, max_length=512,
                       description="Checkpoint directory under the model roots, or tiny/<family> for a shipped "
-                                  "tiny model.", pattern=r"^[A-Za-z0-9_./-]+$")
+                                  "tiny model.", pattern=r"^[A-Za-z0-9_./-]+$",
+                      json_schema_extra={"not": {"pattern": ESCAPE}})
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
     @field_validator("path")
     @classmethod
     def _no_escape(cls, path: str) -> str:
-        if path.startswith("/") or ".." in path.split("/"):
+        if re.search(ESCAPE, path):
             raise ValueError("must be relative to the model roots, without '..'")
         return path
 
 
+def _seeds_differ(schema: dict, cls) -> None:
+    """eval_seed != train_seed where one of them is left to its default (see the note at the top)."""
+    train, held_out = cls.model_fields["train_seed"].default, cls.model_fields["eval_seed"].default
+    schema["allOf"] = [
+        {"if": {"not": {"required": ["eval_seed"]}},
+         "then": {"properties": {"train_seed": {"not": {"const": held_out}}}}},
+        {"if": {"not": {"required": ["train_seed"]}},
+         "then": {"properties": {"eval_seed": {"not": {"const": train}}}}},
+    ]
+
+
 class TaskSpec(_Strict):
+    model_config = ConfigDict(json_schema_extra=_seeds_differ)
+
     tasks: list[Annotated[str, StringConstraints(pattern=TASK)]] = Field(default_factory=list, max_length=256,
                              description="Task names (source/name); empty: every task of `source`.")
     source: str = Field("builtin", pattern=r"^[a-z0-9_-]{1,32}$")
@@ -41,7 +62,8 @@ class TaskSpec(_Strict):
         default_factory=lambda: ["easy", "medium", "hard"], min_length=1, max_length=3)
     train_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of task sampling in training (the "
                             "warm-start's demonstrations draw from it, RL from train_seed + 1000).")
-    eval_seed: int = Field(4242, ge=0, le=2**31 - 1, description="Seed of the held-out evaluation episodes.")
+    eval_seed: int = Field(4242, ge=0, le=2**31 - 1, validate_default=True,  # train_seed 4242 alone is refused
+                           description="Seed of the held-out evaluation episodes; must differ from train_seed.")
     eval_groups: int = Field(16, ge=1, le=1024, description="Groups of the test split run by evaluate.")
 
     @field_validator("eval_seed")
@@ -78,10 +100,16 @@ class AlgorithmSpec(_Strict):
 
 
 class RolloutSpec(_Strict):
+    # mode sync: max_staleness 0 (given, or by default in sync mode: see _sync_default).
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"required": ["mode"], "properties": {"mode": {"const": "sync"}}},
+        "then": {"properties": {"max_staleness": {"const": 0}}}})
+
     mode: Literal["async", "sync"] = "async"
     group_size: int = Field(8, ge=2, le=64)
     batch_groups: int = Field(4, ge=1, le=1024)
-    max_staleness: int = Field(2, ge=0, le=64)
+    max_staleness: int = Field(2, ge=0, le=64, description="Versions a group may lag the trainer (eta); must "
+                               "be 0 in sync mode, and is 0 there by default.")
     concurrency: int = Field(16, ge=1, le=4096, description="Episodes running at once (per gateway).")
     temperature: float = Field(1.0, ge=0, le=5.0)
     max_new_tokens: int = Field(64, ge=1, le=8192)

@@ -14,9 +14,12 @@ from typing import Annotated
 import grpc
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPBearer
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from asyncwebrl.api import metrics, runs
 from asyncwebrl.api.config import ApiConfig
@@ -25,14 +28,15 @@ from asyncwebrl.api.evaluate import Evaluations
 from asyncwebrl.api.jobargs import eval_job_id, warm_job_id
 from asyncwebrl.api.jobspec import EvaluateRequest, JobSpec
 from asyncwebrl.api.launchers import Launcher
+from asyncwebrl.api.openapi import PROBLEM, status_title, with_problems
 from asyncwebrl.api.store import FINAL, Job, JobStore, decode_token, encode_token
 from asyncwebrl.api.viewer import viewer_router
 from asyncwebrl.common.grpcclient import aio_channel
 from asyncwebrl.common.keys import is_job_id
 from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
 
-PROBLEM = "application/problem+json"
 PURGE_COUNTS = ("groups", "pending", "dead_letters", "blobs", "blob_bytes", "blob_refs", "keys")
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def problem(status: int, title: str, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
@@ -46,6 +50,18 @@ def field_name(loc) -> str:
     for part in loc[1:] if loc and loc[0] in ("body", "query", "path") else loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or str(loc[0] if loc else "body")
+
+
+def allowed_methods(app: FastAPI, path: str, root_path: str = "") -> list[str]:
+    """Every method some route of the app accepts at ``path`` (the router stops at the first route whose path
+    matches, so its own 405 names that route's methods only)."""
+    out = []
+    for method in METHODS:
+        scope = {"type": "http", "method": method, "path": path, "root_path": root_path, "headers": [],
+                 "query_string": b""}
+        if any(route.matches(scope)[0] == Match.FULL for route in app.router.routes):
+            out.append(method)
+    return out
 
 
 def job_view(job: Job, progress: dict | None = None) -> dict:
@@ -88,9 +104,13 @@ def create_app(config: ApiConfig, store: JobStore, launcher: Launcher | None = N
         return problem(422, "Unprocessable Content", f"{first['field']}: {first['message']}", errors=errors)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail) if exc.status_code != 405 else "Method Not Allowed",
-                       str(exc.detail), headers=getattr(exc, "headers", None))
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        headers, detail = dict(getattr(exc, "headers", None) or {}), str(exc.detail)
+        if exc.status_code == 405:
+            allow = allowed_methods(app, request.scope["path"], request.scope.get("root_path", ""))
+            headers["Allow"] = ", ".join(allow)
+            detail = f"method: {request.method[:20]} is not allowed here; this path accepts {', '.join(allow)}"
+        return problem(exc.status_code, status_title(exc.status_code), detail, headers=headers or None)
 
     @app.exception_handler(Problem)
     async def our_problem(_request: Request, exc: Problem) -> JSONResponse:
@@ -99,6 +119,10 @@ def create_app(config: ApiConfig, store: JobStore, launcher: Launcher | None = N
     @app.exception_handler(RedisError)
     async def redis_down(_request: Request, exc: RedisError) -> JSONResponse:
         return problem(503, "Service Unavailable", f"redis: {type(exc).__name__}")
+
+    # Declared so the document carries the scheme (and every route that takes it, its 401); checked below.
+    bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
+                        description="The api's token (--api-token, ASYNCWEBRL_API_TOKEN).")
 
     async def authorized(request: Request) -> None:
         if not config.api_token:
@@ -110,7 +134,7 @@ def create_app(config: ApiConfig, store: JobStore, launcher: Launcher | None = N
             raise HTTPException(401, "authorization: a valid bearer token is required",
                                 headers={"WWW-Authenticate": 'Bearer realm="asyncwebrl"'})
 
-    auth = [Depends(authorized)]
+    auth = [Depends(bearer), Depends(authorized)]
 
     async def existing(job_id: str) -> Job:
         job = await store.get(job_id) if is_job_id(job_id) else None
@@ -267,4 +291,13 @@ def create_app(config: ApiConfig, store: JobStore, launcher: Launcher | None = N
         return job_view(await existing(job_id))
 
     app.include_router(viewer_router(run_dir, auth, existing))
+
+    def contract() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_problems(get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes,
+                tags=app.openapi_tags, servers=app.servers))
+        return app.openapi_schema
+
+    app.openapi = contract  # type: ignore[method-assign]
     return app
