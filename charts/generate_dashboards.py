@@ -475,7 +475,15 @@ def trainer() -> Board:
         q(f"asyncwebrl_trainer_behaviour_cap_fraction{{{J}}}", "behaviour cap {{job_id}}")], "percentunit", w=8,
         desc="Kept tokens where PPO took its clipped branch (no gradient); tokens masked because "
              "exp(logp_prox - logp_behav) > cap.")
-    b.ts("Approximate KL (proximal to updated)", [q(f"asyncwebrl_trainer_approx_kl{{{J}}}", "{{job_id}}")], w=8)
+    b.ts("KL of a step", [
+        q(f"asyncwebrl_trainer_approx_kl{{{J}}}", "proximal to updated, 2nd minibatch on {{job_id}}"),
+        q(f"asyncwebrl_trainer_step_kl{{{J}}}", "before to after, whole batch {{job_id}}"),
+        q(f"60 * sum by (job_id) (rate(asyncwebrl_trainer_step_backtracks_total{{{J}}}[{RI}]))",
+          "backtracks/min {{job_id}}"),
+        q(f"60 * sum by (job_id) (rate(asyncwebrl_trainer_steps_skipped_total{{{J}}}[{RI}]))",
+          "skipped/min {{job_id}}")], w=8,
+        desc="A jump of the KL (0.001 to 0.1) is how a collapse begins; with max_step_kl such a step is undone "
+             "and retried at half the learning rate (a backtrack), or skipped.")
     b.ts("Learning rate", [q(f"asyncwebrl_trainer_lr{{{J}}}", "{{job_id}}")], w=8)
     b.ts("Micro-batches per step", [q(f"asyncwebrl_trainer_micro_batches{{{J}}}", "{{job_id}}")], w=8)
     b.row("Throughput")

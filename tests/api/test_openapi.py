@@ -318,7 +318,7 @@ def _operation_ids():
     from asyncwebrl.api.config import ApiConfig
     from asyncwebrl.api.service import create_app
 
-    schema = create_app(ApiConfig(api_token="x"), None).openapi()
+    schema = create_app(ApiConfig(api_token="x" * 16), None).openapi()
     return [f"{m.upper()} {p}" for p, item in schema["paths"].items() for m in item]
 
 

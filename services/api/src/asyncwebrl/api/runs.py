@@ -15,6 +15,7 @@ SERIES_FIELDS = (
     "step", "version", "unix", "groups", "episodes", "env_steps", "success", "reward", "raw_reward",
     "success_by_difficulty", "reward_by_difficulty", "length_success", "length_failure", "tokens_per_step",
     "loss", "grad_norm", "clip_fraction", "dual_clip_fraction", "cap_fraction", "approx_kl", "kl_ref",
+    "step_kl", "backtracks", "step_skipped",  # the trust region (max_step_kl)
     # Off-policy health (see the trainer's metrics): what warns of a collapse.
     "ess", "behav_gap", "adv_pos_mass", "adv_neg_mass", "entropy", "invalid_action_rate",
     "lr", "train_tokens_per_s", "trajectories_per_hour", "env_steps_per_s", "zero_variance_dropped", "rejected",
