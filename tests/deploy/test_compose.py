@@ -61,7 +61,7 @@ LOCAL_TARGET = {"common", "api", *JOB_PROCESSES}
 SECRETS = ("REDIS_PASSWORD", "ASYNCWEBRL_AUTH_TOKEN", "ASYNCWEBRL_API_TOKEN", "ASYNCWEBRL_ENGINE_API_KEY",
            "GRAFANA_ADMIN_PASSWORD")
 # Values for the variables compose requires, as a user's .env would give them.
-TEST_ENV = {**{name: "test-secret" for name in SECRETS}, "SGLANG_MODEL": "qwen2.5-vl-3b"}
+TEST_ENV = {**{name: "test-secret-value-0123" for name in SECRETS}, "SGLANG_MODEL": "qwen2.5-vl-3b"}
 # Isolation. envfleet runs Chromium on pages we do not control: it is on `browser` (alone: its route to the
 # task sites) and `fleet`, whose other members are those it must reach or that must reach it.
 ENVFLEET_NETWORKS = {"browser", "fleet"}
