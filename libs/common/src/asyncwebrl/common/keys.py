@@ -50,6 +50,9 @@ Deployment-wide (``P``):
 ``P blobs:budget``           string    blob byte budget for all jobs; absent = none
 ===========================  ========  ===============================================
 
+Task sets (``P tasksets``, ``P tasksets:bytes``, ``P taskset:<name>:meta``, ``P taskset:<name>:tasks``) are
+laid out, and only written, by ``common.tasksets``.
+
 The Lua scripts build per-job key names from ``J`` themselves, which is fine
 for one Redis (or a primary with replicas) but not Redis Cluster.
 """

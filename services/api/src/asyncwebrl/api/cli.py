@@ -303,6 +303,77 @@ def cmd_viewer(args) -> int:
     return 0
 
 
+# --- task sets -------------------------------------------------------------------
+
+
+def _taskset_name(file: str) -> str:
+    """A task set name from a file name: lower-case, runs of other characters as '-'."""
+    import re
+
+    stem = pathlib.Path(file).name.split(".")[0].lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", stem).strip("-._")[:64] or "tasks"
+
+
+def _counts(counts: dict) -> str:
+    return " ".join(f"{k}:{v}" for k, v in counts.items() if v) or "-"
+
+
+def cmd_tasksets_add(args) -> int:
+    client = client_of(args)
+    name = args.name or _taskset_name(args.file)
+    if args.remote:
+        meta = client.add_taskset(name, path=args.file, replace=args.replace)
+    else:
+        try:
+            data = sys.stdin.buffer.read() if args.file == "-" else pathlib.Path(args.file).read_bytes()
+        except OSError as exc:
+            raise CliError(f"{args.file}: {exc.strerror or exc}", 2) from None
+        try:
+            meta = client.add_taskset(name, data, replace=args.replace)
+        except ApiError as exc:
+            for e in (exc.body.get("errors") or [])[1:] if exc.status == 422 else []:
+                print(f"error: {e.get('field')}: {e.get('message')}", file=sys.stderr)
+            raise
+    print(f"{meta['name']}: {meta['tasks']} tasks (levels {_counts(meta.get('by_level', {}))}; "
+          f"splits {_counts(meta.get('by_split', {}))}) sha256 {meta.get('sha256', '')[:12]}")
+    return 0
+
+
+def cmd_tasksets_list(args) -> int:
+    sets = client_of(args).list_tasksets(limit=args.limit)
+    rows = [("NAME", "TASKS", "TRAIN", "TEST", "TEST_OOD", "CREATED")]
+    for m in sets:
+        split = m.get("by_split") or {}
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.get("created_ms", 0) / 1000))
+        rows.append((m["name"], m.get("tasks"), split.get("train", 0), split.get("test", 0),
+                     split.get("test_ood", 0), created))
+    print(table(rows) if sets else "(no task sets)")
+    return 0
+
+
+def cmd_tasksets_show(args) -> int:
+    client = client_of(args)
+    page = client.get_taskset(args.name, limit=min(args.tasks, 1000))
+    meta = page["taskset"]
+    print(f"taskset   {meta['name']}  ({meta.get('source') or '-'})")
+    print(f"tasks     {meta['tasks']}")
+    print(f"levels    {_counts(meta.get('by_level', {}))}")
+    print(f"splits    {_counts(meta.get('by_split', {}))}")
+    print(f"sha256    {meta.get('sha256')}")
+    if page.get("tasks"):
+        rows = [("ID", "LEVEL", "SPLIT", "WEBSITE", "INSTRUCTION")]
+        rows += [(t["id"], t["level"], t["split"], t["website"], t["instruction"][:60]) for t in page["tasks"]]
+        print()
+        print(table(rows))
+    return 0
+
+
+def cmd_tasksets_delete(args) -> int:
+    out = client_of(args).delete_taskset(args.name)
+    print(f"{out['name']} {out.get('state', 'deleted')}")
+    return 0
+
+
 # --- the parser ---------------------------------------------------------------
 
 
@@ -387,6 +458,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("viewer", cmd_viewer, "print the URL of a job's trajectory viewer")
     p.add_argument("job", metavar="JOB")
+
+    p = command("tasksets", None, "register, list, show and delete task sets (WebGym JSONL files)",
+                "Task sets: WebGym JSONL task files registered with the api by name; a job names one in "
+                "tasks.taskset.")
+    ts = p.add_subparsers(dest="tasksets_command", metavar="ACTION", required=True)
+
+    def action(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        a = ts.add_parser(name, parents=[glob], help=help_text, description=help_text)
+        a.set_defaults(func=func)
+        return a
+
+    a = action("add", cmd_tasksets_add, "validate and register a WebGym JSONL file as a task set")
+    a.add_argument("file", metavar="FILE", help="the JSONL file (- reads stdin); with --remote, a path under the "
+                                                "api's --taskset-roots")
+    a.add_argument("--name", help="the set's name (default: the file's name, lower-case)")
+    a.add_argument("--replace", action="store_true", help="replace a set of that name")
+    a.add_argument("--remote", action="store_true", help="FILE is a path the api reads under its --taskset-roots")
+    a = action("list", cmd_tasksets_list, "the task sets, by name")
+    a.add_argument("--limit", type=int, default=1000, help="most sets listed (default: 1000)")
+    a = action("show", cmd_tasksets_show, "one task set: its counts and its first tasks")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("--tasks", type=int, default=20, metavar="N", help="tasks listed (default: 20; 0: none)")
+    a = action("delete", cmd_tasksets_delete, "delete a task set (refused while a running job names it)")
+    a.add_argument("name", metavar="NAME")
     return parser
 
 

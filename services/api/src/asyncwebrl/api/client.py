@@ -51,11 +51,13 @@ class Client:
         self.token = token
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body=None, accept_json: bool = True):
-        data = json.dumps(body).encode() if body is not None else None
+    def request(self, method: str, path: str, body=None, accept_json: bool = True, raw: bytes | None = None,
+                content_type: str = "application/json"):
+        """``body`` is sent as JSON; ``raw`` as it is, with ``content_type``."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         headers = {"Accept": "application/json" if accept_json else "text/plain, */*"}
         if data is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
@@ -104,6 +106,33 @@ class Client:
             if not token:
                 break
         return jobs[:limit]
+
+    # --- task sets ---
+
+    def add_taskset(self, name: str, data: bytes | None = None, path: str | None = None,
+                    replace: bool = False) -> dict:
+        """Register a WebGym JSONL file as task set ``name``: its bytes, or ``path`` under the api's
+        --taskset-roots. Returns the set's meta."""
+        query = f"?name={quote_part(name)}" + (f"&path={quote_part(path)}" if path is not None else "")
+        query += "&replace=true" if replace else ""
+        return self.request("POST", "/v1/tasksets" + query, raw=data if data is not None else b"",
+                            content_type="application/x-ndjson")
+
+    def list_tasksets(self, limit: int = 1000) -> list[dict]:
+        sets, cursor = [], ""
+        while len(sets) < limit:
+            page = self.get(f"/v1/tasksets?limit={min(200, limit - len(sets))}&cursor={quote_part(cursor)}")
+            sets += page.get("tasksets", [])
+            cursor = page.get("next_cursor") or ""
+            if not cursor:
+                break
+        return sets[:limit]
+
+    def get_taskset(self, name: str, limit: int = 100, cursor: int = 0) -> dict:
+        return self.get(f"/v1/tasksets/{quote_part(name)}?limit={limit}&cursor={cursor}")
+
+    def delete_taskset(self, name: str) -> dict:
+        return self.request("DELETE", f"/v1/tasksets/{quote_part(name)}")
 
 
 

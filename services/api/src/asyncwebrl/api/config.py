@@ -26,6 +26,11 @@ class ApiConfig(ServiceConfig):
     allow_no_token: bool = option(False, "Serve without a token (loopback development only).")
     max_body_bytes: int = option(64 * 1024, "Largest request body accepted (413 above it).")
     max_jobs: int = option(10_000, "Jobs kept; creating more is refused until some are deleted.")
+    max_taskset_bytes: int = option(8 * 1024 * 1024, "Largest task file POST /v1/tasksets accepts (413 above "
+                                                       "it); that route's bound instead of --max-body-bytes.")
+    max_taskset_tasks: int = option(10_000, "Most tasks in one task set (422 above it).")
+    taskset_roots: tuple[str, ...] = option((), "Directories POST /v1/tasksets?path=REL may load task files from "
+                                                "(comma-separated); none by default.")
     launcher: str = option("none", "local: run each job's engines, gateway and trainer as child processes; "
                                    "kubernetes: create them as workloads (--k8s-* flags); "
                                    "none: only store jobs (another launcher acts on them).")
@@ -99,6 +104,8 @@ class ApiConfig(ServiceConfig):
                 f"must be at least {MIN_TOKEN_CHARS} characters")
         require(1024 <= self.max_body_bytes <= 16 * 1024 * 1024, "max_body_bytes", "must be in [1 KiB, 16 MiB]")
         require(1 <= self.max_jobs <= 1_000_000, "max_jobs", "must be in [1, 1000000]")
+        require(1024 <= self.max_taskset_bytes <= 64 * 1024 * 1024, "max_taskset_bytes", "must be in [1 KiB, 64 MiB]")
+        require(1 <= self.max_taskset_tasks <= 100_000, "max_taskset_tasks", "must be in [1, 100000]")
         require(self.launcher in ("none", "local", "kubernetes"), "launcher",
                 f"must be none, local or kubernetes, got {self.launcher!r}")
         require(0 <= self.max_restarts <= 100, "max_restarts", "must be in [0, 100]")

@@ -82,6 +82,18 @@ RAISED: dict[tuple[str, str], dict[int, str]] = {
     ("GET", "/v1/jobs/{job_id}/episodes/{source}/screenshots/{sha256}"): {
         400: "source or sha256: not of its form.", 404: "job_id, or the screenshot: not found.", 503: REDIS},
     ("GET", "/viewer/{job_id}"): {400: "job_id: not of a job id's form."},
+    ("POST", "/v1/tasksets"): {
+        404: "path: no such file under the task-set roots.",
+        409: "name: a task set of that name exists (replace=true replaces it), or the store holds the most "
+             "task sets or bytes already.",
+        415: "content-type: not JSONL (application/x-ndjson, application/jsonl, text/plain, application/json).",
+        422: "A bad line of the file (``errors`` names each as ``line[N].field``), more tasks than "
+             "--max-taskset-tasks, or path: absolute, with '..', outside its root, or no --taskset-roots.",
+        503: REDIS},
+    ("GET", "/v1/tasksets"): {503: REDIS},
+    ("GET", "/v1/tasksets/{name}"): {404: "name: no such task set.", 503: REDIS},
+    ("DELETE", "/v1/tasksets/{name}"): {404: "name: no such task set.",
+                                         409: "A job that is not finished names the task set.", 503: REDIS},
 }
 
 # Success bodies FastAPI cannot see (a handler returning a plain Response).
@@ -93,7 +105,8 @@ SUCCESS_CONTENT: dict[tuple[str, str], dict] = {
 
 DERIVED = {
     401: "No bearer token, or not the api's (``WWW-Authenticate`` says which scheme).",
-    413: "The request carries a body larger than the api's --max-body-bytes (any method).",
+    413: "The request carries a body larger than the api's --max-body-bytes (any method; POST /v1/tasksets: "
+         "--max-taskset-bytes).",
     422: "A parameter or the body fails validation; ``errors`` names every field at fault.",
 }
 

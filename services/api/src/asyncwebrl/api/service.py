@@ -30,9 +30,12 @@ from asyncwebrl.api.jobspec import EvaluateRequest, JobSpec
 from asyncwebrl.api.launchers import Launcher
 from asyncwebrl.api.openapi import PROBLEM, status_title, with_problems
 from asyncwebrl.api.store import FINAL, Job, JobStore, decode_token, encode_token
+from asyncwebrl.api.tasksets import ROUTE as TASKSETS_ROUTE
+from asyncwebrl.api.tasksets import tasksets_router
 from asyncwebrl.api.viewer import viewer_router
 from asyncwebrl.common.grpcclient import aio_channel
 from asyncwebrl.common.keys import is_job_id
+from asyncwebrl.common.tasksets import TaskSetStore
 from asyncwebrl.v1 import buffer_pb2, buffer_pb2_grpc
 
 PURGE_COUNTS = ("groups", "pending", "dead_letters", "blobs", "blob_bytes", "blob_refs", "keys")
@@ -82,16 +85,19 @@ def create_app(config: ApiConfig, store: JobStore, launcher: Launcher | None = N
 
     @app.middleware("http")
     async def bounded_body(request: Request, call_next):
+        # A task file (POST /v1/tasksets) has its own, larger bound.
+        limit = (config.max_taskset_bytes if request.method == "POST" and request.scope["path"] == TASKSETS_ROUTE
+                 else config.max_body_bytes)
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
-            return problem(413, "Payload Too Large", f"body: larger than {config.max_body_bytes} bytes")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return problem(413, "Payload Too Large", f"body: larger than {limit} bytes")
         if request.method in ("POST", "PUT", "PATCH") and length is None:
             # Chunked: read at most the limit + 1 and hand the route what was read.
             body = b""
             async for chunk in request.stream():
                 body += chunk
-                if len(body) > config.max_body_bytes:
-                    return problem(413, "Payload Too Large", f"body: larger than {config.max_body_bytes} bytes")
+                if len(body) > limit:
+                    return problem(413, "Payload Too Large", f"body: larger than {limit} bytes")
             request._body = body
         return await call_next(request)
 
@@ -147,8 +153,19 @@ def create_app(config: ApiConfig, store: JobStore, launcher: Launcher | None = N
         """The job document's JSON Schema (the same document the CLI reads from YAML)."""
         return JobSpec.model_json_schema()
 
+    taskset_store: list[TaskSetStore] = []
+
+    def tasksets() -> TaskSetStore:
+        if not taskset_store:
+            taskset_store.append(TaskSetStore(store.redis, store.prefix))
+        return taskset_store[0]
+
     @app.post("/v1/jobs", status_code=201, dependencies=auth, tags=["jobs"])
     async def create_job(spec: JobSpec) -> dict:
+        if spec.tasks.taskset and not await tasksets().exists(spec.tasks.taskset):
+            message = f"no task set {spec.tasks.taskset!r} (register it with POST /v1/tasksets)"
+            raise Problem(422, "Unprocessable Content", f"tasks.taskset: {message}",
+                          errors=[{"field": "tasks.taskset", "message": message}])
         try:
             job = await store.create(spec)
         except StoreFull as exc:
@@ -291,6 +308,7 @@ def create_app(config: ApiConfig, store: JobStore, launcher: Launcher | None = N
         return job_view(await existing(job_id))
 
     app.include_router(viewer_router(run_dir, auth, existing))
+    app.include_router(tasksets_router(config, auth, tasksets, lambda: store))
 
     def contract() -> dict:
         if app.openapi_schema is None:

@@ -1,19 +1,27 @@
-"""WebGym-format JSONL task files: the shipped example loads, and every bad line is reported with its number."""
+"""WebGym-format JSONL task files (common.webgym): the shipped example and sample load, every bad line is reported
+with its number, splits are stable."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 
 import pytest
 
-from asyncwebrl.envfleet.webgym import (
+from asyncwebrl.common import webgym
+from asyncwebrl.common.webgym import (
     EXAMPLE,
     MAX_FACTS,
+    MAX_ORIGINS,
     MAX_TASK_NAME,
+    TRAIN_PERCENT,
+    WORD_LEVELS,
+    WebGymFormatError,
     WebGymTask,
     allowed_origins,
     load_webgym,
+    split_of,
     step_limit,
     webgym_difficulty,
 )
@@ -129,3 +137,67 @@ def test_bad_utf8_and_empty_file(tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(ValueError, match="no tasks"):
         load_webgym(empty)
+
+
+# --- task-set fields: allowed_origins, split, levels, bounds, the shipped sample ---------------------------------
+
+SAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "tasksets" / "webgym-sample.jsonl"
+
+
+def test_the_sample_task_set_loads():
+    tasks = load_webgym(SAMPLE)
+    assert [t.id for t in tasks] == ["sample-0001", "sample-0002", "sample-0003", "sample-0004", "sample-0005", "6"]
+    by_id = {t.id: t for t in tasks}
+    assert by_id["sample-0003"].allowed_origins == ("https://login.example.net",)
+    assert allowed_origins(by_id["sample-0003"]) == ["https://mail.example.net", "https://login.example.net"]
+    assert allowed_origins(by_id["sample-0005"]) == ["http://wiki.example.org:8080"]
+    assert [by_id[i].split for i in ("sample-0001", "sample-0004", "sample-0005")] == ["train", "test", "test_ood"]
+    assert by_id["sample-0005"].level == WORD_LEVELS["easy"] and by_id["sample-0004"].level == 8
+    record = by_id["sample-0003"].record()
+    assert record["instruction"].startswith("Log in") and record["split"] == split_of("sample-0003")
+    assert json.loads(json.dumps(record)) == record
+    assert all(t.website.startswith(("http://", "https://")) for t in tasks)
+
+
+def test_split_of_is_a_stable_hash_unless_given():
+    assert split_of("anything", "test_ood") == "test_ood"
+    # Fixed values: the same in every process and Python version (sha256, not hash()).
+    assert [split_of(f"task-{i}") for i in range(10)] == [split_of(f"task-{i}") for i in range(10)]
+    import subprocess
+    import sys
+    other = subprocess.run([sys.executable, "-c", "from asyncwebrl.common.webgym import split_of;"
+                            "print(','.join(split_of(f'task-{i}') for i in range(200)))"],
+                           capture_output=True, text=True, env={"PYTHONHASHSEED": "123"}, check=True)
+    assert other.stdout.strip().split(",") == [split_of(f"task-{i}") for i in range(200)]
+    train = sum(split_of(f"t{i}") == "train" for i in range(10_000))
+    assert abs(train / 10_000 - TRAIN_PERCENT / 100) < 0.02
+
+
+def test_origins_and_split_are_validated(tmp_path):
+    lines = [
+        good(task_id="a", allowed_origins=["https://login.example.com", "http://x.example.com:81"]),  # 1 fine
+        good(task_id="b", allowed_origins="https://x.example.com"),                                # 2 not a list
+        good(task_id="c", allowed_origins=["ftp://x.example.com"]),                                # 3 scheme
+        good(task_id="d", allowed_origins=["https://x.example.com/path"]),                         # 4 not an origin
+        good(task_id="e", allowed_origins=["https://u:p@x.example.com"]),                          # 5 credentials
+        good(task_id="f", split="validation"),                                                     # 6 unknown split
+        good(task_id="g", allowed_origins=["https://x.example.com"] * (MAX_ORIGINS + 1)),          # 7 too many
+    ]
+    errors = errors_of(tmp_path, lines)
+    expected = {2: "allowed_origins: must be a list", 3: "allowed_origins[0]: must be an http(s) URL",
+                4: "allowed_origins[0]: must be an origin", 5: "allowed_origins[0]: must not contain credentials",
+                6: "split: must be one of train, test, test_ood", 7: "allowed_origins: more than"}
+    for number, text in expected.items():
+        assert any(e.startswith(f"line {number}: {text}") for e in errors), (number, text, errors)
+    assert len(errors) == len(expected)
+
+
+def test_too_many_tasks_and_too_big_a_file(tmp_path, monkeypatch):
+    path = write(tmp_path, [good(task_id=i) for i in range(5)])
+    assert len(load_webgym(path, max_tasks=5)) == 5
+    with pytest.raises(WebGymFormatError) as err:
+        load_webgym(path, max_tasks=4)
+    assert err.value.problems == [(5, "file", "more than 4 tasks")]
+    monkeypatch.setattr(webgym, "MAX_FILE_BYTES", 100)
+    with pytest.raises(WebGymFormatError, match="larger than 100 bytes"):
+        load_webgym(path)

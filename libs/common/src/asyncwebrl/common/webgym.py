@@ -1,17 +1,25 @@
-"""WebGym-format task files (JSONL): load and validate, nothing more.
+"""WebGym-format task files (JSONL): load and validate, nothing more. Shared by the api (task sets) and the
+rollout gateway, so it lives in libs/common.
 
 One task per line, an object with
 
-- ``task_name``: the instruction (non-empty string, at most ``MAX_TASK_NAME`` characters);
+- ``task_id``: a string or an integer, unique in the file (``WebGymTask.id``);
+- ``task_name``: the instruction (non-empty string, at most ``MAX_TASK_NAME`` characters; ``.instruction``);
 - ``website``: where the task starts, an http(s) URL with a host and no credentials;
-- ``difficulty``: WebGym's 1-10 integer (<= 3 easy, 4-6 medium, >= 7 hard), or "easy" / "medium" / "hard";
+- ``difficulty``: WebGym's 1-10 integer (<= 3 easy, 4-6 medium, >= 7 hard), or "easy" / "medium" / "hard"
+  (then its ``level`` is ``WORD_LEVELS[word]``);
 - ``evaluator_reference``: the rubric facts a judge checks, a non-empty list (at most ``MAX_FACTS``) of
   strings or objects with a "description" or "fact" string (at most ``MAX_FACT_CHARS`` each); kept as given;
 - ``reference_answer``: a string or null (optional);
-- ``task_id``: a string or an integer, unique in the file;
+- ``allowed_origins``: optional list (at most ``MAX_ORIGINS``) of extra origins navigation may reach besides the
+  website's own, each an http(s) origin (``scheme://host[:port]``, no path, no credentials);
+- ``split``: optional, one of ``SPLITS`` (train, test, test_ood: out-of-distribution test tasks); without it
+  ``split_of`` places the task by a hash of its id;
 
 and any other field, kept in ``WebGymTask.extra``. Blank lines are skipped. ``load_webgym`` checks every
-line and raises one ``ValueError`` that lists every problem as ``line N: <field>: <problem>``.
+line and raises one ``ValueError`` (``WebGymFormatError``) that lists every problem as
+``line N: <field>: <problem>`` (``problems`` holds them as (line, field, problem)). Bounded: at most
+``MAX_FILE_BYTES`` per file, ``MAX_TASKS`` tasks, ``MAX_LINES`` lines, ``MAX_LINE_CHARS`` per line.
 
 These tasks point at live websites and need a judge for their reward; this module only reads them.
 """
@@ -19,6 +27,7 @@ These tasks point at live websites and need a judge for their reward; this modul
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 from typing import Any
@@ -28,16 +37,22 @@ from asyncwebrl.common.tasks import DIFFICULTIES
 
 STEP_LIMITS = {"easy": 10, "medium": 20, "hard": 30}
 REQUIRED = ("task_id", "task_name", "website", "difficulty", "evaluator_reference")
-KNOWN = (*REQUIRED, "reference_answer")
+KNOWN = (*REQUIRED, "reference_answer", "allowed_origins", "split")
+SPLITS = ("train", "test", "test_ood")
+TRAIN_PERCENT = 80  # split_of: tasks without a split, by hash of their id: 80 % train, 20 % test
+WORD_LEVELS = {"easy": 2, "medium": 5, "hard": 8}  # the 1-10 level of a task whose difficulty is a word
 
+MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_LINE_CHARS = 200_000
+MAX_LINES = 1_000_000
+MAX_TASKS = 100_000
 MAX_TASK_NAME = 4_000
 MAX_URL_CHARS = 2_000
 MAX_FACTS = 100
 MAX_FACT_CHARS = 1_000
 MAX_ANSWER_CHARS = 4_000
 MAX_TASK_ID_CHARS = 200
-MAX_LINES = 1_000_000
+MAX_ORIGINS = 32
 
 EXAMPLE = pathlib.Path(__file__).parent / "data" / "webgym-example.jsonl"
 
@@ -53,14 +68,51 @@ class WebGymTask:
     reference_answer: str | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     line: int = 0  # where it was in its file (1-based)
+    allowed_origins: tuple[str, ...] = ()  # extra origins, normalised (see ``origin``)
+    explicit_split: str | None = None  # as given in the file, or None
+
+    @property
+    def id(self) -> str:
+        return self.task_id
+
+    @property
+    def instruction(self) -> str:
+        return self.task_name
+
+    @property
+    def level(self) -> int:
+        """The 1-10 difficulty: as given, or ``WORD_LEVELS`` of a word."""
+        return self.raw_difficulty if isinstance(self.raw_difficulty, int) else WORD_LEVELS[self.difficulty]
+
+    @property
+    def split(self) -> str:
+        return split_of(self.task_id, self.explicit_split)
+
+    def record(self) -> dict[str, Any]:
+        """The task as stored (JSON): what a task set keeps of it."""
+        return {"id": self.task_id, "instruction": self.task_name, "website": self.website, "level": self.level,
+                "difficulty": self.difficulty, "evaluator_reference": list(self.evaluator_reference),
+                "reference_answer": self.reference_answer, "allowed_origins": list(self.allowed_origins),
+                "split": self.split, "line": self.line, "extra": self.extra}
 
 
 class WebGymFormatError(ValueError):
-    """Every bad line of a file; ``errors`` holds the ``line N: field: problem`` strings."""
+    """Every bad line of a file; ``errors`` holds the ``line N: field: problem`` strings, ``problems`` the
+    (line, field, problem) triples."""
 
-    def __init__(self, path: str, errors: list[str]) -> None:
-        self.errors = errors
-        super().__init__(f"{path}: {len(errors)} problem(s) in WebGym tasks:\n" + "\n".join(errors))
+    def __init__(self, path: str, problems: list[tuple[int, str, str]]) -> None:
+        self.problems = problems
+        self.errors = [f"line {n}: {field}: {what}" for n, field, what in problems]
+        super().__init__(f"{path}: {len(problems)} problem(s) in WebGym tasks:\n" + "\n".join(self.errors))
+
+
+def split_of(task_id: str, explicit: str | None = None) -> str:
+    """``explicit`` when the file gives one, else train or test by the first 8 bytes of sha256(task id):
+    the same in every process and Python version (no ``hash()``)."""
+    if explicit is not None:
+        return explicit
+    bucket = int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:8], "big") % 100
+    return "train" if bucket < TRAIN_PERCENT else "test"
 
 
 def webgym_difficulty(value: Any) -> str:
@@ -160,7 +212,31 @@ def _check(obj: dict[str, Any]) -> list[str]:
             problems.append(f"reference_answer: must be a string or null, got {type(answer).__name__}")
         elif len(answer) > MAX_ANSWER_CHARS:
             problems.append(f"reference_answer: longer than {MAX_ANSWER_CHARS} characters")
+    if "allowed_origins" in obj:
+        extra = obj["allowed_origins"]
+        if not isinstance(extra, list):
+            problems.append(f"allowed_origins: must be a list, got {type(extra).__name__}")
+        elif len(extra) > MAX_ORIGINS:
+            problems.append(f"allowed_origins: more than {MAX_ORIGINS} origins")
+        else:
+            problems += [f"allowed_origins[{i}]: {p}" for i, o in enumerate(extra) if (p := _origin_problem(o))]
+    if "split" in obj and obj["split"] not in SPLITS:
+        split = obj["split"]
+        got = repr(split[:20]) if isinstance(split, str) else type(split).__name__
+        problems.append(f"split: must be one of {', '.join(SPLITS)}, got {got}")
     return problems
+
+
+def _origin_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    problem = _website_problem(value)
+    if problem:
+        return problem
+    parts = urlsplit(value)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "must be an origin (scheme://host[:port]), without a path, query or fragment"
+    return None
 
 
 def _task(obj: dict[str, Any], line: int) -> WebGymTask:
@@ -169,38 +245,48 @@ def _task(obj: dict[str, Any], line: int) -> WebGymTask:
         difficulty=webgym_difficulty(obj["difficulty"]), raw_difficulty=obj["difficulty"],
         evaluator_reference=tuple(obj["evaluator_reference"]), reference_answer=obj.get("reference_answer"),
         extra={k: v for k, v in obj.items() if k not in KNOWN}, line=line,
+        allowed_origins=tuple(dict.fromkeys(origin(o) for o in obj.get("allowed_origins", []))),
+        explicit_split=obj.get("split"),
     )
 
 
-def parse_webgym(lines: list[bytes] | list[str], source: str = "<tasks>") -> list[WebGymTask]:
-    """The tasks of JSONL ``lines`` (bytes or str, one per line); WebGymFormatError listing every bad line."""
-    errors: list[str] = []
+def parse_webgym(lines: list[bytes] | list[str], source: str = "<tasks>",
+                 max_tasks: int = MAX_TASKS) -> list[WebGymTask]:
+    """The tasks of JSONL ``lines`` (bytes or str, one per line); WebGymFormatError listing every bad line.
+    More than ``max_tasks`` tasks (at most ``MAX_TASKS``) or ``MAX_LINES`` lines is a problem of the file."""
+    max_tasks = min(max_tasks, MAX_TASKS)
+    errors: list[tuple[int, str, str]] = []
     tasks: list[WebGymTask] = []
     seen: dict[str, int] = {}
+    count = 0
     for number, raw in enumerate(lines, 1):
         if number > MAX_LINES:
-            errors.append(f"line {number}: file: more than {MAX_LINES} lines")
+            errors.append((number, "file", f"more than {MAX_LINES} lines"))
             break
         if isinstance(raw, bytes):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
-                errors.append(f"line {number}: json: not valid UTF-8")
+                errors.append((number, "json", "not valid UTF-8"))
                 continue
         else:
             text = raw
         if not text.strip():
             continue
+        count += 1
+        if count > max_tasks:
+            errors.append((number, "file", f"more than {max_tasks} tasks"))
+            break
         if len(text) > MAX_LINE_CHARS:
-            errors.append(f"line {number}: json: longer than {MAX_LINE_CHARS} characters")
+            errors.append((number, "json", f"longer than {MAX_LINE_CHARS} characters"))
             continue
         try:
             obj = json.loads(text)
         except (ValueError, RecursionError) as exc:
-            errors.append(f"line {number}: json: invalid JSON ({str(exc)[:120]})")
+            errors.append((number, "json", f"invalid JSON ({str(exc)[:120]})"))
             continue
         if not isinstance(obj, dict):
-            errors.append(f"line {number}: json: must be an object, got {type(obj).__name__}")
+            errors.append((number, "json", f"must be an object, got {type(obj).__name__}"))
             continue
         problems = _check(obj)
         tid = obj.get("task_id")
@@ -211,31 +297,47 @@ def parse_webgym(lines: list[bytes] | list[str], source: str = "<tasks>") -> lis
             else:
                 seen[key] = number
         if problems:
-            errors += [f"line {number}: {p}" for p in problems]
+            errors += [(number, *_field_and_problem(p)) for p in problems]
         else:
             tasks.append(_task(obj, number))
     if not errors and not tasks:
-        errors.append("line 0: file: holds no tasks")
+        errors.append((0, "file", "holds no tasks"))
     if errors:
         raise WebGymFormatError(source, errors)
     return tasks
 
 
-def load_webgym(path: str | pathlib.Path) -> list[WebGymTask]:
-    """Every task of a WebGym JSONL file, or one ValueError (WebGymFormatError) listing every bad line."""
-    data = pathlib.Path(path).read_bytes()
-    return parse_webgym(data.split(b"\n"), str(path))
+def _field_and_problem(message: str) -> tuple[str, str]:
+    field, _, problem = message.partition(": ")
+    return field, problem
 
 
-def allowed_origins(task: WebGymTask) -> list[str]:
-    """The task website's origin (scheme://host[:port], default ports left out), for the host policy."""
-    parts = urlsplit(task.website)
+def load_webgym(path: str | pathlib.Path, max_tasks: int = MAX_TASKS) -> list[WebGymTask]:
+    """Every task of a WebGym JSONL file, or one ValueError (WebGymFormatError) listing every bad line; a file
+    larger than ``MAX_FILE_BYTES`` is refused unread."""
+    path = pathlib.Path(path)
+    with path.open("rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise WebGymFormatError(str(path), [(0, "file", f"larger than {MAX_FILE_BYTES} bytes")])
+    return parse_webgym(data.split(b"\n"), str(path), max_tasks)
+
+
+def origin(url: str) -> str:
+    """scheme://host[:port] of an http(s) URL, lower-case, default ports left out."""
+    parts = urlsplit(url)
     scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
     if ":" in host:  # IPv6
         host = f"[{host}]"
     if port is None or (scheme, port) in (("http", 80), ("https", 443)):
-        return [f"{scheme}://{host}"]
-    return [f"{scheme}://{host}:{port}"]
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def allowed_origins(task: WebGymTask) -> list[str]:
+    """The origins the task's navigation may reach, for the host policy: its website's, then its extra
+    ``allowed_origins`` (no duplicates)."""
+    return list(dict.fromkeys((origin(task.website), *task.allowed_origins)))
 
 
 def step_limit(task: WebGymTask) -> int:
