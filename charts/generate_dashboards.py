@@ -322,6 +322,21 @@ def rollout() -> Board:
     b.ts("Judged episodes by verdict", [
         q(f"60 * sum by (job_id, verdict) (rate(asyncwebrl_rollout_judged_total{{{J}}}[{RI}]))",
           "{{job_id}} {{verdict}}")], w=8, desc="Rubric tasks only, per minute.")
+    b.row("Judge (rubric tasks)")
+    b.ts("Judge calls per minute by result", [
+        q(f"60 * sum by (job_id, result) (rate(asyncwebrl_rollout_judge_calls_total{{{J}}}[{RI}]))",
+          "{{job_id}} {{result}}"),
+        q(f"60 * sum by (job_id) (rate(asyncwebrl_rollout_judge_retries_total{{{J}}}[{RI}]))", "retries {{job_id}}")],
+         w=8, desc="ok, unparseable, or an outage: timeout, refused, http_5xx, http_429 (retried with backoff), "
+                   "http_error, bad_reply.")
+    b.ts("Judge latency", quantiles("asyncwebrl_rollout_judge_seconds", J), "s", w=8,
+         desc="One HTTP call to the judge (the episode's judge_latency_s adds retries and backoff).")
+    b.ts("Judge calls in flight, episodes lost", [
+        q(f"sum by (job_id) (asyncwebrl_rollout_judge_in_flight{{{J}}})", "in flight {{job_id}}"),
+        q(f"60 * sum by (job_id, reason) (rate(asyncwebrl_rollout_episodes_lost_total{{{J}}}[{RI}]))",
+          "lost/min {{job_id}} {{reason}}")], w=8,
+        desc="Calls under way (bounded by --judge-concurrency); episodes voided and left out of their group, by "
+             "reason (judge_unparseable, judge_unavailable, env_error, ...).")
     b.row("Generation (the gateway's view)")
     b.ts("Generate latency", quantiles("asyncwebrl_rollout_generate_seconds", J), "s", w=8,
          desc="One step's call to an inference endpoint, resumes after a weight update included.")

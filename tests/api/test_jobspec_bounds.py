@@ -19,7 +19,7 @@ from asyncwebrl.engine.config import EngineConfig
 from asyncwebrl.rollout.config import RolloutConfig
 from asyncwebrl.trainer.config import TrainerConfig
 
-SECTIONS = ("algorithm", "rollout", "tasks")
+SECTIONS = ("algorithm", "rollout", "tasks", "judge")  # judge: optional (anyOf with null)
 
 
 def _extremes() -> list[tuple[str, str, object]]:
@@ -28,7 +28,8 @@ def _extremes() -> list[tuple[str, str, object]]:
     defs = schema["$defs"]
     out = []
     for section in SECTIONS:
-        ref = schema["properties"][section]["$ref"].rsplit("/", 1)[1]
+        prop = schema["properties"][section]
+        ref = next(o["$ref"] for o in prop.get("anyOf", [prop]) if "$ref" in o).rsplit("/", 1)[1]
         for name, prop in defs[ref]["properties"].items():
             if prop.get("type") not in ("integer", "number"):
                 continue
@@ -52,6 +53,8 @@ def _job(section: str, field: str, value) -> Job:
         doc["rollout"]["mode"] = "async"
     if (section, field) != ("algorithm", "warm_start_steps"):
         doc.setdefault("algorithm", {})["warm_start_steps"] = 1  # so the warm-start's processes are checked too
+    if section == "judge":
+        doc["judge"].update(url="https://judge.example:8443/v1", model="judge-vl", api_key_secret="judge-api-key")
     if (section, field) == ("tasks", "eval_seed"):
         doc["tasks"]["train_seed"] = 1 if value == 0 else 0
     return Job("b-0a1b2c", JobSpec.model_validate(doc), "pending", 0, 0)

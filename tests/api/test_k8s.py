@@ -57,6 +57,9 @@ SPECS = {
     "sync": {"name": "sync", "rollout": {"mode": "sync"}, "algorithm": {"keep_zero_variance": True},
              "tasks": {"tasks": ["miniwob/click-test"], "difficulties": ["easy"]}},
     "long-name": {"name": "a" * 40, "resources": {"engines": 1}},
+    "judged": {"name": "judged", "judge": {"url": "https://judge.example:8443", "kind": "openai", "model": "judge-vl",
+                                          "api_key_secret": "judge-keys/vl-key", "concurrency": 4, "timeout_s": 30,
+                                          "retries": 2}},
 }
 
 
@@ -130,7 +133,8 @@ def test_manifests_are_valid_kubernetes_and_tied_to_the_job(key, tmp_path, model
         for env in c["env"]:
             assert "value" not in env or env["name"] in ("HOME", "XDG_CACHE_HOME", "PYTHONUNBUFFERED"), env
             ref = env.get("valueFrom", {}).get("secretKeyRef")
-            assert ref is None or ref["name"] == "rl-secrets"
+            # The judge's key may be in a Secret of its own (judge.api_key_secret "<secret>/<key>").
+            assert ref is None or ref["name"] == "rl-secrets" or env["name"] == "ASYNCWEBRL_JUDGE_API_KEY"
         gpus = c["resources"]["limits"].get("nvidia.com/gpu", 0)
         assert c["resources"]["requests"].get("nvidia.com/gpu", 0) == gpus
         expected = {"trainer": job.spec.resources.trainer_gpus, "rollout": 0,
@@ -231,6 +235,43 @@ def test_sglang_key_comes_from_the_secret(tmp_path, models):
     # The embedded engine keeps its own flags (no SGLang ones).
     embedded = containers(k8s_manifests.manifests(job_of("embedded-cpu"), settings))["inference"]
     assert not {"--api-key", "--admin-api-key", "--weight-version"} & set(embedded["args"])
+
+
+def test_the_judge_is_named_in_the_job_and_its_key_comes_from_a_secret(tmp_path, models):
+    """A job's judge section becomes gateway flags that RolloutConfig parses (train and evaluation gateways);
+    its key is a secretKeyRef (a named Secret, or a key of the release's), never on argv."""
+    from asyncwebrl.rollout.config import RolloutConfig
+
+    settings = k8s_settings.settings_from_config(config(tmp_path, model_roots=(str(models),)), NAMESPACE)
+    job = job_of("judged")
+    gateways = [containers(k8s_manifests.manifests(job, settings))["rollout"],
+                containers(k8s_manifests.eval_manifests(job, settings, 1, "judged-0a1b2c-ev1", 3, models / "qwen",
+                                                        2, 2))["eval-rollout"]]
+    for c in gateways:
+        env = {e["name"]: e for e in c["env"]}
+        assert env["ASYNCWEBRL_JUDGE_API_KEY"] == {"name": "ASYNCWEBRL_JUDGE_API_KEY", "valueFrom": {
+            "secretKeyRef": {"name": "judge-keys", "key": "vl-key", "optional": False}}}
+        parsed = parse_config(RolloutConfig, c["args"], environ={"ASYNCWEBRL_JUDGE_API_KEY": "sk-judge-secret"})
+        assert (parsed.judge_url, parsed.judge_kind, parsed.judge_model) == ("https://judge.example:8443", "openai",
+                                                                              "judge-vl")
+        assert (parsed.judge_concurrency, parsed.judge_timeout_s, parsed.judge_retries) == (4, 30.0, 2)
+        assert parsed.judge_api_key == "sk-judge-secret"
+        assert not any("key" in a.lower() for a in c["args"] if a.startswith("--judge")), c["args"]
+    # A bare key name: a key of the release's Secret. No judge: no judge flags, no key.
+    bare = Job("judged-0a1b2c", JobSpec.model_validate(
+        {"name": "judged", "judge": {"url": "http://10.0.0.7:30000", "kind": "sglang",
+                                     "api_key_secret": "judge-api-key"}}), "pending", 0, 0)
+    env = {e["name"]: e for e in containers(k8s_manifests.manifests(bare, settings))["rollout"]["env"]}
+    assert env["ASYNCWEBRL_JUDGE_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "rl-secrets"
+    plain = containers(k8s_manifests.manifests(job_of("embedded-cpu"), settings))["rollout"]
+    assert "ASYNCWEBRL_JUDGE_API_KEY" not in {e["name"] for e in plain["env"]}
+    assert not [a for a in plain["args"] if a.startswith("--judge")]
+    # The key itself is no field of the job.
+    with pytest.raises(ValueError):
+        JobSpec.model_validate({"name": "x", "judge": {"url": "https://j.example", "api_key": "sk-1"}})
+    for url in ("ftp://j.example", "https://j.example/v1?key=sk-1", "https://" + "a" * 600):
+        with pytest.raises(ValueError):
+            JobSpec.model_validate({"name": "x", "judge": {"url": url}})
 
 
 def test_pod_args_are_the_local_launchers_with_the_pod_differences(tmp_path):

@@ -242,3 +242,34 @@ def test_a_restarted_api_resumes_its_running_jobs(api):
         assert not any(p["running"] for p in job_get(second, jid)["processes"])
     finally:
         assert second.stop(timeout=90) == 0, second.logs()[-3000:]
+
+
+async def test_a_jobs_judge_key_reaches_the_gateway_in_its_environment_never_on_argv(tmp_path, monkeypatch):
+    """Locally the api passes its own ASYNCWEBRL_JUDGE_API_KEY to the gateways; the job names only where
+    the key is, and the gateway's command line (which `ps` shows) never holds it."""
+    import types
+
+    from asyncwebrl.api.children import Child
+    from asyncwebrl.api.config import ApiConfig
+    from asyncwebrl.api.jobargs import rollout_args
+    from asyncwebrl.api.jobspec import JobSpec
+    from asyncwebrl.api.launcher import LocalLauncher
+    from asyncwebrl.api.store import Job
+    from asyncwebrl.common.config import parse_config, redacted
+    from asyncwebrl.rollout.config import RolloutConfig
+
+    key = "sk-local-judge-key-value"
+    monkeypatch.setenv("ASYNCWEBRL_JUDGE_API_KEY", key)
+    config = ApiConfig(run_dir=str(tmp_path), allow_no_token=True, weightsync_target="127.0.0.1:50065")
+    launcher = LocalLauncher(config, store=types.SimpleNamespace(redis=None, prefix="t:"))
+    spec = JobSpec.model_validate({"name": "judged", "judge": {
+        "url": "http://127.0.0.1:9", "kind": "openai", "model": "m", "api_key_secret": "judge-api-key",
+        "concurrency": 3, "timeout_s": 5, "retries": 1}})
+    args = rollout_args(config, Job("judged-0a1b2c", spec, "pending", 0, 0), tmp_path / "model")
+    env = launcher.env_for(Child("rollout", ["rollout", *args], tmp_path / "rollout.log"))
+    assert env["ASYNCWEBRL_JUDGE_API_KEY"] == key
+    assert not any(key in a for a in args)
+    parsed = parse_config(RolloutConfig, args, environ=env)
+    assert (parsed.judge_url, parsed.judge_concurrency, parsed.judge_retries, parsed.judge_api_key) == (
+        "http://127.0.0.1:9", 3, 1, key)
+    assert redacted(parsed)["judge_api_key"] == "***", "the key is masked where the config is logged"

@@ -110,7 +110,7 @@ def write_archives(run_dir: pathlib.Path, job_id: str) -> dict:
     scroll = {"action": "scroll", "direction": "down", "coordinate": [500, 700]}
     bad = buffer_pb2.EpisodeRecord(
         episode_id="g1-e1", reward=0.0, success=False, length=2, finish_reason="step_limit", judged=True,
-        judge_text="judge says: " + INJECTION, steps=[
+        judge_text="judge says: " + INJECTION, judge_latency_s=1.2, steps=[
             _step(INJECTION, {"action": "wait", "seconds": 0}, refs[0], invalid=True),
             _step("Scrolling. " + tool_call(scroll), scroll, refs[0]),
         ])
@@ -397,6 +397,7 @@ async def test_viewer_page_in_chromium(api, job, browser, tmp_path):
     assert await page.text_content("#step-text") == INJECTION
     assert await page.get_attribute("#step-invalid", "data-invalid") == "1"
     assert (await page.text_content("#judge-text")).endswith(INJECTION)
+    assert await page.text_content("#judge-verdict") == "Verdict FAIL · 1.20 s", "latency beside the verdict"
     await page.wait_for_timeout(300)
     assert await page.evaluate("window.__pwned") is None
     assert await page.evaluate("document.querySelectorAll('script').length") == 1

@@ -150,3 +150,21 @@ async def test_released_blobs_live_through_the_grace_and_can_be_referenced_again
         assert await blobs.refs(job, ref.sha256) == 1 and await blobs.deadline_ms(job, ref.sha256) is None
     finally:
         await redis.aclose()
+
+
+def test_a_judges_latency_is_bounded():
+    """judge_latency_s (seconds the judge took for an episode's verdict) is kept; NaN, negative or absurd is
+    INVALID_ARGUMENT, as for the other numbers of a record."""
+    import math
+
+    from asyncwebrl.buffer.errors import InvalidArgument
+
+    limits = BufferConfig().limits
+    ref = env_pb2.ScreenshotRef(sha256="a" * 64, width=8, height=8, mime="image/png", size_bytes=10)
+    group = make_group("j", [ref])
+    group.episodes[0].judged, group.episodes[0].judge_latency_s = True, 2.5
+    check_group(group, limits, 0)
+    for bad in (-1.0, math.nan, 1e9):
+        group.episodes[0].judge_latency_s = bad
+        with pytest.raises(InvalidArgument, match="judge_latency_s"):
+            check_group(group, limits, 0)

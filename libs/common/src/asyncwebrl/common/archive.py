@@ -79,6 +79,7 @@ def episode_document(group: buffer_pb2.Group, episode: buffer_pb2.EpisodeRecord,
         "seed": group.seed, "success": episode.success, "reward": episode.reward, "raw_reward": episode.raw_reward,
         "length": episode.length,
         "finish_reason": episode.finish_reason, "judged": episode.judged, "judge_text": episode.judge_text[:MAX_TEXT],
+        "judge_latency_s": round(episode.judge_latency_s, 3),
         "version": version, "unix": time.time(), "steps": steps,
     }
 

@@ -28,7 +28,7 @@ class StepRecord(_message.Message):
     def __init__(self, prompt_ids: _Optional[_Iterable[int]] = ..., screenshots: _Optional[_Iterable[_Union[_env_pb2.ScreenshotRef, _Mapping]]] = ..., output_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., versions: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., action: _Optional[str] = ..., invalid_action: _Optional[bool] = ...) -> None: ...
 
 class EpisodeRecord(_message.Message):
-    __slots__ = ("episode_id", "steps", "reward", "success", "length", "finish_reason", "judged", "judge_text", "raw_reward")
+    __slots__ = ("episode_id", "steps", "reward", "success", "length", "finish_reason", "judged", "judge_text", "raw_reward", "judge_latency_s")
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class EpisodeRecord(_message.Message):
     JUDGED_FIELD_NUMBER: _ClassVar[int]
     JUDGE_TEXT_FIELD_NUMBER: _ClassVar[int]
     RAW_REWARD_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
     episode_id: str
     steps: _containers.RepeatedCompositeFieldContainer[StepRecord]
     reward: float
@@ -47,7 +48,8 @@ class EpisodeRecord(_message.Message):
     judged: bool
     judge_text: str
     raw_reward: float
-    def __init__(self, episode_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRecord, _Mapping]]] = ..., reward: _Optional[float] = ..., success: _Optional[bool] = ..., length: _Optional[int] = ..., finish_reason: _Optional[str] = ..., judged: _Optional[bool] = ..., judge_text: _Optional[str] = ..., raw_reward: _Optional[float] = ...) -> None: ...
+    judge_latency_s: float
+    def __init__(self, episode_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRecord, _Mapping]]] = ..., reward: _Optional[float] = ..., success: _Optional[bool] = ..., length: _Optional[int] = ..., finish_reason: _Optional[str] = ..., judged: _Optional[bool] = ..., judge_text: _Optional[str] = ..., raw_reward: _Optional[float] = ..., judge_latency_s: _Optional[float] = ...) -> None: ...
 
 class Group(_message.Message):
     __slots__ = ("group_id", "job_id", "task", "seed", "difficulty", "episodes", "created_unix_ms")

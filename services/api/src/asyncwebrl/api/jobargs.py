@@ -106,7 +106,18 @@ def gateway_args(config: ApiConfig, spec: JobSpec, job_id: str, model: pathlib.P
         "--max-concurrent-episodes", str(r.concurrency), "--temperature", str(r.temperature),
         "--max-new-tokens", str(r.max_new_tokens), "--seed", str(seed), "--split", split,
         "--steps-easy", str(r.steps_easy), "--steps-medium", str(r.steps_medium), "--steps-hard", str(r.steps_hard),
-        "--reward", spec.algorithm.reward]
+        "--reward", spec.algorithm.reward, *judge_args(spec)]
+
+
+def judge_args(spec: JobSpec) -> list[str]:
+    """The job's judge as gateway flags. Never its key: that reaches the gateway as ASYNCWEBRL_JUDGE_API_KEY
+    (the local launcher passes the api's own; in Kubernetes a secretKeyRef, ``k8s_manifests.judge_env``)."""
+    j = spec.judge
+    if j is None:
+        return []
+    return ["--judge-url", j.url, "--judge-kind", j.kind, *(["--judge-model", j.model] if j.model else []),
+            "--judge-concurrency", str(j.concurrency), "--judge-timeout-s", str(j.timeout_s),
+            "--judge-retries", str(j.retries)]
 
 
 def eval_engine_args(config: ApiConfig, job: Job, model: pathlib.Path, port: int, eval_job: str,

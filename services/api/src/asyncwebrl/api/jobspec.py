@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from asyncwebrl.common.rewards import REWARD_MODES
 from asyncwebrl.common.tasks import DIFFICULTIES
+from asyncwebrl.common.tasksets import NAME as TASKSET_NAME
 
 NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"  # also a DNS label, so workloads can carry it
 TASK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}){1,3}$"  # source/name, webgym-lite/<site>/<template>
@@ -65,6 +66,13 @@ class TaskSpec(_Strict):
     eval_seed: int = Field(4242, ge=0, le=2**31 - 1, validate_default=True,  # train_seed 4242 alone is refused
                            description="Seed of the held-out evaluation episodes; must differ from train_seed.")
     eval_groups: int = Field(16, ge=1, le=1024, description="Groups of the test split run by evaluate.")
+    taskset: str = Field("", pattern=f"^$|{TASKSET_NAME}", max_length=64, description="A task set registered "
+                         "with POST /v1/tasksets (WebGym tasks; empty: none): training draws from its train split, "
+                         "evaluation from test and test_ood. Must exist when the job is submitted. "
+                         "`difficulties` applies to it too (by each task's band).")
+    taskset_difficulties: list[Annotated[int, Field(ge=1, le=10)]] = Field(
+        default_factory=list, max_length=10, description="With `taskset`: only tasks of these 1-10 levels "
+                                                         "(WebGym's difficulty); empty: every level.")
 
     @field_validator("eval_seed")
     @classmethod
@@ -143,6 +151,32 @@ class ResourceSpec(_Strict):
                               "many replicas on CPU (an HPA), each running rollout.concurrency episodes.")
 
 
+JUDGE_URL = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"  # as the gateway's --judge-url accepts it
+# A key of the release's Secret (--k8s-secret), or <secret>/<key> for a key of another Secret.
+SECRET_KEY_REF = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[-._a-zA-Z0-9]{1,253}$"
+
+
+class JudgeSpec(_Strict):
+    """The judge of rubric tasks: a vision-language model behind an HTTP endpoint. Its key is never
+    in the job: ``api_key_secret`` names where it is."""
+
+    url: str = Field(..., min_length=8, max_length=512, pattern=JUDGE_URL,
+                     description="Judge endpoint (http or https), without the API path.")
+    kind: Literal["sglang", "openai"] = Field("openai", description="sglang: SGLang's /generate; openai: an "
+                                              "OpenAI-compatible /v1/chat/completions.")
+    model: str = Field("", max_length=256, pattern=r"^[A-Za-z0-9_.:/@+-]*$",
+                       description="Model name sent to an OpenAI-compatible judge.")
+    api_key_secret: str = Field("", max_length=507, pattern=r"^$|^" + SECRET_KEY_REF[1:],
+                                description="Where the judge's key is, never the key itself: Kubernetes, a key "
+                                "of the release's Secret (`judge-api-key`) or `<secret>/<key>` of another "
+                                "Secret; locally, the api's own ASYNCWEBRL_JUDGE_API_KEY is passed on. Empty: "
+                                "no key.")
+    concurrency: int = Field(8, ge=1, le=256, description="Calls to the judge at once, per gateway.")
+    timeout_s: float = Field(120.0, ge=1, le=3600, description="Timeout of one call to the judge.")
+    retries: int = Field(3, ge=0, le=10, description="Times a call that timed out, could not connect or was "
+                         "answered 5xx/429 is made again (exponential backoff); then the episode is void.")
+
+
 class EvaluateRequest(_Strict):
     """``POST /v1/jobs/{id}/evaluate``: the test split with one version of the policy."""
 
@@ -161,3 +195,4 @@ class JobSpec(_Strict):
     algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    judge: JudgeSpec | None = Field(None, description="The judge of rubric tasks; absent: no judge.")

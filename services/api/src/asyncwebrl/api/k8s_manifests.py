@@ -128,6 +128,21 @@ def _secret_env(settings: K8sSettings, kind: str) -> list[dict]:
             for env, (key, optional) in SECRET_ENV[kind].items()]
 
 
+JUDGE_KEY_ENV = "ASYNCWEBRL_JUDGE_API_KEY"
+JUDGE_KEY = "judge-api-key"  # the conventional key of the release's Secret
+
+
+def judge_env(job: Job, settings: K8sSettings) -> list[dict]:
+    """The judge's key for a gateway, by reference: ``judge.api_key_secret`` names a key of the release's
+    Secret or ``<secret>/<key>``. Required: a pod whose judge key is missing does not start, rather than
+    judging with none."""
+    ref = job.spec.judge.api_key_secret if job.spec.judge else ""
+    if not ref:
+        return []
+    name, key = ref.split("/", 1) if "/" in ref else (settings.secret, ref)
+    return [{"name": JUDGE_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": key, "optional": False}}}]
+
+
 def _torch_threads_env(container: str) -> dict:
     """torch's threads from the container's CPU limit (rounded up): in a pod torch would count the node's
     cores and run many more threads than it has CPU. The local launcher passes --torch-threads instead."""
@@ -299,6 +314,7 @@ def trainer_manifest(job: Job, settings: K8sSettings, role: str, args: list[str]
 def rollout_manifest(job: Job, settings: K8sSettings, role: str, args: list[str]) -> dict:
     container = _service_container(settings, role, settings.image_rollout, ["python", "-m", "asyncwebrl.rollout"],
                                    args, settings.rollout_resources, 0)
+    container["env"] += judge_env(job, settings)
     if role == "warm-rollout":  # it ends after its demonstrations
         return _job(settings, job.job_id, role, _pod_spec(settings, container, gpu=False, shm=False,
                                                           restart="Never"))
@@ -367,6 +383,7 @@ def eval_manifests(job: Job, settings: K8sSettings, n: int, eval_job: str, versi
                                    ["python", "-m", "asyncwebrl.rollout"],
                                    eval_gateway_args(settings, job, model, eval_job, group_size, groups),
                                    settings.rollout_resources, 0)
+    container["env"] += judge_env(job, settings)
     gateway = _job(settings, job.job_id, "eval-rollout",
                    _pod_spec(settings, container, gpu=False, shm=False, restart="Never"), extra)
     return [engine, gateway]

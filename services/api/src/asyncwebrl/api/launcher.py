@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pathlib
 
 import grpc
@@ -192,6 +193,8 @@ class LocalLauncher:
             "ASYNCWEBRL_AUTH_TOKEN": config.auth_token,
             "ASYNCWEBRL_REDIS_PASSWORD": config.redis_password,
             "ASYNCWEBRL_REGISTRY_REDIS_PASSWORD": config.redis_password,
+            # A job's judge key (judge.api_key_secret) is the api's own, in the environment, never on argv.
+            "ASYNCWEBRL_JUDGE_API_KEY": os.environ.get("ASYNCWEBRL_JUDGE_API_KEY", ""),
         }.items() if v}
         # Only the engines get their own key (their --api-key); the gateways send ASYNCWEBRL_ENGINE_API_KEY.
         self.engine_env = {**self.child_env, **({"ASYNCWEBRL_API_KEY": config.engine_api_key}

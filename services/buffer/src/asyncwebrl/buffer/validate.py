@@ -24,6 +24,7 @@ NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 FINISH_REASON = re.compile(r"^[a-z_]{0,32}$")
 MAX_TASK_CHARS = 256
 MAX_REWARD = 1e6
+MAX_JUDGE_LATENCY_S = 86400.0  # a day: far beyond any episode timeout
 # Logprobs are <= 0; a little above tolerates rounding in the engine.
 MAX_LOGPROB = 1e-3
 
@@ -104,6 +105,7 @@ def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -
             or abs(episode.raw_reward) > MAX_REWARD
             or not FINISH_REASON.match(episode.finish_reason)
             or len(episode.judge_text) > limits.max_text_chars
+            or not 0 <= episode.judge_latency_s <= MAX_JUDGE_LATENCY_S
             or not 1 <= n_steps <= limits.max_steps
             or episode.length != n_steps
         ):
@@ -193,6 +195,8 @@ def _check_slowly(group: buffer_pb2.Group, limits: Limits, trainer_version: int)
             raise InvalidArgument(f"{where}.finish_reason", "must match [a-z_]{0,32}")
         if len(episode.judge_text) > limits.max_text_chars:
             raise InvalidArgument(f"{where}.judge_text", f"longer than {limits.max_text_chars} characters")
+        if not 0 <= episode.judge_latency_s <= MAX_JUDGE_LATENCY_S:  # also refuses NaN
+            raise InvalidArgument(f"{where}.judge_latency_s", f"must be in [0, {MAX_JUDGE_LATENCY_S:g}]")
         if not 1 <= len(episode.steps) <= limits.max_steps:
             raise InvalidArgument(f"{where}.steps", f"count {len(episode.steps)} outside [1, {limits.max_steps}]")
         if episode.length != len(episode.steps):

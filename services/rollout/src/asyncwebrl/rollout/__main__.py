@@ -36,8 +36,10 @@ async def serve(config: RolloutConfig) -> None:
     client = InferenceClient(Registry(redis, config.key_prefix, config.job_id, ttl_s=config.registry_ttl_s),
                              api_key=config.engine_api_key, timeout_s=config.generate_timeout_s)
     rubrics = load_rubrics(config.rubrics) if config.rubrics else {}
-    judge = Judge(config.judge_url, config.judge_kind, config.judge_api_key, config.judge_model) \
-        if config.judge_url else None
+    judge = Judge(config.judge_url, config.judge_kind, config.judge_api_key, config.judge_model,
+                  timeout_s=config.judge_timeout_s, concurrency=config.judge_concurrency,
+                  retries=config.judge_retries, backoff_s=config.judge_backoff_s,
+                  backoff_cap_s=config.judge_backoff_cap_s) if config.judge_url else None
     gateway = Gateway(config, env_pb2_grpc.EnvServiceStub(env_channel), buffer_pb2_grpc.BufferServiceStub(buffer_channel),
                       BlobStore(redis, config.key_prefix), client, load_policy_io(config.model_path), judge, rubrics)
     await gateway.load_tasks()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from asyncwebrl.common.rewards import REWARD_MODES
 from asyncwebrl.common.config import option, require
 from asyncwebrl.common.keys import is_job_id
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.common.service_config import ServiceConfig
+
+JUDGE_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+MAX_URL = 512
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -52,7 +56,15 @@ class RolloutConfig(ServiceConfig):
     judge_url: str = option("", "Judge endpoint for rubric tasks (SGLang /generate or OpenAI-compatible).")
     judge_kind: str = option("sglang", "sglang or openai.")
     judge_model: str = option("", "Model name sent to an OpenAI-compatible judge.")
-    judge_api_key: str = dataclasses.field(default="", metadata={"help": "API key of the judge.", "secret": True})
+    judge_api_key: str = dataclasses.field(
+        default="", metadata={"help": "API key of the judge (sent as a bearer token).", "secret": True}
+    )
+    judge_concurrency: int = option(8, "Calls to the judge at once (more wait for a slot).")
+    judge_timeout_s: float = option(120.0, "Timeout of one call to the judge.")
+    judge_retries: int = option(3, "Times a call to the judge is made again after a timeout, a refused "
+                                "connection or a 5xx/429 answer; then the episode is void (judge_unavailable).")
+    judge_backoff_s: float = option(1.0, "First pause before a judge call is made again; doubles each time.")
+    judge_backoff_cap_s: float = option(30.0, "Longest pause between calls to the judge.")
     demonstrations: bool = option(
         False, "Write the reference agent's episodes (envfleet's Oracle) as the tool calls the policy should "
         "have written, instead of sampling the policy: data for a trainer with --objective sft.",
@@ -77,6 +89,14 @@ class RolloutConfig(ServiceConfig):
         require(0 <= self.env_retries <= 5, "env_retries", "must be in [0, 5]")
         require(self.split in ("any", "train", "test"), "split", f"must be any, train or test, got {self.split!r}")
         require(self.judge_kind in ("sglang", "openai"), "judge_kind", "must be sglang or openai")
+        require(not self.judge_url or bool(JUDGE_URL.match(self.judge_url)) and len(self.judge_url) <= MAX_URL,
+                "judge_url", f"must be an http(s) URL of at most {MAX_URL} characters")
+        require(1 <= self.judge_concurrency <= 256, "judge_concurrency", "must be in [1, 256]")
+        require(1 <= self.judge_timeout_s <= 3600, "judge_timeout_s", "must be in [1, 3600]")
+        require(0 <= self.judge_retries <= 10, "judge_retries", "must be in [0, 10]")
+        require(0 <= self.judge_backoff_s <= 60, "judge_backoff_s", "must be in [0, 60]")
+        require(self.judge_backoff_s <= self.judge_backoff_cap_s <= 600, "judge_backoff_cap_s",
+                "must be in [judge_backoff_s, 600]")
         require(self.reward in REWARD_MODES, "reward", f"must be one of {', '.join(REWARD_MODES)}")
         require(not self.rubrics or bool(self.judge_url), "judge_url", "rubric tasks need a judge endpoint")
         require(set(self.difficulties) <= {"easy", "medium", "hard"} and self.difficulties, "difficulties",

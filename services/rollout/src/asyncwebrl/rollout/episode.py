@@ -160,7 +160,7 @@ async def run_episode(
             pass  # the lease expires on its own
     if not steps:
         raise EnvFault("the episode ended before its first step")
-    judged, judge_text = False, ""
+    judged, judge_text, judge_latency = False, "", 0.0
     if rubric is not None:
         # Only an answered episode is judged; any other end is a failure.
         reward = 0.0
@@ -170,7 +170,7 @@ async def run_episode(
             if any(d is None for d in data):
                 raise EnvFault("a final screenshot expired before judging")
             verdict = await judge.judge(instruction, rubric, answer, [(s.mime, d) for s, d in zip(last, data)])
-            reward, judged, judge_text = float(verdict.passed), True, verdict.text
+            reward, judged, judge_text, judge_latency = float(verdict.passed), True, verdict.text, verdict.latency_s
             metrics.JUDGED.labels("pass" if verdict.passed else "fail").inc()
     success = succeeded(reward)
     metrics.EPISODES.labels("success" if success else "failure").inc()
@@ -178,4 +178,4 @@ async def run_episode(
     metrics.RAW_REWARD.observe(reward)
     return buffer_pb2.EpisodeRecord(episode_id=episode_id, steps=steps, reward=trained_reward(reward, reward_mode),
                                     raw_reward=reward, success=success, length=len(steps), finish_reason=finish,
-                                    judged=judged, judge_text=judge_text)
+                                    judged=judged, judge_text=judge_text, judge_latency_s=judge_latency)

@@ -35,3 +35,13 @@ RAW_REWARD = Histogram("asyncwebrl_rollout_raw_reward", "The task's own reward o
                        buckets=(-1, -0.5, -1e-9, 0, 0.5, 1))
 EPISODES_LOST = Counter("asyncwebrl_rollout_episodes_lost_total", "Episodes left out of their group after a fault "
                         "(the rest of the group is still trained when at least two remain), by reason.", ["reason"])
+JUDGE_CALLS = Counter("asyncwebrl_rollout_judge_calls_total", "HTTP calls to the judge, by result: ok (a verdict), "
+                      "unparseable (a reply that is no verdict), timeout, refused (no connection), http_5xx, "
+                      "http_429, http_error (any other status: not retried), bad_reply (not the API's shape).",
+                      ["result"])
+JUDGE_SECONDS = Histogram("asyncwebrl_rollout_judge_seconds", "Latency of one HTTP call to the judge.",
+                          buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300))
+JUDGE_IN_FLIGHT = Gauge("asyncwebrl_rollout_judge_in_flight", "Calls to the judge under way (at most "
+                        "--judge-concurrency).")
+JUDGE_RETRIES = Counter("asyncwebrl_rollout_judge_retries_total", "Calls to the judge repeated after a timeout, a "
+                        "refused connection, or a 5xx or 429 answer (exponential backoff).")

@@ -267,7 +267,7 @@ def fault_reason(fault: BaseException) -> str:
     if isinstance(fault, EnvFault):
         return "env_error"
     if isinstance(fault, JudgeError):
-        return "judge_error"
+        return fault.reason  # judge_unparseable | judge_unavailable
     if isinstance(fault, NoDemonstration):
         return "no_demonstration"
     if isinstance(fault, BadGeneration):
