@@ -51,6 +51,11 @@ def verdict(rows: list[dict], steps: int, stalled: bool) -> dict:
         "entropy_last_third": weighted_mean(third(rows, "last"), "entropy"),
         "min_ess": _extreme(rows, "ess", min), "max_approx_kl": _extreme(rows, "approx_kl", max),
         "max_grad_norm": _extreme(rows, "grad_norm", max),
+        # The trust region (max_step_kl): steps it undid at least once, halvings in all, steps it skipped.
+        "max_step_kl": _extreme(rows, "step_kl", max),
+        "steps_backtracked": sum(1 for r in rows if r.get("backtracks")),
+        "backtracks": sum(r.get("backtracks") or 0 for r in rows),
+        "steps_skipped": sum(1 for r in rows if r.get("step_skipped")),
         "collapsed": bool(stalled or fell),
     }
 

@@ -152,15 +152,26 @@ def learning_section(doc, results, out) -> tuple[list[str], list]:
              f"{w['step_limit']}, {w['warm_start_steps']} warm-start steps, then {w['steps']} RL steps) on "
              f"{doc['seeds']} seeds from one warm-start. Collapsed: {doc['collapse_rule']}.", ""]
     lines += table(["seed", "steps", "success, first third", "success, last third", "invalid actions, last third",
-                    "entropy, first -> last", "min ESS", "max approx KL", "max grad norm", "collapsed"],
+                    "entropy, first -> last", "min ESS", "max approx KL", "max step KL", "steps backtracked",
+                    "steps skipped", "max grad norm", "collapsed"],
                    [[str(r["seed"]), str(r["steps"]), f(r["success_first_third"]), f(r["success_last_third"]),
                      f(r["invalid_last_third"]), f"{f(r['entropy_first_third'])} -> {f(r['entropy_last_third'])}",
-                     f(r["min_ess"]), f(r["max_approx_kl"], ".3f"), f(r["max_grad_norm"]), f(r["collapsed"])]
+                     f(r["min_ess"]), f(r["max_approx_kl"], ".3f"), f(r.get("max_step_kl"), ".4f"),
+                     str(r.get("steps_backtracked", "-")), str(r.get("steps_skipped", "-")), f(r["max_grad_norm"]),
+                     f(r["collapsed"])]
                     for r in doc["per_seed"]])
     lines += [f"**{doc['collapses']} of {doc['seeds']} seeds collapsed** (target: {doc['target_collapses']}). "
               f"Training success, last third minus first third: {f(doc['success_gain_mean'], '+.2f')} "
               f"(standard error over seeds {f(doc['success_gain_se'])}).", "",
-              provenance(doc, "learning", results), ""] + plot_line(results, "learning", out)
+              provenance(doc, "learning", results), ""]
+    before = doc.get("before_trust_region")
+    if before:
+        jumps = ", ".join(f(r["max_approx_kl"], ".2f") for r in before["per_seed"] if r["collapsed"])
+        seeds = ", ".join(f"{f(r['success_first_third'])} -> {f(r['success_last_third'])}" for r in before["per_seed"])
+        lines += [f"Before the trust region (`max_step_kl`; {before['date'][:10]}, `{before['command']}`): "
+                  f"**{before['collapses']} of {before['seeds']} seeds collapsed**, each after a step whose approx "
+                  f"KL reached {jumps}; per seed, success first -> last third: {seeds}.", ""]
+    lines += plot_line(results, "learning", out)
     return lines, ["learning", f"collapsed seeds of {doc['seeds']} (demo recipe)", str(doc["collapses"]),
                    str(doc["target_collapses"]), f(doc["collapses"] <= doc["target_collapses"])]
 
