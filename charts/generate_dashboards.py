@@ -271,8 +271,11 @@ def envfleet() -> Board:
         desc="Screenshot writes that met the buffer's byte budget: waited, then refused.")
     b.row("Faults and host policy")
     b.ts("Environment faults by kind", [
-        q(f"sum by (kind) (rate(asyncwebrl_envfleet_env_faults_total[{RI}]))", "{{kind}}")], "ops", w=8,
-        desc="Episodes voided by a browser or page crash or a failed step.")
+        q(f"sum by (kind) (rate(asyncwebrl_envfleet_env_faults_total[{RI}]))", "{{kind}}"),
+        q(f"sum by (kind) (rate(asyncwebrl_envfleet_site_unreachable_total[{RI}]))", "site unreachable: {{kind}}")],
+        "ops", w=8,
+        desc="Episodes voided by a browser or page crash or a failed step; live-website tasks whose start page "
+             "could not be loaded (UNAVAILABLE at Allocate, no episode).")
     b.ts("Blocked requests by reason", [
         q(f"sum by (reason) (rate(asyncwebrl_envfleet_blocked_requests_total[{RI}]))", "{{reason}}")], "ops", w=8,
         desc="Requests, navigations and windows the per-task host allowlist refused.")

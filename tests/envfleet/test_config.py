@@ -35,6 +35,10 @@ def test_buffer_target_from_flag_or_environment(chromium_path):
     (["--buffer-target", "b:1", "--buffer-timeout-s", "0"], "buffer_timeout_s"),
     (["--buffer-target", "b:1", "--redis-url", "redis://r:6379/0"], "unrecognized arguments: --redis-url"),
     (["--buffer-target", "b:1", "--blob-ttl-s", "60"], "unrecognized arguments: --blob-ttl-s"),
+    (["--buffer-target", "b:1", "--resolve-host-map", "shop.test"], "resolve_host_map"),
+    (["--buffer-target", "b:1", "--resolve-host-map", "127.0.0.2=127.0.0.1"], "resolve_host_map"),
+    (["--buffer-target", "b:1", "--chromium-extra-flags", "--host-resolver-rules=MAP * 127.0.0.1"],
+     "chromium_extra_flags"),
 ])
 def test_bad_or_redis_flags_exit_2(args, message, chromium_path, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -91,7 +91,7 @@ class ScreenshotOptions(_message.Message):
     def __init__(self, format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
-    __slots__ = ("task", "seed", "viewport", "screenshot", "include_elements", "job_id", "owner")
+    __slots__ = ("task", "seed", "viewport", "screenshot", "include_elements", "job_id", "owner", "web_task")
     TASK_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     VIEWPORT_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class AllocateRequest(_message.Message):
     INCLUDE_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    WEB_TASK_FIELD_NUMBER: _ClassVar[int]
     task: str
     seed: int
     viewport: Viewport
@@ -106,7 +107,20 @@ class AllocateRequest(_message.Message):
     include_elements: bool
     job_id: str
     owner: str
-    def __init__(self, task: _Optional[str] = ..., seed: _Optional[int] = ..., viewport: _Optional[_Union[Viewport, _Mapping]] = ..., screenshot: _Optional[_Union[ScreenshotOptions, _Mapping]] = ..., include_elements: _Optional[bool] = ..., job_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+    web_task: WebTask
+    def __init__(self, task: _Optional[str] = ..., seed: _Optional[int] = ..., viewport: _Optional[_Union[Viewport, _Mapping]] = ..., screenshot: _Optional[_Union[ScreenshotOptions, _Mapping]] = ..., include_elements: _Optional[bool] = ..., job_id: _Optional[str] = ..., owner: _Optional[str] = ..., web_task: _Optional[_Union[WebTask, _Mapping]] = ...) -> None: ...
+
+class WebTask(_message.Message):
+    __slots__ = ("task_id", "instruction", "start_url", "allowed_origins")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    START_URL_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_ORIGINS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    instruction: str
+    start_url: str
+    allowed_origins: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[str] = ..., instruction: _Optional[str] = ..., start_url: _Optional[str] = ..., allowed_origins: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScreenshotRef(_message.Message):
     __slots__ = ("sha256", "width", "height", "mime", "size_bytes")

@@ -7,6 +7,7 @@ import os
 
 from asyncwebrl.common.config import option, require
 from asyncwebrl.common.service_config import GrpcConfig, require_target
+from asyncwebrl.envfleet import security
 
 # Flags the project runs Chromium with everywhere (no sandbox: we run as root in
 # a container whose NetworkPolicy is the outer wall; no background traffic).
@@ -77,6 +78,14 @@ class EnvfleetConfig(GrpcConfig):
     static_task_dirs: tuple[str, ...] = option(
         (), "Directories of HTML pages served as tasks 'static/<dir name>/<page>' (the static source)."
     )
+    resolve_host_map: tuple[str, ...] = option(
+        (),
+        "FOR TESTS AND OFFLINE MIRRORS ONLY: NAME=IP pairs, comma-separated (shop.test=127.0.0.1), that Chromium "
+        "resolves as given (its --host-resolver-rules) and that live-website tasks (AllocateRequest.web_task) may "
+        "then use although the address is loopback or private. It is the only way a task's host may reach such an "
+        "address; every mapped name is logged as a warning at start. Never set it where the mapped addresses hold "
+        "anything an agent must not reach.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,6 +108,16 @@ class EnvfleetConfig(GrpcConfig):
         require(0 <= self.max_elements <= 5000, "max_elements", "must be in [0, 5000]")
         require(64 <= self.max_viewport <= 8192, "max_viewport", "must be in [64, 8192]")
         require(0 <= self.miniwob_episode_ms <= TIMER_OFF_MS, "miniwob_episode_ms", f"must be in [0, {TIMER_OFF_MS}]")
+        try:
+            security.parse_host_map(self.resolve_host_map)
+        except ValueError as exc:
+            require(False, "resolve_host_map", str(exc))
+        require(
+            not any(f.split("=", 1)[0] in ("--host-resolver-rules", "--proxy-server", "--proxy-pac-url")
+                    for f in self.chromium_extra_flags),
+            "chromium_extra_flags",
+            "must not change name resolution or proxies (--resolve-host-map is the one, logged, way)",
+        )
         for source in self.task_sources:
             require(source in ("miniwob", "webgym-lite", "static"), "task_sources", f"unknown source {source!r}")
         for d in self.static_task_dirs:
@@ -108,6 +127,10 @@ class EnvfleetConfig(GrpcConfig):
             "static_task_dirs",
             "the static source needs at least one directory",
         )
+
+    @property
+    def host_map(self) -> dict[str, str]:
+        return security.parse_host_map(self.resolve_host_map)
 
     @property
     def slots(self) -> int:

@@ -36,3 +36,13 @@ class Unavailable(EnvError):
 class BufferRejected(EnvError):
     """The buffer refused a screenshot for a reason waiting cannot fix: a bug or a misconfiguration
     (INVALID_ARGUMENT, UNAUTHENTICATED); INTERNAL to the caller, with what to check."""
+
+
+class SiteUnreachable(Unavailable):
+    """A live-website task's start page could not be loaded (DNS, refused, timeout, HTTP 5xx): UNAVAILABLE,
+    an environment fault and not an episode; ``kind`` labels the metric."""
+
+    def __init__(self, url: str, kind: str, detail: str) -> None:
+        super().__init__(f"site unreachable: {url[:300]}: {detail[:200]}")
+        self.url = url
+        self.kind = kind

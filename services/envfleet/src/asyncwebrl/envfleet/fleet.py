@@ -12,25 +12,42 @@ import logging
 import time
 import uuid
 
-from playwright.async_api import Error as PlaywrightError
+from urllib.parse import urlsplit
 
-from asyncwebrl.envfleet import metrics, oracle
+from playwright.async_api import Error as PlaywrightError
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+from asyncwebrl.common import webgym
+from asyncwebrl.envfleet import metrics, oracle, security
 from asyncwebrl.envfleet.act import act
 from asyncwebrl.envfleet.actions import check
 from asyncwebrl.envfleet.blobs import BufferBlobs
 from asyncwebrl.envfleet.config import EnvfleetConfig
-from asyncwebrl.envfleet.errors import EnvFault, EpisodeOver, Exhausted, InvalidArgument, NotFound
+from asyncwebrl.envfleet.errors import EnvFault, EpisodeOver, Exhausted, InvalidArgument, NotFound, SiteUnreachable
 from asyncwebrl.envfleet.observe import Observer
 from asyncwebrl.envfleet.pool import Lease, Pool, Session
-from asyncwebrl.envfleet.tasks import TaskSource, TaskSpec
+from asyncwebrl.envfleet.tasks import WEB_SOURCE, TaskSource, TaskSpec, WebTaskSource
 from asyncwebrl.v1 import env_pb2
 
 log = logging.getLogger(__name__)
 
 
+def _unreachable_kind(exc: BaseException, text: str) -> str:
+    if isinstance(exc, (PlaywrightTimeout, asyncio.TimeoutError)) or "ERR_TIMED_OUT" in text:
+        return "timeout"
+    if "ERR_NAME_NOT_RESOLVED" in text or "ERR_NAME_RESOLUTION_FAILED" in text:
+        return "dns"
+    if "ERR_CONNECTION_REFUSED" in text or "ERR_CONNECTION_RESET" in text or "ERR_ADDRESS_UNREACHABLE" in text:
+        return "refused"
+    return "other"
+
+
 class Fleet:
     def __init__(self, config: EnvfleetConfig, blobs: BufferBlobs, sources: list[TaskSource]) -> None:
         self.config = config
+        self.host_map = config.host_map
+        # Live-website tasks arrive inline in Allocate (web_task); this source is always there and lists nothing.
+        self.web_source = WebTaskSource()
         self.blobs = blobs
         self.sources = sources
         self.tasks: dict[str, tuple[TaskSpec, TaskSource]] = {}
@@ -70,14 +87,19 @@ class Fleet:
         return [spec for spec, _ in self.tasks.values() if not source or spec.source == source]
 
     async def allocate(self, request: env_pb2.AllocateRequest) -> tuple[Session, env_pb2.Observation]:
-        if request.task not in self.tasks:
+        if request.HasField("web_task"):
+            spec, source = self._web_task(request)
+        elif request.task not in self.tasks:
             raise NotFound(f"task {request.task[:200]!r} is not served here (ListTasks shows what is)")
-        spec, source = self.tasks[request.task]
+        else:
+            spec, source = self.tasks[request.task]
         width, height = self._viewport(request, spec)
         fmt, quality = self._screenshot_options(request)
         if len(request.job_id) > 64 or not all(c.isalnum() or c in "-_" for c in request.job_id):
             raise InvalidArgument("job_id", "must match [A-Za-z0-9_-]{0,64}")
         self.renew(request.owner)
+        if source.live:
+            await self._resolve_web_task(spec)
         host = self.pool.reserve(spec.name)
         if host is None:
             metrics.ALLOCATIONS.labels("exhausted").inc()
@@ -107,7 +129,7 @@ class Fleet:
             lease.session = session
             if not warm:
                 session.episode = await source.open_episode(lease.context, spec, request.seed)
-                await lease.page.goto(source.url(spec, request.seed, session.episode), wait_until="load")
+                await self._load(lease.page, source, source.url(spec, request.seed, session.episode))
             instruction = await source.begin(lease.page, spec, request.seed, session.episode)
             session.instruction = str(instruction or "")[:4096]
             observation = await self.observer.observe(session)
@@ -116,6 +138,11 @@ class Fleet:
             if session is not None:
                 source.close_episode(session.episode)
             self.pool.abandon(host, lease)
+            if isinstance(exc, SiteUnreachable):
+                metrics.ALLOCATIONS.labels("unreachable").inc()
+                metrics.SITE_UNREACHABLE.labels(exc.kind).inc()
+                log.warning("site unreachable", extra={"task": spec.name, "url": exc.url[:300], "kind": exc.kind})
+                raise
             metrics.ALLOCATIONS.labels("fault").inc()
             if isinstance(exc, (PlaywrightError, asyncio.TimeoutError)):
                 first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
@@ -125,6 +152,75 @@ class Fleet:
         metrics.ALLOCATIONS.labels("ok").inc()
         metrics.ALLOCATE_SECONDS.observe(time.perf_counter() - started)
         return session, observation
+
+    # ------------------------------------------------------------------ live-website tasks
+
+    def _web_task(self, request: env_pb2.AllocateRequest) -> tuple[TaskSpec, TaskSource]:
+        """The inline WebTask checked field by field (it is outside input) as a TaskSpec of the webgym source."""
+        task = request.web_task
+        host_map = self.host_map
+        if not 1 <= len(task.task_id) <= webgym.MAX_TASK_ID_CHARS or not all(
+            c.isprintable() and not c.isspace() for c in task.task_id
+        ):
+            raise InvalidArgument("web_task.task_id", f"must be 1-{webgym.MAX_TASK_ID_CHARS} printable characters "
+                                                      "without whitespace")
+        name = f"{WEB_SOURCE}/{task.task_id}"
+        if request.task not in ("", name):
+            raise InvalidArgument("task", f"must be empty or {name[:220]!r} when web_task is set")
+        if not task.instruction.strip() or len(task.instruction) > webgym.MAX_TASK_NAME:
+            raise InvalidArgument("web_task.instruction", f"must be 1-{webgym.MAX_TASK_NAME} characters, not blank")
+        if "\x00" in task.instruction:
+            raise InvalidArgument("web_task.instruction", "must not contain NUL")
+        problem = security.check_web_url(task.start_url, origin_only=False, max_chars=webgym.MAX_URL_CHARS,
+                                         host_map=host_map)
+        if problem is not None:
+            raise InvalidArgument("web_task.start_url", problem)
+        if len(task.allowed_origins) > webgym.MAX_ORIGINS:
+            raise InvalidArgument("web_task.allowed_origins", f"at most {webgym.MAX_ORIGINS} origins, "
+                                                              f"got {len(task.allowed_origins)}")
+        origins = []
+        for i, url in enumerate(task.allowed_origins):
+            problem = security.check_web_url(url, origin_only=True, max_chars=webgym.MAX_URL_CHARS, host_map=host_map)
+            if problem is not None:
+                raise InvalidArgument(f"web_task.allowed_origins[{i}]", problem)
+            origins.append(security.origin_of(url))
+        spec = TaskSpec(name, WEB_SOURCE, task.start_url, difficulty="", viewport=(1280, 720),
+                        description=task.instruction[:512], origins=tuple(origins), instruction=task.instruction)
+        return spec, self.web_source
+
+    async def _resolve_web_task(self, spec: TaskSpec) -> None:
+        """Every host of the task resolves to public addresses only (or is mapped); the start host resolves."""
+        timeout_s = self.config.navigation_timeout_ms / 1000
+        hosts = [("web_task.start_url", spec.url_path)]
+        hosts += [(f"web_task.allowed_origins[{i}]", o) for i, o in enumerate(spec.origins)]
+        for field, url in hosts:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+            try:
+                await security.resolve_public(host, port, timeout_s, self.host_map)
+            except ValueError as exc:
+                raise InvalidArgument(field, str(exc)) from None
+            except security.SiteUnresolved as exc:
+                if field != "web_task.start_url":
+                    continue  # an extra origin that does not resolve is only unreachable, not dangerous
+                metrics.ALLOCATIONS.labels("unreachable").inc()
+                metrics.SITE_UNREACHABLE.labels("dns").inc()
+                log.warning("site unreachable", extra={"task": spec.name, "url": url[:300], "kind": "dns"})
+                raise SiteUnreachable(url, "dns", str(exc)) from None
+
+    async def _load(self, page, source: TaskSource, url: str) -> None:
+        """Open the task's first page; for a live site, a load that fails is SiteUnreachable."""
+        if not source.live:
+            await page.goto(url, wait_until=source.wait_until)
+            return
+        try:
+            response = await page.goto(url, wait_until=source.wait_until)
+        except (PlaywrightError, asyncio.TimeoutError) as exc:
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SiteUnreachable(url, _unreachable_kind(exc, text), text) from exc
+        if response is not None and response.status >= 500:
+            raise SiteUnreachable(url, "http_5xx", f"HTTP {response.status} on the start page")
 
     def _viewport(self, request: env_pb2.AllocateRequest, spec: TaskSpec) -> tuple[int, int]:
         if not request.HasField("viewport"):

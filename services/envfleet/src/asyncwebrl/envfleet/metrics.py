@@ -33,3 +33,9 @@ EXPIRED = Counter("asyncwebrl_envfleet_expired_leases_total", "Idle sessions rec
 OWNER_LOST = Counter("asyncwebrl_envfleet_owner_lost_sessions_total", "Sessions reclaimed because their owner "
                      "stopped renewing (a gateway killed mid-episode): episodes lost.")
 WARM_RESETS = Counter("asyncwebrl_envfleet_warm_resets_total", "Episodes started by an in-page reset of a parked context.")
+SITE_UNREACHABLE = Counter(
+    "asyncwebrl_envfleet_site_unreachable_total",
+    "Live-website tasks (web_task) whose start page could not be loaded at Allocate, by kind (dns, refused, "
+    "timeout, http_5xx, other): environment faults answered UNAVAILABLE, never episodes.",
+    ["kind"],
+)

@@ -157,6 +157,11 @@ class Pool:
 
     async def start(self) -> None:
         self._chromium_home = tempfile.mkdtemp(prefix="asyncwebrl-chromium-home-")
+        for name, ip in self.config.host_map.items():
+            log.warning(
+                "--resolve-host-map: live-website tasks may reach %s at %s (tests and offline mirrors only)", name, ip,
+                extra={"host": name, "ip": ip},
+            )
         # Playwright's node driver copies os.environ when it starts; it gets none of our settings
         # (the token among them: the config holds what envfleet needs).
         ours = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("ASYNCWEBRL_")}
@@ -195,13 +200,17 @@ class Pool:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _resolver_flags(self) -> list[str]:
+        host_map = self.config.host_map
+        return [f"--host-resolver-rules={security.host_resolver_rules(host_map)}"] if host_map else []
+
     async def _launch(self, index: int) -> None:
         generation = (self.browsers[index].generation + 1) if self.browsers[index] else 0
         marker = f"--asyncwebrl-browser={os.getpid()}-{index}-{generation}"
         browser = await self._pw.chromium.launch(
             executable_path=self.config.chromium_path,
             headless=True,
-            args=[*CHROMIUM_FLAGS, *self.config.chromium_extra_flags, marker],
+            args=[*CHROMIUM_FLAGS, *self.config.chromium_extra_flags, *self._resolver_flags(), marker],
             timeout=30_000,
             env=chromium_env(self._chromium_home),
         )

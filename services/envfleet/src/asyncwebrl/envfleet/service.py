@@ -67,7 +67,7 @@ class EnvServicer(env_pb2_grpc.EnvServiceServicer):
         self.fleet = fleet
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: Exception):
-        code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
+        code = next((_STATUS[k] for k in type(exc).__mro__ if k in _STATUS), grpc.StatusCode.INTERNAL)
         await context.abort(code, str(exc))
 
     async def ListTasks(self, request, context):

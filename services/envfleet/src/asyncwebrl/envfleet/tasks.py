@@ -28,6 +28,9 @@ class TaskSpec:
     description: str = ""
     held_out: bool = False
     optimal_steps: int = 0
+    # Live-website tasks (WebTaskSource) only: extra allowed origins and the instruction, from the request.
+    origins: tuple[str, ...] = ()
+    instruction: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,6 +77,11 @@ class TaskSource(abc.ABC):
     warm_reset: bool = False
     # ms to wait after an input action for a navigation it may start (see EnvfleetConfig.settle_ms).
     settle_ms: int = 50
+    # How far Allocate loads the task page (Playwright's wait_until).
+    wait_until: str = "load"
+    # Pages on the open web (not our loopback servers): a start page that fails to load is UNAVAILABLE
+    # (SiteUnreachable), not an environment fault of ours.
+    live: bool = False
 
     @abc.abstractmethod
     def tasks(self) -> list[TaskSpec]: ...
@@ -236,3 +244,51 @@ class StaticSource(TaskSource):
         except (TypeError, ValueError):
             return Outcome(0.0, False, "unreadable outcome")
         return Outcome(_reward(reward), done is True)
+
+
+WEB_SOURCE = "webgym"
+
+
+class WebTaskSource(TaskSource):
+    """Live-website (WebGym) tasks passed inline in Allocate (``AllocateRequest.web_task``): no server of ours,
+    no task list, no reward in the page.
+
+    ``TaskSpec.url_path`` is the start URL; the host policy allows its origin and ``TaskSpec.origins``. The
+    episode ends on the agent's answer (or the caller's step limit); the caller's judge decides success, so
+    the outcome here is always reward 0 and never done by itself. Every episode gets a fresh context
+    (``warm_reset`` False): a live site leaves cookies and storage behind.
+    """
+
+    name = WEB_SOURCE
+    warm_reset = False
+    settle_ms = 150  # live pages navigate on most clicks
+    outcome_script = None
+    # Allocate loads the start page only to DOMContentLoaded: a live site's load event can wait on trackers.
+    wait_until = "domcontentloaded"
+    live = True
+
+    def tasks(self) -> list[TaskSpec]:
+        return []  # inline tasks only; ListTasks does not list them
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def url(self, task: TaskSpec, seed: int, episode: Any = None) -> str:
+        return task.url_path
+
+    def allowed_origins(self, task: TaskSpec) -> list[str]:
+        return [task.url_path, *task.origins]
+
+    async def begin(self, page: Any, task: TaskSpec, seed: int, episode: Any = None) -> str:
+        return task.instruction
+
+    def parse_outcome(self, raw: Any) -> Outcome:
+        return Outcome(0.0, False)
+
+    def episode_outcome(self, episode: Any, answer: str | None) -> Outcome:
+        if answer is not None:
+            return Outcome(0.0, True, "answered; success is decided by the caller's judge")
+        return Outcome(0.0, False)
