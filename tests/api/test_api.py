@@ -102,7 +102,8 @@ def _body(field: str, value) -> dict:
 
 
 def _bad_values(prop: dict) -> list:
-    kind = prop.get("type") or (prop.get("anyOf", [{}])[0].get("type"))
+    first = prop.get("anyOf", [{}])[0]
+    kind = prop.get("type") or first.get("type") or ("object" if "$ref" in first else None)  # an optional section
     wrong_type = {"x": 1} if kind != "object" else 5
     out = [wrong_type]
     if "maximum" in prop:

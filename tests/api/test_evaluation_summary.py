@@ -28,3 +28,15 @@ def test_lengths_of_successes_and_failures_per_task():
     assert a["success"] == 0.5 and a["mean_steps_failure"] == 6 and a["mean_steps_success"] == 2
     assert b["mean_steps_failure"] is None and b["success"] == 1.0
     assert s["by_difficulty"]["easy"]["episodes"] == 4
+
+
+def test_a_task_sets_out_of_distribution_tasks_are_reported_apart():
+    groups = [
+        buffer_pb2.Group(task="taskset/web/test/t1", difficulty="easy", episodes=[_episode(2, True)]),
+        buffer_pb2.Group(task="taskset/web/test_ood/t2", difficulty="hard", episodes=[_episode(4, False)]),
+        buffer_pb2.Group(task="taskset/web/test_ood/a/b", difficulty="hard", episodes=[_episode(3, True)]),
+    ]
+    s = summarise(groups)
+    assert s["by_split"]["test"]["success"] == 1.0 and s["by_split"]["test_ood"]["success"] == 0.5
+    assert s["by_split"]["test_ood"]["episodes"] == 2
+    assert "by_split" not in summarise([buffer_pb2.Group(task="miniwob/a", episodes=[_episode(1, True)])])

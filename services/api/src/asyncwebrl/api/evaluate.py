@@ -64,12 +64,17 @@ EvalProcesses = Callable[[EvalPlan], Awaitable[None]]
 
 def summarise(groups: list[buffer_pb2.Group]) -> dict:
     """Success and episode length (all, of successes, of failures) over all episodes, per
-    difficulty and per task."""
+    difficulty and per task, and for a task set's groups per split (``by_split``: test, test_ood)."""
     by: dict[str, list[buffer_pb2.EpisodeRecord]] = {}
     by_task: dict[str, list[buffer_pb2.EpisodeRecord]] = {}
+    by_split: dict[str, list[buffer_pb2.EpisodeRecord]] = {}
     for g in groups:
         by.setdefault(g.difficulty or "unknown", []).extend(g.episodes)
         by_task.setdefault(g.task or "unknown", []).extend(g.episodes)
+        # A task set's groups are named taskset/<set>/<split>/<id> (rollout.tasksets): test apart from test_ood.
+        parts = g.task.split("/", 3)
+        if len(parts) == 4 and parts[0] == "taskset":
+            by_split.setdefault(parts[2], []).extend(g.episodes)
     episodes = [e for eps in by.values() for e in eps]
 
     def mean(values: list[int]) -> float | None:
@@ -84,7 +89,8 @@ def summarise(groups: list[buffer_pb2.Group]) -> dict:
                 "valid_actions": sum(not s.invalid_action for s in steps) / len(steps) if steps else None}
 
     return {**stats(episodes), "groups": len(groups), "by_difficulty": {d: stats(e) for d, e in sorted(by.items())},
-            "by_task": {t: stats(e) for t, e in sorted(by_task.items())}}
+            "by_task": {t: stats(e) for t, e in sorted(by_task.items())},
+            **({"by_split": {k: stats(e) for k, e in sorted(by_split.items())}} if by_split else {})}
 
 
 def link_tree(src: pathlib.Path, dst: pathlib.Path) -> None:

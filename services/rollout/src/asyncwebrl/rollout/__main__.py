@@ -13,6 +13,7 @@ from asyncwebrl.common.inference import InferenceClient
 from asyncwebrl.common.main import service_main
 from asyncwebrl.common.redisclient import make_redis
 from asyncwebrl.common.registry import Registry
+from asyncwebrl.common.tasksets import TaskSetStore
 from asyncwebrl.rollout.config import RolloutConfig
 from asyncwebrl.rollout.episode import Policy
 from asyncwebrl.rollout.judge import Judge, load_rubrics
@@ -41,7 +42,8 @@ async def serve(config: RolloutConfig) -> None:
                   retries=config.judge_retries, backoff_s=config.judge_backoff_s,
                   backoff_cap_s=config.judge_backoff_cap_s) if config.judge_url else None
     gateway = Gateway(config, env_pb2_grpc.EnvServiceStub(env_channel), buffer_pb2_grpc.BufferServiceStub(buffer_channel),
-                      BlobStore(redis, config.key_prefix), client, load_policy_io(config.model_path), judge, rubrics)
+                      BlobStore(redis, config.key_prefix), client, load_policy_io(config.model_path), judge, rubrics,
+                      TaskSetStore(redis, config.key_prefix))
     await gateway.load_tasks()
     runner = ServiceRunner(config, [])
     runner.build_server()

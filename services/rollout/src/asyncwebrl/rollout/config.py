@@ -10,9 +10,11 @@ from asyncwebrl.common.config import option, require
 from asyncwebrl.common.keys import is_job_id
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.common.service_config import ServiceConfig
+from asyncwebrl.common.tasksets import NAME as TASKSET_NAME
 
 JUDGE_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 MAX_URL = 512
+DEFAULT_SOURCE = "webgym-lite"
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -30,7 +32,12 @@ class RolloutConfig(ServiceConfig):
         default="", metadata={"help": "API key of the inference endpoints.", "secret": True}
     )
     tasks: tuple[str, ...] = option((), "Tasks to sample from (comma-separated); empty: every task of --task-source.")
-    task_source: str = option("webgym-lite", "envfleet task source when --tasks is empty.")
+    task_source: str = option("", f"envfleet task source when --tasks is empty (empty: {DEFAULT_SOURCE}).")
+    taskset: str = option("", "A task set stored in Redis (POST /v1/tasksets; WebGym tasks served inline by envfleet "
+                          "and judged): --split train draws its train tasks, test its test and test_ood tasks, any "
+                          "all. Not with --tasks or --task-source; needs --judge-url.")
+    taskset_levels: tuple[str, ...] = option((), "With --taskset: only tasks of these 1-10 levels (comma-separated; "
+                                             "empty: every level). --difficulties applies too, by each task's band.")
     difficulties: tuple[str, ...] = option(("easy", "medium", "hard"), "Difficulties to sample (comma-separated).")
     include_held_out: bool = option(False, "Also sample tasks reserved for the out-of-distribution split.")
     group_size: int = option(8, "Episodes per GRPO group (same task, same seed).")
@@ -101,6 +108,24 @@ class RolloutConfig(ServiceConfig):
         require(not self.rubrics or bool(self.judge_url), "judge_url", "rubric tasks need a judge endpoint")
         require(set(self.difficulties) <= {"easy", "medium", "hard"} and self.difficulties, "difficulties",
                 "must be among easy, medium, hard")
+        require(not self.taskset or re.fullmatch(TASKSET_NAME, self.taskset) is not None, "taskset",
+                f"must match {TASKSET_NAME}")
+        require(all(re.fullmatch(r"[1-9]|10", v) for v in self.taskset_levels) and len(self.taskset_levels) <= 10,
+                "taskset_levels", f"must be integers 1-10, got {','.join(self.taskset_levels)[:80]!r}")
+        require(not self.taskset_levels or bool(self.taskset), "taskset_levels", "needs --taskset")
+        if self.taskset:
+            require(not self.tasks, "tasks", "not with --taskset (a task set names its own tasks)")
+            require(not self.task_source, "task_source", "not with --taskset (a task set names its own tasks)")
+            require(not self.rubrics, "rubrics", "not with --taskset (its rubrics come from the set's records)")
+            require(bool(self.judge_url), "judge_url", "task sets need a judge: their reward is the judge's "
+                    "verdict (--judge-url, the job's judge section)")
+            require(not self.demonstrations, "demonstrations", "not with --taskset: task-set tasks have no "
+                    "reference agent")
+
+    @property
+    def levels(self) -> frozenset[int]:
+        """--taskset-levels as integers (empty: every level)."""
+        return frozenset(int(v) for v in self.taskset_levels)
 
     def step_limit(self, difficulty: str) -> int:
         return {"easy": self.steps_easy, "medium": self.steps_medium}.get(difficulty, self.steps_hard)

@@ -19,6 +19,7 @@ from asyncwebrl.common.rewards import succeeded, trained_reward
 from asyncwebrl.rollout import metrics
 from asyncwebrl.rollout.errors import EnvFault, NoDemonstration
 from asyncwebrl.rollout.judge import Judge, Rubric
+from asyncwebrl.rollout.tasksets import SetTask
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
 log = logging.getLogger("asyncwebrl.rollout")
@@ -89,21 +90,31 @@ async def _allocate(env, request: env_pb2.AllocateRequest, deadline: float) -> e
             delay = min(2.0, delay * 2)
 
 
+def allocate_request(task: str, seed: int, job_id: str, owner: str = "",
+                     web_task: SetTask | None = None) -> env_pb2.AllocateRequest:
+    """What Allocate gets: envfleet's task by name, or a task set's task inline (``web_task``; ``task`` is then
+    empty: envfleet serves the inline task in a fresh context)."""
+    if web_task is None:
+        return env_pb2.AllocateRequest(task=task, seed=seed, job_id=job_id, owner=owner)
+    return env_pb2.AllocateRequest(seed=seed, job_id=job_id, owner=owner, web_task=web_task.web_task())
+
+
 async def run_episode(
     *, env, blobs: BlobStore, client: InferenceClient, policy: Policy, job_id: str, task: str, seed: int,
     difficulty: str, episode_id: str, step_limit: int, timeout_s: float, history_window: int,
     sampling: dict, judge: Judge | None = None, rubric: Rubric | None = None,
     demonstrate: bool = False, version: int = 0, reward_mode: str = "success", owner: str = "",
+    web_task: SetTask | None = None,
 ) -> buffer_pb2.EpisodeRecord:
     """``demonstrate``: the reference agent (envfleet's Oracle) acts instead of the
     policy, and its action is recorded as the tool call the policy should have
-    written (logprob 0, the trainer's current ``version``), for supervised warm-starts."""
+    written (logprob 0, the trainer's current ``version``), for supervised warm-starts.
+    ``web_task``: a task set's task, allocated inline; its instruction is the agent's and the judge's."""
     started = time.monotonic()
-    lease = await _allocate(env, env_pb2.AllocateRequest(task=task, seed=seed, job_id=job_id, owner=owner),
-                            started + timeout_s)
+    lease = await _allocate(env, allocate_request(task, seed, job_id, owner, web_task), started + timeout_s)
     session = lease.session_id
     observation = lease.observation
-    instruction = observation.instruction
+    instruction = web_task.instruction if web_task is not None else observation.instruction
     shots = [observation.screenshot]
     history: list[HistoryStep] = []
     steps: list[buffer_pb2.StepRecord] = []
@@ -150,7 +161,8 @@ async def run_episode(
             reward = reply.reward
             if action.valid and action.action == "answer":
                 answer = action.arguments["text"]
-            if reply.done:
+            # A task set's task ends on its answer whatever envfleet says: the judge decides.
+            if reply.done or (web_task is not None and answer):
                 finish = "answer" if answer else "done"
                 break
     finally:

@@ -26,11 +26,13 @@ import grpc
 from asyncwebrl.common.cancel import end_if_cancelled
 from asyncwebrl.common.inference import BadGeneration
 from asyncwebrl.common.tasks import split_seed
+from asyncwebrl.common.tasksets import TaskSetStore
 from asyncwebrl.rollout import metrics
-from asyncwebrl.rollout.config import RolloutConfig
+from asyncwebrl.rollout.config import DEFAULT_SOURCE, RolloutConfig
 from asyncwebrl.rollout.episode import Policy, run_episode
 from asyncwebrl.rollout.errors import EnvFault, JudgeError, NoDemonstration
 from asyncwebrl.rollout.judge import Judge, Rubric
+from asyncwebrl.rollout.tasksets import SetTask, load_taskset
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
 
@@ -39,7 +41,8 @@ log = logging.getLogger("asyncwebrl.rollout")
 
 class Gateway:
     def __init__(self, config: RolloutConfig, env, buffer, blobs, client, policy: Policy,
-                 judge: Judge | None = None, rubrics: dict[str, Rubric] | None = None) -> None:
+                 judge: Judge | None = None, rubrics: dict[str, Rubric] | None = None,
+                 tasksets: TaskSetStore | None = None) -> None:
         self.config = config
         self.env = env
         self.buffer = buffer
@@ -48,6 +51,8 @@ class Gateway:
         self.policy = policy
         self.judge = judge
         self.rubrics = rubrics or {}
+        self.tasksets = tasksets
+        self.set_tasks: dict[str, SetTask] = {}  # a --taskset's tasks by their group task name
         self.rng = random.Random(config.seed)
         self.slots = asyncio.Semaphore(config.max_concurrent_episodes)
         self.running_groups = 0
@@ -64,8 +69,11 @@ class Gateway:
         self.owner = f"{re.sub(r'[^A-Za-z0-9_.:-]', '-', config.gateway_id)[:100]}.{uuid.uuid4().hex[:12]}"
 
     async def load_tasks(self) -> None:
+        if self.config.taskset:
+            await self._load_taskset()
+            return
         reply = await self.env.ListTasks(env_pb2.ListTasksRequest(
-            source="" if self.config.tasks else self.config.task_source), timeout=30)
+            source="" if self.config.tasks else self.config.task_source or DEFAULT_SOURCE), timeout=30)
         wanted = set(self.config.tasks)
         self.tasks = [
             t for t in reply.tasks
@@ -76,6 +84,19 @@ class Gateway:
         missing = wanted - {t.name for t in self.tasks}
         if missing or not self.tasks:
             raise ValueError(f"tasks: envfleet does not serve {sorted(missing) or 'any matching task'}")
+
+    async def _load_taskset(self) -> None:
+        """--taskset: the set's tasks of --split, --taskset-levels and --difficulties, from Redis."""
+        if self.judge is None:
+            raise ValueError("judge_url: task sets need a judge: their reward is the judge's verdict")
+        if self.tasksets is None:
+            raise ValueError("taskset: this gateway has no task set store (Redis)")
+        tasks = await load_taskset(self.tasksets, self.config.taskset, self.config.split, self.config.levels,
+                                   self.config.difficulties)
+        self.set_tasks = {t.name: t for t in tasks}
+        self.tasks = [t.info() for t in tasks]
+        log.info("task set %s: %d tasks (%d out-of-distribution)", self.config.taskset, len(tasks),
+                 sum(t.ood for t in tasks))
 
     async def report_running(self) -> None:
         await self.buffer.ReportRunning(buffer_pb2.ReportRunningRequest(
@@ -224,6 +245,7 @@ class Gateway:
         async with self.slots:
             self.waiting_episodes -= 1
             metrics.EPISODES_RUNNING.inc()
+            web = self.set_tasks.get(task.name)
             try:
                 for attempt in range(self.config.env_retries + 1):
                     try:
@@ -234,9 +256,9 @@ class Gateway:
                             timeout_s=self.config.episode_timeout_s, history_window=self.config.history_window,
                             sampling={"max_new_tokens": self.config.max_new_tokens,
                                       "temperature": self.config.temperature},
-                            judge=self.judge, rubric=self.rubrics.get(task.name),
+                            judge=self.judge, rubric=web.rubric if web else self.rubrics.get(task.name),
                             demonstrate=self.config.demonstrations, version=self.trainer_version,
-                            reward_mode=self.config.reward, owner=self.owner,
+                            reward_mode=self.config.reward, owner=self.owner, web_task=web,
                         )
                     except BadGeneration as exc:
                         # The engine's answer cannot be trained on (e.g. its prompt expansion
