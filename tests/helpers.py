@@ -36,9 +36,11 @@ async def fake_http_server(routes):
         await runner.cleanup()
 
 
-def start_envfleet_and_buffer(redis_server, prefix: str, token: str, logs, chromium_path: str):
+def start_envfleet_and_buffer(redis_server, prefix: str, token: str, logs, chromium_path: str,
+                              envfleet_args: tuple[str, ...] = ()):
     """A buffer on ``redis_server`` and envfleet (one Chromium, 4 contexts, MiniWoB) storing its screenshots
     through that buffer (no Redis of its own), both ready.
+    ``envfleet_args``: more envfleet flags (e.g. --resolve-host-map).
     Returns (envfleet, buffer, env, common flags) for the services a test starts next to them."""
     from asyncwebrl.common.localstack import ServiceProcess
 
@@ -48,7 +50,7 @@ def start_envfleet_and_buffer(redis_server, prefix: str, token: str, logs, chrom
     buffer.wait_ready()
     envfleet = ServiceProcess("envfleet", ["--buffer-target", buffer.target, "--log-format", "text", "--browsers", "1",
                                            "--contexts-per-browser", "4", "--task-sources", "miniwob",
-                                           "--chromium-path", chromium_path],
+                                           "--chromium-path", chromium_path, *envfleet_args],
                               {"ASYNCWEBRL_AUTH_TOKEN": token}, logs / "envfleet.log")
     envfleet.wait_ready()
     return envfleet, buffer, env, common

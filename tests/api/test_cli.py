@@ -27,6 +27,7 @@ from tests.helpers import wait_until
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "jobs" / "demo.yaml"
 SYNC = ROOT / "examples" / "jobs" / "sync-baseline.yaml"
+WEBGYM = ROOT / "examples" / "jobs" / "webgym.yaml"
 SCRIPT = pathlib.Path(sys.executable).parent / "asyncwebrl"
 CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "asyncwebrl.api.cli"]
 COMPONENTS = ("redis", "buffer", "envfleet", "weightsync", "api")
@@ -125,6 +126,30 @@ def test_the_example_jobs_are_valid():
     assert {k: v for k, v in sync.rollout.model_dump().items() if k not in same} == \
            {k: v for k, v in demo.rollout.model_dump().items() if k not in same}
     assert sync.algorithm == demo.algorithm and sync.tasks == demo.tasks and sync.model == demo.model
+    # Every example job is a valid document, whatever its name.
+    examples = sorted((ROOT / "examples" / "jobs").glob("*.y*ml"))
+    assert {DEMO, SYNC, WEBGYM} <= set(examples)
+    for path in examples:
+        JobSpec.model_validate(yaml.safe_load(path.read_text()))
+    # The WebGym example names the sample task set (its default name: the file's) and a judge with a placeholder
+    # URL, its key by where it is.
+    web = JobSpec.model_validate(yaml.safe_load(WEBGYM.read_text()))
+    assert web.tasks.taskset == "webgym-sample" and (ROOT / "examples" / "tasksets" / "webgym-sample.jsonl").is_file()
+    judge = web.judge
+    assert judge is not None and judge.api_key_secret == "judge-api-key" and judge.url.startswith("https://")
+    assert web.algorithm.warm_start_steps == 0 and not web.tasks.tasks
+
+
+def test_the_eval_table_shows_success_by_difficulty_and_a_task_sets_splits():
+    from asyncwebrl.api.cli import _eval_table
+
+    result = {"success": 0.25, "episodes": 8,
+              "by_difficulty": {"hard": {"success": 0.0, "episodes": 4}, "easy": {"success": 0.5, "episodes": 4}},
+              "by_split": {"test_ood": {"success": 0.0, "episodes": 4}, "test": {"success": 0.5, "episodes": 4}}}
+    lines = [line.split() for line in _eval_table({"result": result}).splitlines()]
+    assert lines == [["DIFFICULTY", "SUCCESS", "EPISODES"], ["easy", "0.500", "4"], ["hard", "0.000", "4"],
+                     ["split", "test", "0.500", "4"], ["split", "test_ood", "0.000", "4"], ["all", "0.250", "8"]]
+    assert "split" not in _eval_table({"result": {**result, "by_split": {}}})
 
 
 # --- the local stack, in order: up, a job, down --------------------------------------

@@ -202,7 +202,8 @@ def test_unreachable_site_is_unavailable_not_an_episode(wstub, webfleet, sites, 
     with pytest.raises(grpc.RpcError) as err:
         allocate(wstub, web_task(url))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert url in err.value.details()
+    # The gateway tells it from an envfleet that is away (which it waits for) by its start (SITE_UNREACHABLE).
+    assert err.value.details().startswith("site unreachable: ") and url in err.value.details()
     assert metric(webfleet, "asyncwebrl_envfleet_site_unreachable_total", kind=kind) == before + 1
     # envfleet is healthy: every slot is free again and a good task runs.
     stats = wstub.Stats(env_pb2.StatsRequest(), timeout=30)

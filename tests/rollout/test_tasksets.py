@@ -3,9 +3,11 @@ envfleet (AllocateRequest.web_task), ended by its answer or its band's step limi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 
+import grpc
 import pytest
 
 from asyncwebrl.api.config import ApiConfig
@@ -241,3 +243,43 @@ def test_a_jobs_task_set_reaches_its_gateways(levels, tmp_path: pathlib.Path):
     # Without a judge the gateway refuses the job's task set, naming the field.
     with pytest.raises(SystemExit):
         parse_config(RolloutConfig, rollout_args(config, _job({"taskset": "web"}, judge=False), model), environ={})
+
+
+class _AioError(grpc.aio.AioRpcError):
+    def __init__(self, code, details):
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+class _UnreachableEnv(_RecordingEnv):
+    """A FAKE envfleet whose Allocate answers UNAVAILABLE: a site that does not load, or envfleet away (then the
+    next call succeeds)."""
+
+    def __init__(self, details: str, failures: int) -> None:
+        super().__init__()
+        self.details, self.failures = details, failures
+
+    async def Allocate(self, request, timeout=None):
+        if len(self.allocations) < self.failures:
+            self.allocations.append(request)
+            raise _AioError(grpc.StatusCode.UNAVAILABLE, self.details)
+        return await super().Allocate(request, timeout)
+
+
+async def test_an_unreachable_site_is_an_environment_fault_at_once_not_a_wait(store):
+    """envfleet's UNAVAILABLE for a site that did not load is a fault of the episode's environment: retried
+    --env-retries times, then the episode is lost (the group dropped as env_error), never waited on until the
+    episode's timeout as an envfleet that is away is."""
+    env = _UnreachableEnv("site unreachable: http://shop.test:9/: net::ERR_CONNECTION_REFUSED", failures=100)
+    gateway = await _gateway(store, _config(group_size=2, taskset_levels=("2",), episode_timeout_s=8,
+                                            env_retries=1), env=env)
+    (task,) = gateway.tasks
+    started = asyncio.get_running_loop().time()
+    await gateway._group(task, 3)
+    assert asyncio.get_running_loop().time() - started < 5
+    assert not gateway.buffer.groups and gateway.dropped == {"env_error": 1}
+    assert len(env.allocations) == 4, "each episode's Allocate, and once again for its retry"
+    # envfleet itself away (its buffer down, a restart) is still waited for.
+    env = _UnreachableEnv("buffer unavailable", failures=2)
+    gateway = await _gateway(store, _config(group_size=2, taskset_levels=("2",), episode_timeout_s=60), env=env)
+    await gateway._group(gateway.tasks[0], 3)
+    assert len(gateway.buffer.groups) == 1 and not gateway.dropped

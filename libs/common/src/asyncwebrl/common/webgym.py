@@ -39,6 +39,9 @@ STEP_LIMITS = {"easy": 10, "medium": 20, "hard": 30}
 REQUIRED = ("task_id", "task_name", "website", "difficulty", "evaluator_reference")
 KNOWN = (*REQUIRED, "reference_answer", "allowed_origins", "split")
 SPLITS = ("train", "test", "test_ood")
+# How envfleet's UNAVAILABLE begins when a task's start page cannot be loaded: the gateway fails that
+# episode at once (an environment fault) rather than wait, as it does for an envfleet that is away.
+SITE_UNREACHABLE = "site unreachable: "
 TRAIN_PERCENT = 80  # split_of: tasks without a split, by hash of their id: 80 % train, 20 % test
 WORD_LEVELS = {"easy": 2, "medium": 5, "hard": 8}  # the 1-10 level of a task whose difficulty is a word
 

@@ -254,6 +254,9 @@ def _eval_table(ev: dict) -> str:
                           key=lambda kv: ("easy", "medium", "hard").index(kv[0])
                           if kv[0] in ("easy", "medium", "hard") else 9):
         rows.append((diff, _fmt(d.get("success"), ".3f"), _fmt(d.get("episodes"))))
+    # A task set's evaluation: its test tasks apart from its out-of-distribution ones.
+    for split, d in sorted((ev.get("by_split") or {}).items()):
+        rows.append((f"split {split}", _fmt(d.get("success"), ".3f"), _fmt(d.get("episodes"))))
     rows.append(("all", _fmt(ev.get("success"), ".3f"), _fmt(ev.get("episodes"))))
     return table(rows)
 

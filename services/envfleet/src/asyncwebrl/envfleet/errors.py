@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from asyncwebrl.common.webgym import SITE_UNREACHABLE
+
 
 class EnvError(Exception):
     """Base: carries a message safe to show the caller."""
@@ -40,9 +42,10 @@ class BufferRejected(EnvError):
 
 class SiteUnreachable(Unavailable):
     """A live-website task's start page could not be loaded (DNS, refused, timeout, HTTP 5xx): UNAVAILABLE,
-    an environment fault and not an episode; ``kind`` labels the metric."""
+    an environment fault and not an episode; ``kind`` labels the metric. Its message starts "site unreachable: ",
+    which the gateway reads to fail the episode at once instead of waiting as for an envfleet that is away."""
 
     def __init__(self, url: str, kind: str, detail: str) -> None:
-        super().__init__(f"site unreachable: {url[:300]}: {detail[:200]}")
+        super().__init__(f"{SITE_UNREACHABLE}{url[:300]}: {detail[:200]}")
         self.url = url
         self.kind = kind

@@ -16,6 +16,7 @@ from asyncwebrl.common.agent.vision import image_tokens
 from asyncwebrl.common.blobstore import BlobStore
 from asyncwebrl.common.inference import InferenceClient
 from asyncwebrl.common.rewards import succeeded, trained_reward
+from asyncwebrl.common.webgym import SITE_UNREACHABLE
 from asyncwebrl.rollout import metrics
 from asyncwebrl.rollout.errors import EnvFault, NoDemonstration
 from asyncwebrl.rollout.judge import Judge, Rubric
@@ -83,7 +84,10 @@ async def _allocate(env, request: env_pb2.AllocateRequest, deadline: float) -> e
             return await env.Allocate(request, timeout=60)
         except grpc.aio.AioRpcError as exc:
             waits = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
-            if exc.code() not in waits or time.monotonic() + delay > deadline:
+            # A task's site that cannot be loaded is UNAVAILABLE too, but waiting for it would hold the episode
+            # until its timeout (600 s by default): it is an environment fault at once.
+            site = exc.code() == grpc.StatusCode.UNAVAILABLE and (exc.details() or "").startswith(SITE_UNREACHABLE)
+            if exc.code() not in waits or site or time.monotonic() + delay > deadline:
                 raise EnvFault(f"Allocate: {exc.code().name}: {exc.details()}") from exc
             metrics.ALLOCATE_WAITS.inc()
             await asyncio.sleep(delay)
