@@ -5,6 +5,8 @@ draws, the buffer's checks and the trainer's batches cannot disagree."""
 from __future__ import annotations
 
 DIFFICULTIES = ("easy", "medium", "hard")
+# Default step limit of each difficulty (the gateway's --steps-* defaults; WebGym tasks; the sites' agents).
+STEP_LIMITS = {"easy": 10, "medium": 20, "hard": 30}
 SPLITS = ("train", "test", "ood")
 # A seed is a test seed when it is a multiple of TEST_EVERY: train and test are disjoint by seed.
 TEST_EVERY = 10

@@ -33,9 +33,8 @@ import pathlib
 from typing import Any
 from urllib.parse import urlsplit
 
-from asyncwebrl.common.tasks import DIFFICULTIES
+from asyncwebrl.common.tasks import DIFFICULTIES, STEP_LIMITS
 
-STEP_LIMITS = {"easy": 10, "medium": 20, "hard": 30}
 REQUIRED = ("task_id", "task_name", "website", "difficulty", "evaluator_reference")
 KNOWN = (*REQUIRED, "reference_answer", "allowed_origins", "split")
 SPLITS = ("train", "test", "test_ood")

@@ -10,6 +10,7 @@ from asyncwebrl.common.config import option, require
 from asyncwebrl.common.keys import is_job_id
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.common.service_config import ServiceConfig
+from asyncwebrl.common.tasks import STEP_LIMITS
 from asyncwebrl.common.tasksets import NAME as TASKSET_NAME
 
 JUDGE_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
@@ -43,9 +44,9 @@ class RolloutConfig(ServiceConfig):
     group_size: int = option(8, "Episodes per GRPO group (same task, same seed).")
     max_concurrent_episodes: int = option(32, "Episodes running at once.")
     max_groups: int = option(0, "Stop starting groups after this many (0 = run until stopped).")
-    steps_easy: int = option(10, "Step limit of easy tasks.")
-    steps_medium: int = option(20, "Step limit of medium tasks.")
-    steps_hard: int = option(30, "Step limit of hard tasks.")
+    steps_easy: int = option(STEP_LIMITS["easy"], "Step limit of easy tasks.")
+    steps_medium: int = option(STEP_LIMITS["medium"], "Step limit of medium tasks.")
+    steps_hard: int = option(STEP_LIMITS["hard"], "Step limit of hard tasks.")
     episode_timeout_s: float = option(600.0, "Wall-clock limit of one episode.")
     history_window: int = option(1, "Earlier screenshots shown with the current one.")
     max_new_tokens: int = option(256, "Token budget of one step's output.")

@@ -12,12 +12,11 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from asyncwebrl.common.tasks import STEP_LIMITS
 from asyncwebrl.envfleet.sites import all_sites
 from asyncwebrl.envfleet.sites.base import PlanStep
 from asyncwebrl.envfleet.sites.server import SOURCE, instantiate
 from asyncwebrl.v1 import env_pb2
-
-STEP_LIMITS = {"easy": 10, "medium": 20, "hard": 30}
 
 
 @dataclasses.dataclass
