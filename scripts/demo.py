@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import subprocess
 import sys
 import time
 
 from asyncwebrl.api.client import Client, load_job
+from asyncwebrl.api.report import fetch_series, write_report
 from asyncwebrl.api.stack import load_stack
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-GOAL_TOTAL, GOAL_RL = 0.30, 0.10
+# The demo's goal: +30 points over the untrained model, RL's own share at least 10 points and > 2 s.e.
+GOAL = (0.30, 0.10)
 
 
 def say(message: str) -> None:
@@ -40,122 +41,6 @@ def wait_eval(client: Client, job: str, eval_id: str, timeout: float = 1200) -> 
             return doc
         time.sleep(3)
     raise SystemExit(f"demo: evaluation {eval_id} did not finish in {timeout:.0f}s")
-
-
-def std_err(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
-
-
-def plot(path: pathlib.Path, warm: list[dict], rl: list[dict], evals: dict[str, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    if rl:
-        steps = [r["step"] for r in rl]
-        success = [r.get("success") or 0.0 for r in rl]
-        window = 5
-        smooth = [sum(success[max(0, i - window + 1):i + 1]) / len(success[max(0, i - window + 1):i + 1])
-                  for i in range(len(success))]
-        ax.plot(steps, success, color="#9ab", lw=1, label="training batches (sampled, train seeds)")
-        ax.plot(steps, smooth, color="#1f5fa8", lw=2, label=f"training, mean of {window} steps")
-    last = rl[-1]["step"] if rl else 1
-    marks = [("base", 0, "#999", "untrained model"), ("warm", 0, "#e08a00", "after the warm-start (RL v0)"),
-             ("final", last, "#1a8a3a", f"after RL (v{evals['final']['version'] if 'final' in evals else '?'})")]
-    for key, x, colour, label in marks:
-        if key in evals and evals[key]["result"]:
-            r = evals[key]["result"]
-            se = std_err(r["success"], r["episodes"])
-            ax.errorbar([x], [r["success"]], yerr=[2 * se], fmt="o", ms=8, color=colour, capsize=4,
-                        label=f"held-out: {label} {r['success']:.2f}")
-    ax.set_xlabel("RL training step (version)")
-    ax.set_ylabel("success rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"asyncwebrl demo: warm-start ({len(warm)} SFT steps), then asynchronous GRPO 1/k")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def report(run_dir: pathlib.Path, job: dict, evals: dict[str, dict], warm: list[dict], rl: list[dict],
-           started: float, viewer: str) -> dict:
-    results = {k: v["result"] for k, v in evals.items() if v.get("result")}
-    out: dict = {"job": job["id"], "state": job["state"], "wall_s": round(time.monotonic() - started, 1),
-                 "evaluations": {k: {"version": evals[k]["version"], "id": evals[k]["id"], **r}
-                                 for k, r in results.items()}}
-    def gain(a: dict, b: dict) -> tuple[float, float]:
-        return (b["success"] - a["success"],
-                math.sqrt(std_err(a["success"], a["episodes"]) ** 2 + std_err(b["success"], b["episodes"]) ** 2))
-
-    if "warm" in results and "final" in results:
-        margin, se = gain(results["warm"], results["final"])
-        out["rl_margin"] = round(margin, 4)
-        out["rl_margin_std_err"] = round(se, 4)
-        out["rl_margin_clear"] = margin > 2 * se
-    if "base" in results and "warm" in results:
-        out["warm_start_margin"] = round(results["warm"]["success"] - results["base"]["success"], 4)
-    if "base" in results and "final" in results:
-        total, se = gain(results["base"], results["final"])
-        out["total_margin"] = round(total, 4)
-        out["total_margin_std_err"] = round(se, 4)
-        # The demo's goal: +30 points over the untrained model, RL's own share at least 10 points and > 2 s.e.
-        out["goal_met"] = bool(total >= GOAL_TOTAL and out.get("rl_margin", 0) >= GOAL_RL and out.get("rl_margin_clear"))
-    if rl:
-        seconds = sum(sum(r.get("seconds", {}).values()) for r in rl)
-        episodes = sum(r.get("episodes", 0) for r in rl)
-        out["throughput"] = {
-            "rl_steps": len(rl), "rl_wall_s": round(rl[-1]["unix"] - rl[0]["unix"] + sum(rl[0].get("seconds", {}).values()), 1),
-            "trajectories_per_hour": round(episodes * 3600 / seconds, 1) if seconds else None,
-            "env_steps_per_s": round(sum(r.get("env_steps", 0) for r in rl) / seconds, 3) if seconds else None,
-            "train_tokens_per_s": round(sum(r.get("train_tokens_per_s", 0) for r in rl) / len(rl), 1),
-            "mean_staleness": round(sum(r.get("staleness_mean", 0) for r in rl) / len(rl), 3),
-        }
-    out["viewer"] = viewer
-    (run_dir / "report.json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(run_dir / "learning_curve.png", warm, rl, evals)
-
-    lines = [f"# asyncwebrl demo report: {job['id']}", "",
-             f"Job state: {job['state']}; wall time {out['wall_s']:.0f} s; held-out seeds "
-             f"(test split, seed {job['spec']['tasks']['eval_seed']}).", "",
-             "| policy | version | task | episodes | success (s.e.) | mean steps | steps of successes "
-             "| steps of failures | valid actions |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    names = {"base": "untrained model", "warm": "after the warm-start", "final": "after RL"}
-
-    def num(value, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
-    for key in ("base", "warm", "final"):
-        if key not in results:
-            continue
-        r = results[key]
-        for task, d in [("all", r), *(r.get("by_task") or {}).items()]:
-            lines.append(f"| {names[key]} | {evals[key]['version']} | {task} | {d['episodes']} | "
-                         f"{d['success']:.3f} ({std_err(d['success'], d['episodes']):.3f}) | "
-                         f"{num(d['mean_steps'], '.2f')} | {num(d.get('mean_steps_success'), '.2f')} | "
-                         f"{num(d.get('mean_steps_failure'), '.2f')} | {num(d['valid_actions'], '.3f')} |")
-    if "rl_margin" in out:
-        lines += ["", f"RL on its own: {out['rl_margin']:+.3f} success (standard error {out['rl_margin_std_err']:.3f}; "
-                      f"{'a clear margin, above two standard errors' if out['rl_margin_clear'] else 'NOT a clear margin'})."]
-    if "warm_start_margin" in out:
-        lines.append(f"Warm-start on its own: {out['warm_start_margin']:+.3f}.")
-    if "total_margin" in out:
-        lines.append(f"Over the untrained model: {out['total_margin']:+.3f} (standard error "
-                     f"{out['total_margin_std_err']:.3f}). Goal (+{GOAL_TOTAL:.2f} in all, RL +{GOAL_RL:.2f} and "
-                     f"above two standard errors): {'met' if out['goal_met'] else 'NOT met'}.")
-    if "throughput" in out:
-        t = out["throughput"]
-        lines += ["", f"RL: {t['rl_steps']} steps in {t['rl_wall_s']:.0f} s; {t['trajectories_per_hour']} trajectories/hour, "
-                      f"{t['env_steps_per_s']} env steps/s, {t['train_tokens_per_s']} train tokens/s, "
-                      f"mean staleness {t['mean_staleness']} versions."]
-    lines += ["", "![learning curve](learning_curve.png)", "", f"Viewer: {viewer}", ""]
-    (run_dir / "report.md").write_text("\n".join(lines))
-    print("\n".join(lines[:-3]))
-    return out
 
 
 def main() -> None:
@@ -215,9 +100,11 @@ def main() -> None:
         evals[key] = wait_eval(client, jid, evals[key]["id"])
         if evals[key]["state"] != "succeeded":
             raise SystemExit(f"demo: evaluation {key} {evals[key]['state']}: {evals[key]['reason']}")
-    warm = client.get(f"/v1/jobs/{jid}/metrics?phase=warm_start")["series"]
     viewer = f"{stack['api_url']}/viewer/{jid}#token={stack['api_token']}"
-    out = report(run_dir, job, evals, warm, rl, started, viewer)
+    out, text = write_report(run_dir, job, evals, fetch_series(client, jid, "warm_start"), rl,
+                             title="asyncwebrl demo report", viewer=viewer, goal=GOAL,
+                             wall_s=time.monotonic() - started)
+    print(text)
     print(json.dumps(out))
     say(f"report: {run_dir / 'report.md'}, {run_dir / 'learning_curve.png'}")
     say(f"the stack is still up for inspection: open the viewer at {viewer}")

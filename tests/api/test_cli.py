@@ -31,7 +31,7 @@ WEBGYM = ROOT / "examples" / "jobs" / "webgym.yaml"
 SCRIPT = pathlib.Path(sys.executable).parent / "asyncwebrl"
 CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "asyncwebrl.api.cli"]
 COMPONENTS = ("redis", "buffer", "envfleet", "weightsync", "api")
-SUBCOMMANDS = ("up", "down", "status", "submit", "watch", "logs", "eval", "cancel", "viewer")
+SUBCOMMANDS = ("up", "down", "status", "submit", "watch", "logs", "eval", "report", "cancel", "viewer")
 
 
 def cli(*args: str, run_dir: pathlib.Path | None = None, timeout: float = 120,
@@ -319,6 +319,20 @@ def test_eval_waits_for_success_per_difficulty(stack):
     assert out.returncode == 0, out.stdout + out.stderr
     rows = table_rows(out.stdout)
     assert "easy" in rows and "all" in rows, out.stdout
+
+
+def test_report_compares_the_untrained_model_with_the_trained_one(stack, tmp_path):
+    out = cli("eval", stack["job"], "--base", "--groups", "1", "--wait", "--timeout", "150", "--interval", "1",
+              run_dir=stack["run_dir"], timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert " at version 0:" in out.stdout.splitlines()[0], out.stdout
+    out = cli("report", stack["job"], "--out", str(tmp_path / "r"), run_dir=stack["run_dir"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["evaluations"]["base"]["version"] == 0 and report["evaluations"]["final"]["version"] > 0, report
+    assert "total_margin" in report and (tmp_path / "r" / "learning_curve.png").stat().st_size > 10_000
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| untrained model |", "| after RL |"))]
+    assert [r.split("|")[1].strip() for r in rows if "| all |" in r] == ["untrained model", "after RL"], out.stdout
 
 
 def test_viewer_prints_the_url_with_the_token(stack):

@@ -3,10 +3,10 @@
 Brings the local stack (redis-server, envfleet, buffer, weightsync, api; see
 ``asyncwebrl.api.stack``) up and down, and talks to an api (the local one, or
 any other with ``--api``/``--token``; see ``asyncwebrl.api.client``) to submit,
-watch, evaluate and cancel jobs.
+watch, evaluate, report on and cancel jobs.
 
 Only the standard library and PyYAML at start-up: the job schema (pydantic) is
-imported by ``submit`` alone, and nothing of the services is imported at all,
+imported by ``submit`` alone, matplotlib by ``report`` alone, and nothing of the services is imported at all,
 so every command answers at once.
 """
 
@@ -264,7 +264,7 @@ def _eval_table(ev: dict) -> str:
 def cmd_eval(args) -> int:
     client = client_of(args)
     ev = client.request("POST", f"/v1/jobs/{quote_part(args.job)}/evaluate",
-                        {"version": args.version, "groups": args.groups})
+                        {"version": args.version, "groups": args.groups, "base": args.base})
     print(f"evaluation {ev['id']} of {args.job} at version {_fmt(ev.get('version'))}: {ev.get('state')}")
     if not args.wait:
         return 0
@@ -283,6 +283,17 @@ def cmd_eval(args) -> int:
     if mean_steps is not None:
         print(f"mean steps {_fmt(mean_steps, '.2f')}")
     return 0
+
+
+def cmd_report(args) -> int:
+    from asyncwebrl.api.report import job_report
+
+    client = client_of(args)
+    out_dir = pathlib.Path(args.out or f"report-{args.job}")
+    out, text = job_report(client, args.job, out_dir, title="asyncwebrl report")
+    print(text)
+    print(f"written: {out_dir / 'report.md'}, {out_dir / 'report.json'}, {out_dir / 'learning_curve.png'}")
+    return 0 if out["evaluations"] else 1
 
 
 def cmd_cancel(args) -> int:
@@ -444,11 +455,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("eval", cmd_eval, "evaluate a job's policy on its held-out episodes")
     p.add_argument("job", metavar="JOB")
-    p.add_argument("--version", type=int, help="weight version (default: the latest)")
+    p.add_argument("--version", type=int, help="weight version (default: the latest; 0: after the warm-start)")
+    p.add_argument("--base", action="store_true", help="the model the job started from, before any warm-start "
+                                                       "(--version is then ignored)")
     p.add_argument("--groups", type=int, help="groups of the test split (default: the job's tasks.eval_groups)")
     p.add_argument("--wait", action="store_true", help="wait until it finishes and print success per difficulty")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between polls with --wait (default: 2)")
     p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up (exit 1) after S seconds")
+
+    p = command("report", cmd_report, "write a job's report: held-out success before and after training, by "
+                "difficulty and split, and its learning curve",
+                "From the job's finished evaluations (the newest of each: the untrained model, `eval --base`; the "
+                "warm-started policy, version 0; the highest version) and its metrics: report.md, report.json and "
+                "learning_curve.png in --out. Exit 1 when the job has no finished evaluation.")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--out", metavar="DIR", help="where the report goes (default: ./report-JOB)")
 
     p = command("cancel", cmd_cancel, "cancel a job (its processes stop, its data stays)")
     p.add_argument("job", metavar="JOB")

@@ -136,12 +136,12 @@ class Client:
 
 
 
-def metrics_since(client: Client, job_id: str, since: int) -> tuple[list[dict], int] | None:
-    """New trainer metric rows, or None where this api serves no metrics route."""
+def metrics_since(client: Client, job_id: str, since: int, phase: str = "rl") -> tuple[list[dict], int] | None:
+    """New trainer metric rows (``phase``: rl, or warm_start), or None where this api serves no metrics route."""
     rows: list[dict] = []
     for _ in range(100):
         try:
-            page = client.get(f"/v1/jobs/{quote_part(job_id)}/metrics?since_step={since}&limit=500")
+            page = client.get(f"/v1/jobs/{quote_part(job_id)}/metrics?phase={phase}&since_step={since}&limit=500")
         except ApiError as exc:
             if exc.status == 404 and "this api does not serve" in exc.detail:
                 return None
