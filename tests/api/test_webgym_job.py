@@ -6,16 +6,20 @@ gateway and trainer against real envfleet (Chromium), buffer, weightsync and Red
 (no judge model can run here): a scripted OpenAI-compatible server that passes an answer holding the rubric's
 reference answer.
 
-The random model almost never answers: an episode that reaches its step limit without an answer fails without
-a call to the judge (rollout.episode), which is what this test checks of such episodes; the answered path through
-a real HTTP judge is covered by tests/rollout/test_judge.py and tests/rollout/test_tasksets.py."""
+The random model never answers on its own: the job's warm-start learns the train tasks' reference answers (the
+reference agent of a task set), so RL's episodes answer and are judged, and the verdicts reach the trainer and the
+viewer's documents. The held-out tasks' answers are not in the train split: there the model answers wrongly or
+runs to its step limit, which ends an episode without a call to the judge."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
 import json
+import pathlib
 import re
+import subprocess
+import sys
 import threading
 import urllib.request
 
@@ -202,7 +206,7 @@ def check_judging(docs: list[dict], web: Loopback) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_a_webgym_job_trains_on_its_task_set_judged_and_is_evaluated_by_split(stack):
+def test_a_webgym_job_trains_on_its_task_set_judged_and_is_evaluated_by_split(stack, tmp_path):
     api, web = stack, stack.web
     records = tasks(web.ports, stack.closed)
     meta = register(api, records)
@@ -211,9 +215,11 @@ def test_a_webgym_job_trains_on_its_task_set_judged_and_is_evaluated_by_split(st
         "name": "webgym", "model": {"path": "tiny/qwen2_5_vl"},
         # train_seed 31: the gateway's first group is the third train task (down-site), its next ones the sites.
         "tasks": {"taskset": SET, "train_seed": 31},
-        # A random model fails every episode: keep those groups so versions still come.
-        "algorithm": {"lr": 1e-5, "keep_zero_variance": True, "max_steps": 2, "warm_start_steps": 0},
-        "rollout": {"group_size": 2, "batch_groups": 1, "max_staleness": 1, "concurrency": 4, "max_new_tokens": 16,
+        # The warm-start learns the train tasks' reference answers; RL's groups are kept even when every
+        # episode of one fails or passes, so the job reaches its steps whatever the verdicts.
+        "algorithm": {"lr": 1e-5, "keep_zero_variance": True, "max_steps": 2, "warm_start_steps": 4,
+                      "warm_start_batch": 8},
+        "rollout": {"group_size": 2, "batch_groups": 1, "max_staleness": 1, "concurrency": 4, "max_new_tokens": 48,
                     "steps_easy": 2, "steps_medium": 2, "steps_hard": 2},
         "resources": {"engines": 1, "device": "cpu"},
         "judge": {"url": f"http://127.0.0.1:{web.ports['judge']}", "kind": "openai", "model": "fake-judge",
@@ -237,6 +243,16 @@ def test_a_webgym_job_trains_on_its_task_set_judged_and_is_evaluated_by_split(st
     assert all(reachable[e["task"]] == e["difficulty"] and 1 <= e["length"] <= 2 for e in train)
     assert any(h.startswith(("shop/", "news/")) for h in web.site_hits)
     check_judging(train, web)
+    # The warm-start's demonstrations were the set's reference answers, judged like any answer (the judge
+    # passing them checks the judge); RL's episodes then answered and were judged PASS, verdicts kept.
+    warm = get(api, f"/v1/jobs/{jid}/metrics?phase=warm_start")["series"]
+    assert [r["step"] for r in warm] == [1, 2, 3, 4], warm
+    references = {"$12.00", "Ada Lovelace"}
+    demonstrated = [c for c in web.judge_calls if c["reference"] in references and c["answer"] == c["reference"]]
+    assert len(demonstrated) >= 32, f"4 steps x 8 demonstrations, each judged: {len(demonstrated)}"
+    passed = [e for e in train if e["judged"] and e["success"]]
+    assert passed and all(e["finish_reason"] == "answer" and "VERDICT: PASS" in e["judge_text"] for e in passed), \
+        [(e["task"], e["finish_reason"], e["judge_text"][-20:]) for e in train]
 
     # The site that is down: its Allocate calls are environment faults (envfleet's site_unreachable counter),
     # never episodes; the gateway drops their groups as env_error at once instead of waiting for the site.
@@ -267,5 +283,18 @@ def test_a_webgym_job_trains_on_its_task_set_judged_and_is_evaluated_by_split(st
     evaluated = episodes(api, jid, ev["id"])
     assert len(evaluated) == 6 and {e["task"] for e in evaluated} == set(summary["by_task"])
     check_judging(evaluated, web)
+
+    # The report, as a user asks for it: the evaluation by difficulty and split, and the learning curve.
+    out = pathlib.Path(tmp_path) / "report"
+    done = subprocess.run([sys.executable, "-m", "asyncwebrl.api.cli", "--api", f"http://127.0.0.1:{api.api_port}",
+                           "--token", TOKEN, "report", jid, "--out", str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["evaluations"]["final"]["id"] == ev["id"] and report["throughput"]["rl_steps"] == 2
+    text = (out / "report.md").read_text()
+    for split, d in summary["by_split"].items():
+        assert f"| after RL | {result['version']} | split {split} | {d['episodes']} | {d['success']:.3f}" in text
+    assert (out / "learning_curve.png").stat().st_size > 10_000 and done.stdout.startswith("# asyncwebrl report")
     print(f"judge calls {len(web.judge_calls)}; train episodes {len(train)}; finishes "
           f"{sorted({e['finish_reason'] for e in train + evaluated})}; by_split {summary['by_split']}")

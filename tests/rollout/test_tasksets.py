@@ -161,7 +161,6 @@ def test_flags_name_the_field_that_conflicts():
         ({"taskset_levels": ("0",)}, "^taskset_levels: must be integers 1-10"),
         ({"taskset_levels": ("11",)}, "^taskset_levels: must be integers 1-10"),
         ({"taskset": "Bad Name"}, "^taskset: must match"),
-        ({"demonstrations": True}, "^demonstrations: not with --taskset"),
     ):
         with pytest.raises(ValueError, match=why):
             _config(**kw)
@@ -208,6 +207,37 @@ async def test_an_answered_episode_is_judged_on_the_records_rubric(store):
     assert rubric == Rubric(("tr-easy fact one", "tr-easy fact two"), "answer-tr-easy") and answer == "4412"
 
 
+async def test_a_demonstration_answers_the_records_reference_answer(store, redis_server):
+    """The warm-start's reference agent on a task set: each train task's reference_answer, answered at its first
+    step, written as the tool call the policy should have written and judged like any answer."""
+    judge = _StubJudge()
+    gateway = await _gateway(store, _config(group_size=1, demonstrations=True, taskset_levels=("5",)), judge=judge)
+    (task,) = gateway.tasks
+    await gateway._group(task, 3)
+    (group,) = gateway.buffer.groups
+    (e,) = group.episodes
+    (step,) = e.steps
+    assert json.loads(step.action) == {"action": "answer", "text": "answer-tr-med"}, step.action
+    assert gateway.policy.decode(step.output_ids).startswith(step.text) and "answer-tr-med" in step.text
+    assert list(step.logprobs) == [0.0] * len(step.output_ids) and not step.invalid_action
+    assert e.finish_reason == "answer" and e.judged and e.success, "the judge passed the reference answer"
+    assert [c[2] for c in judge.calls] == ["answer-tr-med"]
+    # Tasks without a reference answer have no demonstration: left out, and a set with none is refused.
+    redis = make_redis(redis_server.url, redis_server.password)
+    bare = TaskSetStore(redis, PREFIX)
+    records = [_task("tr-a", "train", 2), _task("tr-b", "train", 3, reference_answer="")]
+    await bare.put("bare", parse_webgym([json.dumps(r) for r in records]), "1" * 64, replace=True)
+    try:
+        gateway = await _gateway(bare, _config(taskset="bare", demonstrations=True))
+        assert [t.task_id for t in gateway.set_tasks.values()] == ["tr-a"]
+        assert len((await _gateway(bare, _config(taskset="bare"))).set_tasks) == 2, "RL keeps both"
+        with pytest.raises(ValueError, match="^demonstrations: no task of set 'bare'"):
+            await _gateway(bare, _config(taskset="bare", demonstrations=True, taskset_levels=("3",)))
+    finally:
+        await bare.delete("bare")
+        await redis.aclose()
+
+
 @pytest.mark.parametrize(("level", "limit"), [("2", 3), ("5", 4), ("9", 5)])
 async def test_the_step_limit_is_the_tasks_band(store, level, limit):
     judge = _StubJudge()
@@ -237,9 +267,9 @@ def test_a_jobs_task_set_reaches_its_gateways(levels, tmp_path: pathlib.Path):
     for gw, split in ((train, "train"), (ev, "test")):
         assert (gw.taskset, gw.levels, gw.split, gw.tasks, gw.task_source) == ("web", set(levels), split, (), "")
         assert gw.difficulties == ("easy", "hard") and gw.judge_url
-    # The warm-start's demonstrations need envfleet's reference agent: the job's task source, not the set.
+    # The warm-start demonstrates the set's own train tasks (their reference answers).
     warm = parse_config(RolloutConfig, warm_rollout_args(config, job, model), environ={})
-    assert warm.taskset == "" and warm.task_source == job.spec.tasks.source and warm.demonstrations
+    assert (warm.taskset, warm.split, warm.tasks, warm.task_source) == ("web", "train", (), "") and warm.demonstrations
     # Without a judge the gateway refuses the job's task set, naming the field.
     with pytest.raises(SystemExit):
         parse_config(RolloutConfig, rollout_args(config, _job({"taskset": "web"}, judge=False), model), environ={})
@@ -283,3 +313,34 @@ async def test_an_unreachable_site_is_an_environment_fault_at_once_not_a_wait(st
     gateway = await _gateway(store, _config(group_size=2, taskset_levels=("2",), episode_timeout_s=60), env=env)
     await gateway._group(gateway.tasks[0], 3)
     assert len(gateway.buffer.groups) == 1 and not gateway.dropped
+
+
+class _GatedBuffer(_FakeBuffer):
+    """The FAKE buffer's gate, always open."""
+
+    async def ReportRunning(self, request, timeout=None):
+        return None
+
+    async def Stats(self, request, timeout=None):
+        from asyncwebrl.v1 import buffer_pb2
+
+        return buffer_pb2.BufferStatsResponse(gate_capacity=8)
+
+
+async def test_max_groups_counts_groups_written_and_gives_up_after_as_many_dropped(store):
+    """A warm-start's trainer waits for the demonstrations it was promised, and an evaluation reports the groups
+    it asked for: a group dropped for its site is replaced; a gateway whose every group drops stops after
+    --max-groups of them instead of running on."""
+    env = _UnreachableEnv("site unreachable: http://shop.test:9/: net::ERR_CONNECTION_REFUSED", failures=2)
+    gateway = await _gateway(store, _config(group_size=2, taskset_levels=("2",), env_retries=0, max_groups=2,
+                                            max_concurrent_episodes=2), env=env)
+    gateway.buffer = _GatedBuffer()
+    await asyncio.wait_for(gateway.run(), 60)
+    assert gateway.dropped == {"env_error": 1} and gateway.written_groups == 2 and len(gateway.buffer.groups) == 2
+    env = _UnreachableEnv("site unreachable: http://shop.test:9/: net::ERR_CONNECTION_REFUSED", failures=10 ** 6)
+    gateway = await _gateway(store, _config(group_size=2, taskset_levels=("2",), env_retries=0, max_groups=3),
+                             env=env)
+    gateway.buffer = _GatedBuffer()
+    await asyncio.wait_for(gateway.run(), 60)
+    assert gateway.dropped == {"env_error": 3} and gateway.written_groups == 0
+    assert len(env.allocations) == 6, "three groups of two, then it stopped"

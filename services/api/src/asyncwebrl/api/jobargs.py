@@ -93,18 +93,17 @@ def warm_trainer_args(config: ApiConfig, job: Job, model: pathlib.Path, warm: pa
         "--archive-per-step", "0"]
 
 
-def task_args(spec: JobSpec, taskset: bool = True) -> list[str]:
-    """The job's tasks as gateway flags: its task set (``taskset``: unless the gateway cannot run one, e.g. the
-    warm-start's demonstrations, which need envfleet's reference agent), else its tasks or task source."""
+def task_args(spec: JobSpec) -> list[str]:
+    """The job's tasks as gateway flags: its task set, else its tasks or task source."""
     t = spec.tasks
-    if t.taskset and taskset:
+    if t.taskset:
         return ["--taskset", t.taskset,
                 *(["--taskset-levels", ",".join(map(str, t.taskset_difficulties))] if t.taskset_difficulties else [])]
     return ["--tasks", ",".join(t.tasks)] if t.tasks else ["--task-source", t.source]
 
 
 def gateway_args(config: ApiConfig, spec: JobSpec, job_id: str, model: pathlib.Path, split: str,
-                 seed: int, taskset: bool = True) -> list[str]:
+                 seed: int) -> list[str]:
     """A rollout gateway over the job's tasks and rollout settings, for ``job_id`` in the buffer. With a task
     set, ``split`` picks its tasks too (train: its train split; test: test and test_ood)."""
     r, t = spec.rollout, spec.tasks
@@ -112,7 +111,7 @@ def gateway_args(config: ApiConfig, spec: JobSpec, job_id: str, model: pathlib.P
         *_common_args(config, job_id), "--grpc-port", "0", "--http-port", "0",
         "--gateway-id", f"{job_id}-gw", "--envfleet-target", config.envfleet_target,
         "--buffer-target", config.buffer_target, "--model-path", str(model),
-        *task_args(spec, taskset),
+        *task_args(spec),
         "--difficulties", ",".join(t.difficulties),
         "--max-concurrent-episodes", str(r.concurrency), "--temperature", str(r.temperature),
         "--max-new-tokens", str(r.max_new_tokens), "--seed", str(seed), "--split", split,
@@ -159,9 +158,8 @@ def warm_rollout_args(config: ApiConfig, job: Job, model: pathlib.Path) -> list[
     a margin keeps the warm-start's trainer from waiting for its last batch forever."""
     a = job.spec.algorithm
     demos = math.ceil(1.1 * a.warm_start_steps * a.warm_start_batch) + 2
-    # A task set's tasks have no reference agent: the demonstrations come from the job's tasks or source.
-    return [*gateway_args(config, job.spec, warm_job_id(job.job_id), model, "train", job.spec.tasks.train_seed,
-                          taskset=False),
+    # A task set's demonstrations are its train tasks' reference answers (the gateway keeps those that have one).
+    return [*gateway_args(config, job.spec, warm_job_id(job.job_id), model, "train", job.spec.tasks.train_seed),
             "--demonstrations", "--group-size", "1", "--max-groups", str(demos)]
 
 

@@ -43,7 +43,8 @@ class RolloutConfig(ServiceConfig):
     include_held_out: bool = option(False, "Also sample tasks reserved for the out-of-distribution split.")
     group_size: int = option(8, "Episodes per GRPO group (same task, same seed).")
     max_concurrent_episodes: int = option(32, "Episodes running at once.")
-    max_groups: int = option(0, "Stop starting groups after this many (0 = run until stopped).")
+    max_groups: int = option(0, "Stop after this many groups are written (0 = run until stopped); a dropped "
+                             "group is replaced, until as many have been dropped.")
     steps_easy: int = option(STEP_LIMITS["easy"], "Step limit of easy tasks.")
     steps_medium: int = option(STEP_LIMITS["medium"], "Step limit of medium tasks.")
     steps_hard: int = option(STEP_LIMITS["hard"], "Step limit of hard tasks.")
@@ -74,7 +75,8 @@ class RolloutConfig(ServiceConfig):
     judge_backoff_s: float = option(1.0, "First pause before a judge call is made again; doubles each time.")
     judge_backoff_cap_s: float = option(30.0, "Longest pause between calls to the judge.")
     demonstrations: bool = option(
-        False, "Write the reference agent's episodes (envfleet's Oracle) as the tool calls the policy should "
+        False, "Write the reference agent's episodes (envfleet's Oracle; with --taskset, each task's "
+        "reference_answer answered at once, tasks without one left out) as the tool calls the policy should "
         "have written, instead of sampling the policy: data for a trainer with --objective sft.",
     )
     sync: bool = option(
@@ -120,8 +122,6 @@ class RolloutConfig(ServiceConfig):
             require(not self.rubrics, "rubrics", "not with --taskset (its rubrics come from the set's records)")
             require(bool(self.judge_url), "judge_url", "task sets need a judge: their reward is the judge's "
                     "verdict (--judge-url, the job's judge section)")
-            require(not self.demonstrations, "demonstrations", "not with --taskset: task-set tasks have no "
-                    "reference agent")
 
     @property
     def levels(self) -> frozenset[int]:

@@ -61,14 +61,23 @@ def _versions(raw: list[str]) -> list[int]:
         raise ValueError(f"weight versions must be integers to be trained on, got {raw[:3]}") from exc
 
 
-async def _demonstration(env, session: str, policy: Policy) -> tuple[str, list[int]]:
-    try:
-        reply = await env.Oracle(env_pb2.OracleRequest(session_id=session), timeout=60)
-    except grpc.aio.AioRpcError as exc:
-        raise EnvFault(f"Oracle: {exc.code().name}: {exc.details()}") from exc
-    if not reply.available:
-        raise NoDemonstration(reply.reason)
-    text = format_action(reply.action)
+async def _demonstration(env, session: str, policy: Policy, rubric: Rubric | None,
+                         web_task: SetTask | None) -> tuple[str, list[int]]:
+    """The reference agent's next action: envfleet's Oracle, or for a task set's task its record's
+    ``reference_answer`` answered at once (such a task has no other reference agent)."""
+    if web_task is not None:
+        if rubric is None or not rubric.reference_answer:
+            raise NoDemonstration(f"task set task {web_task.task_id!r} has no reference_answer")
+        action = env_pb2.Action(answer=env_pb2.Answer(text=rubric.reference_answer))
+    else:
+        try:
+            reply = await env.Oracle(env_pb2.OracleRequest(session_id=session), timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            raise EnvFault(f"Oracle: {exc.code().name}: {exc.details()}") from exc
+        if not reply.available:
+            raise NoDemonstration(reply.reason)
+        action = reply.action
+    text = format_action(action)
     ids = policy.tokenizer(text, add_special_tokens=False)["input_ids"]
     return text, [*ids, policy.tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
@@ -110,8 +119,8 @@ async def run_episode(
     demonstrate: bool = False, version: int = 0, reward_mode: str = "success", owner: str = "",
     web_task: SetTask | None = None,
 ) -> buffer_pb2.EpisodeRecord:
-    """``demonstrate``: the reference agent (envfleet's Oracle) acts instead of the
-    policy, and its action is recorded as the tool call the policy should have
+    """``demonstrate``: the reference agent (envfleet's Oracle; a task set's reference answer) acts instead
+    of the policy, and its action is recorded as the tool call the policy should have
     written (logprob 0, the trainer's current ``version``), for supervised warm-starts.
     ``web_task``: a task set's task, allocated inline; its instruction is the agent's and the judge's."""
     started = time.monotonic()
@@ -136,7 +145,7 @@ async def run_episode(
             ids = prompt_ids(policy.tokenizer, text, policy.image_token_id, [policy.image_tokens(s) for s in shown])
             images = [f"data:{s.mime};base64,{base64.b64encode(d).decode()}" for s, d in zip(shown, data)]
             if demonstrate:
-                output, output_ids = await _demonstration(env, session, policy)
+                output, output_ids = await _demonstration(env, session, policy, rubric, web_task)
                 logprobs, versions = [0.0] * len(output_ids), [version] * len(output_ids)
             else:
                 t = time.monotonic()

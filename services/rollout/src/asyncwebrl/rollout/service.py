@@ -57,7 +57,6 @@ class Gateway:
         self.slots = asyncio.Semaphore(config.max_concurrent_episodes)
         self.running_groups = 0
         self.waiting_episodes = 0
-        self.started_groups = 0
         self.trainer_version = 0
         self.written_groups = 0
         self.dropped: dict[str, int] = {}
@@ -93,6 +92,15 @@ class Gateway:
             raise ValueError("taskset: this gateway has no task set store (Redis)")
         tasks = await load_taskset(self.tasksets, self.config.taskset, self.config.split, self.config.levels,
                                    self.config.difficulties)
+        if self.config.demonstrations:
+            # A set's reference agent is its records' reference_answer: tasks without one have no demonstration.
+            answered = [t for t in tasks if t.rubric.reference_answer]
+            if not answered:
+                raise ValueError(f"demonstrations: no task of set {self.config.taskset!r} chosen for this split "
+                                 "has a reference_answer to demonstrate")
+            log.info("task set %s: %d of %d tasks have a reference answer to demonstrate", self.config.taskset,
+                     len(answered), len(tasks))
+            tasks = answered
         self.set_tasks = {t.name: t for t in tasks}
         self.tasks = [t.info() for t in tasks]
         log.info("task set %s: %d tasks (%d out-of-distribution)", self.config.taskset, len(tasks),
@@ -124,8 +132,14 @@ class Gateway:
         reporter = asyncio.create_task(self._report_loop())
         try:
             while not self._stop.is_set():
-                if self.config.max_groups and self.started_groups >= self.config.max_groups:
-                    break
+                if self.config.max_groups:
+                    if self.written_groups >= self.config.max_groups or self._given_up():
+                        break
+                    # A dropped group is replaced: --max-groups counts groups written (a warm-start's trainer
+                    # waits for its demonstrations; an evaluation reports the groups it asked for).
+                    if self.written_groups + self.running_groups >= self.config.max_groups:
+                        await asyncio.sleep(0.05)
+                        continue
                 if self.waiting_episodes >= self.config.group_size:
                     await asyncio.sleep(0.05)
                     continue
@@ -150,6 +164,15 @@ class Gateway:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await self.report_running()
 
+    def _given_up(self) -> bool:
+        """With --max-groups: as many groups dropped as were asked for (e.g. every task's site down)."""
+        dropped = sum(self.dropped.values())
+        if dropped < self.config.max_groups:
+            return False
+        log.error("stopping after %d groups dropped (%s) and %d written of --max-groups %d", dropped,
+                  self.dropped, self.written_groups, self.config.max_groups)
+        return True
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -173,7 +196,6 @@ class Gateway:
     def _start_group(self) -> None:
         task = self.rng.choice(self.tasks)
         seed = split_seed(self.rng.randrange(1 << 31), self.config.split)
-        self.started_groups += 1
         self.running_groups += 1
         self.waiting_episodes += self.config.group_size
         metrics.GROUPS_RUNNING.set(self.running_groups)
