@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 def _unreachable_kind(exc: BaseException, text: str) -> str:
     if isinstance(exc, (PlaywrightTimeout, asyncio.TimeoutError)) or "ERR_TIMED_OUT" in text:
         return "timeout"
+    if "ERR_BLOCKED_BY_CLIENT" in text:
+        return "blocked"  # the start page redirects off the task's origins: the host policy stopped it
     if "ERR_NAME_NOT_RESOLVED" in text or "ERR_NAME_RESOLUTION_FAILED" in text:
         return "dns"
     if "ERR_CONNECTION_REFUSED" in text or "ERR_CONNECTION_RESET" in text or "ERR_ADDRESS_UNREACHABLE" in text:

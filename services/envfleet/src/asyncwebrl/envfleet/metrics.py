@@ -36,6 +36,6 @@ WARM_RESETS = Counter("asyncwebrl_envfleet_warm_resets_total", "Episodes started
 SITE_UNREACHABLE = Counter(
     "asyncwebrl_envfleet_site_unreachable_total",
     "Live-website tasks (web_task) whose start page could not be loaded at Allocate, by kind (dns, refused, "
-    "timeout, http_5xx, other): environment faults answered UNAVAILABLE, never episodes.",
+    "timeout, http_5xx, blocked: redirected off the allowed origins, other): environment faults answered UNAVAILABLE, never episodes.",
     ["kind"],
 )

@@ -392,7 +392,12 @@ class Pool:
             if lease is None:
                 lease = await self._new_lease(host, width, height)
                 policy = security.HostPolicy(source.allowed_origins(spec))
-                await security.install(lease.context, policy, lambda r, u, lz=lease: self.on_block(lz.session, r, u))
+                on_block = lambda r, u, lz=lease: self.on_block(lz.session, r, u)  # noqa: E731
+                await security.install(lease.context, policy, on_block)
+                if source.live:
+                    # A live site may redirect anywhere; envfleet's own sites never leave their origin, and the
+                    # guard costs every request a round trip to Python.
+                    await security.guard_redirects(lease.context, lease.page, policy, on_block, self.spawn)
                 lease.task = spec.name
             if lease.page.viewport_size != {"width": width, "height": height}:  # a parked page
                 await lease.page.set_viewport_size({"width": width, "height": height})

@@ -209,7 +209,11 @@ class HostPolicy:
 
 
 async def install(context, policy: HostPolicy, on_block: Callable[[str, str], None]) -> None:
-    """Route every request and WebSocket of ``context`` through ``policy``."""
+    """Route every request and WebSocket of ``context`` through ``policy``.
+
+    Not the hops of a server redirect: Playwright calls a route handler for the first URL only and continues
+    every redirect itself (its docs' note on ``route``; in its Chromium network manager a request with
+    ``redirectedFrom`` is sent straight to ``Fetch.continueRequest``). ``guard_redirects`` covers those."""
 
     async def route(route) -> None:
         url = route.request.url
@@ -233,3 +237,35 @@ async def install(context, policy: HostPolicy, on_block: Callable[[str, str], No
     suspicious = policy.suspicious_pattern()
     await context.route(suspicious, route)
     await context.route_web_socket(suspicious, route_ws)
+
+
+async def guard_redirects(context, page, policy: HostPolicy, on_block: Callable[[str, str], None],
+                          spawn: Callable[[object], None]) -> None:
+    """Check every redirect hop of ``page``'s requests against ``policy`` before Chromium sends it.
+
+    A CDP session of our own on the page's target with ``Fetch.enable``: Chromium chains its interception
+    after Playwright's, so each hop (a paused request carrying ``redirectedRequestId``) is ours to continue or
+    fail (ERR_BLOCKED_BY_CLIENT, as the route handler does); a disallowed hop is never fetched. First requests
+    are Playwright's route's (``install``) and are continued here at once, so nothing is counted twice.
+    Popups are closed and service workers blocked; an out-of-process iframe or a worker is a target of its
+    own that this session does not see (the NetworkPolicy is the wall there)."""
+    cdp = await context.new_cdp_session(page)
+
+    async def answer(method: str, params: dict) -> None:
+        try:
+            await cdp.send(method, params)
+        except Exception:  # the page or context closed meanwhile: nothing is waiting on the request
+            pass
+
+    def on_paused(event: dict) -> None:
+        request_id = event["requestId"]
+        url = event.get("request", {}).get("url", "")
+        reason = policy.violation(url) if event.get("redirectedRequestId") else None
+        if reason is None:
+            spawn(answer("Fetch.continueRequest", {"requestId": request_id}))
+        else:
+            on_block(reason, url)
+            spawn(answer("Fetch.failRequest", {"requestId": request_id, "errorReason": "BlockedByClient"}))
+
+    cdp.on("Fetch.requestPaused", on_paused)
+    await cdp.send("Fetch.enable", {"patterns": [{"urlPattern": "*", "requestStage": "Request"}]})
