@@ -4,7 +4,7 @@ on multi-step tasks whose failures run to a long step limit.
 The local stack (``asyncwebrl up``) and jobs submitted to its REST api. The
 tasks and the warm-start are the demo job's (``examples/jobs/demo.yaml``), with
 the step limit raised to ``--step-limit`` (8 by default): a success takes the
-task's 2-3 steps, a failure runs all 8. From one warm-start checkpoint, the same
+task's own steps (one click on the demo's click-test), a failure runs all 8. From one warm-start checkpoint, the same
 job with a_ij = A_i / k for k = 10 and for k = the step limit, and with
 a_ij = A_i / |tau_i|, for several seeds, each for the same number of training
 steps, interleaved (seed 1 all three, seed 2 all three, ...).
