@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 from transformers import DynamicCache
 
+from asyncwebrl.common.models.broadcast import dtype_name, model_names
 from asyncwebrl.common.models.loading import Policy, load_weights
 from asyncwebrl.common.models.logprobs import mrope_positions
 from asyncwebrl.engine import metrics
@@ -161,6 +162,43 @@ class Engine:
         metrics.WEIGHT_UPDATES.inc()
         metrics.WEIGHT_LOAD_SECONDS.observe(time.monotonic() - started)
         log.info("weights updated", extra={"path": path, "weight_version": version, "bytes": nbytes})
+        return {"bytes": nbytes, "seconds": time.monotonic() - started}
+
+    def check_weights(self, named: list[tuple[str, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Pair each received tensor with the model tensor it replaces, checking every name, shape and
+        dtype first (any thread: nothing is changed). ValueError names the first bad one."""
+        own = self.model.state_dict()
+        renamed = model_names(self.model, [n for n, _ in named])
+        pairs, seen = [], set()
+        for name, tensor in named:
+            target = renamed[name]
+            if target not in own:
+                raise ValueError(f"{name} is not a weight of this {self.model.config.model_type} model")
+            if target in seen:
+                raise ValueError(f"{name} is given twice")
+            seen.add(target)
+            live = own[target]
+            if tuple(tensor.shape) != tuple(live.shape):
+                raise ValueError(f"{name} has shape {list(tensor.shape)}, the model {list(live.shape)}")
+            if tensor.is_floating_point() != live.is_floating_point():
+                raise ValueError(f"{name} is {dtype_name(tensor.dtype)}, the model {dtype_name(live.dtype)}")
+            pairs.append((live, tensor))
+        return pairs
+
+    def apply_weights(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], version: str, abort_all: bool) -> dict:
+        """Copy checked, fully received tensors into the model and take their version (engine thread,
+        between iterations: no forward pass sees a mix)."""
+        if abort_all:
+            self._abort_rows(lambda r: True, "aborted for a weight update")
+        started = time.monotonic()
+        with torch.no_grad():
+            for live, tensor in pairs:
+                live.copy_(tensor)
+        self.weight_version = version
+        metrics.WEIGHT_LOAD_SECONDS.observe(time.monotonic() - started)
+        nbytes = sum(t.numel() * t.element_size() for _, t in pairs)
+        log.info("weights updated from a broadcast", extra={"weight_version": version, "tensors": len(pairs),
+                                                            "bytes": nbytes})
         return {"bytes": nbytes, "seconds": time.monotonic() - started}
 
     # --- the loop ------------------------------------------------------------

@@ -19,3 +19,9 @@ WEIGHT_UPDATES = Counter("asyncwebrl_engine_weight_updates_total", "Successful u
 WEIGHT_LOAD_SECONDS = Histogram("asyncwebrl_engine_weight_load_seconds", "Time to load new weights.")
 WEIGHT_VERSION = Gauge("asyncwebrl_engine_weight_version_info", "1 for the weight version being served.", ["version"])
 IMAGE_CACHE = Counter("asyncwebrl_engine_image_cache_total", "Processed-image cache lookups, by result.", ["result"])
+DISTRIBUTED_UPDATES = Counter("asyncwebrl_engine_distributed_weight_updates_total",
+                              "update_weights_from_distributed calls by result (ok, failed).", ["result"])
+BROADCAST_RECEIVE_SECONDS = Histogram("asyncwebrl_engine_broadcast_receive_seconds",
+                                      "Time to receive one update_weights_from_distributed broadcast.")
+WEIGHT_UPDATE_GROUPS = Gauge("asyncwebrl_engine_weight_update_groups",
+                             "Weight-update process groups this engine is a member of.")

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from asyncwebrl.common.agent.prompt import expand_image_tokens, image_pad_runs
 from asyncwebrl.common.agent.vision import BadImage, ImageBatch, decode_image, process_images
+from asyncwebrl.common.models import broadcast
 from asyncwebrl.engine import metrics
 from asyncwebrl.engine.config import EngineConfig
 from asyncwebrl.engine.core import Engine, GenRequest, SamplingParams
@@ -50,6 +51,20 @@ UPDATE_FIELDS = {
     "model_path", "load_format", "abort_all_requests", "weight_version", "flush_cache", "is_async",
     "torch_empty_cache", "keep_pause", "recapture_cuda_graph", "token_step",
 }
+# SGLang's InitWeightsUpdateGroupReqInput, UpdateWeightsFromDistributedReqInput (0.5.23 adds selector)
+# and DestroyWeightsUpdateGroupReqInput, with BaseReq's rid and http_worker_ipc.
+BASE_REQ_FIELDS = {"rid", "http_worker_ipc"}
+INIT_GROUP_FIELDS = {"master_address", "master_port", "rank_offset", "world_size", "group_name", "backend",
+                     *BASE_REQ_FIELDS}
+DISTRIBUTED_FIELDS = {"names", "dtypes", "shapes", "group_name", "flush_cache", "abort_all_requests",
+                      "weight_version", "load_format", "selector", "torch_empty_cache", *BASE_REQ_FIELDS}
+DESTROY_GROUP_FIELDS = {"group_name", *BASE_REQ_FIELDS}
+ADMIN_PATHS = ("/update_weights_from_disk", "/pause_generation", "/continue_generation",
+               "/init_weights_update_group", "/update_weights_from_distributed", "/destroy_weights_update_group")
+# How long joining a weight-update group, and each broadcast in it, may wait for the other ranks
+# (SGLang leaves torch's default, 30 minutes; a broken sender should not hold a thread that long).
+GROUP_TIMEOUT_S = 300.0
+MAX_TENSORS = 1 << 16
 MAX_RID = 128
 MAX_STOP = 16
 
@@ -137,11 +152,17 @@ class Server:
         self.loading = 0  # weight loads in progress (/ready is false meanwhile)
         self._http: aiohttp.ClientSession | None = None
         self.image_cache = ByteLRU(config.image_cache_mb * 1024 * 1024)
+        self.groups: dict[str, object] = {}  # group_name -> torch ProcessGroup (weight-update groups)
+        self._joining: set[str] = set()
+        self._receiving = asyncio.Lock()  # one broadcast received at a time, as SGLang's scheduler does
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._auth])
         app.router.add_post("/generate", self.generate)
         app.router.add_post("/update_weights_from_disk", self.update_weights)
+        app.router.add_post("/init_weights_update_group", self.init_group)
+        app.router.add_post("/update_weights_from_distributed", self.update_distributed)
+        app.router.add_post("/destroy_weights_update_group", self.destroy_group)
         app.router.add_post("/pause_generation", self.pause)
         app.router.add_post("/continue_generation", self.resume)
         app.router.add_post("/abort_request", self.abort)
@@ -157,6 +178,8 @@ class Server:
     async def _close(self, _app) -> None:
         if self._http is not None:
             await self._http.close()
+        for name in list(self.groups):
+            broadcast.destroy_group(self.groups.pop(name))
 
     # --- auth ----------------------------------------------------------------
 
@@ -165,7 +188,7 @@ class Server:
         path = request.path
         if path in ("/health", "/metrics", "/ready"):
             return await handler(request)
-        admin = path in ("/update_weights_from_disk", "/pause_generation", "/continue_generation")
+        admin = path in ADMIN_PATHS
         key = (self.config.admin_api_key or self.config.api_key) if admin else self.config.api_key
         if key:
             given = request.headers.get("Authorization", "")
@@ -449,6 +472,156 @@ class Server:
             "message": f"loaded {result['bytes']} bytes in {result['seconds']:.3f}s",
             "num_paused_requests": self.engine.stats()["running"] if self.engine.paused else 0,
         })
+
+    # --- weights by broadcast (SGLang's update-from-distributed API) ------------------------------
+
+    @staticmethod
+    def _outcome(success: bool, message: str) -> web.Response:
+        """SGLang's answer to the group and distributed-update calls: 200, or 400 on failure."""
+        return web.json_response({"success": success, "message": message}, status=200 if success else 400)
+
+    async def _fields(self, request: web.Request, allowed: set[str], route: str) -> dict:
+        body = await self._body(request)
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise BadRequest(unknown[0], f"not a field of {route}")
+        for name in BASE_REQ_FIELDS:
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise BadRequest(name, "must be a string")
+        return body
+
+    @staticmethod
+    def _group_name(body: dict) -> str:
+        name = body.get("group_name", broadcast.DEFAULT_GROUP)
+        if not isinstance(name, str) or not 0 < len(name) <= 256:
+            raise BadRequest("group_name", "must be a non-empty string of at most 256 characters")
+        return name
+
+    async def init_group(self, request: web.Request) -> web.Response:
+        body = await self._fields(request, INIT_GROUP_FIELDS, "/init_weights_update_group")
+        for name in ("master_address", "master_port", "rank_offset", "world_size"):
+            if body.get(name) is None:
+                raise BadRequest(name, "required")
+        address = body["master_address"]
+        if not isinstance(address, str) or not 0 < len(address) <= 253:
+            raise BadRequest("master_address", "must be a host name or address")
+        port = _number(body["master_port"], "master_port", 1, 65535, integer=True)
+        world = _number(body["world_size"], "world_size", 2, 1 << 16, integer=True)
+        rank = _number(body["rank_offset"], "rank_offset", 1, world - 1, integer=True)
+        group = self._group_name(body)
+        backend = body.get("backend", "nccl")
+        if not isinstance(backend, str) or not backend:
+            raise BadRequest("backend", "must be a string (gloo, nccl)")
+        if group in self.groups or group in self._joining:
+            return self._outcome(False, f"Failed to initialize custom process group: group {group!r} already "
+                                        "exists; destroy it first.")
+        self._joining.add(group)
+        log.info("joining weight-update group", extra={"group": group, "master": f"{address}:{port}",
+                                                       "rank": rank, "world_size": world, "backend": backend})
+        try:
+            # Blocks until every rank has joined: in a thread, the engine goes on serving meanwhile.
+            pg = await asyncio.to_thread(broadcast.init_group, address, port, rank, world, group, backend,
+                                         GROUP_TIMEOUT_S)
+        except broadcast.BroadcastError as exc:
+            log.warning("joining weight-update group failed", extra={"group": group, "error": str(exc)})
+            return self._outcome(False, f"Failed to initialize custom process group: {exc}.")
+        finally:
+            self._joining.discard(group)
+        self.groups[group] = pg
+        metrics.WEIGHT_UPDATE_GROUPS.set(len(self.groups))
+        return self._outcome(True, "Succeeded to initialize custom process group.")
+
+    async def destroy_group(self, request: web.Request) -> web.Response:
+        body = await self._fields(request, DESTROY_GROUP_FIELDS, "/destroy_weights_update_group")
+        group = self._group_name(body)
+        pg = self.groups.pop(group, None)
+        if pg is None:
+            return self._outcome(False, "The group to be destroyed does not exist.")
+        metrics.WEIGHT_UPDATE_GROUPS.set(len(self.groups))
+        await asyncio.to_thread(broadcast.destroy_group, pg)
+        return self._outcome(True, "Succeeded to destroy custom process group.")
+
+    def _tensor_specs(self, body: dict) -> tuple[list[str], list[str], list[list[int]]]:
+        names, dtypes, shapes = body.get("names"), body.get("dtypes"), body.get("shapes")
+        for field, value in (("names", names), ("dtypes", dtypes), ("shapes", shapes)):
+            if value is None:
+                raise BadRequest(field, "required")
+            if not isinstance(value, list) or len(value) > MAX_TENSORS:
+                raise BadRequest(field, f"must be a list of at most {MAX_TENSORS} items")
+        if not all(isinstance(n, str) and 0 < len(n) <= 512 for n in names):
+            raise BadRequest("names", "must be tensor names (non-empty strings)")
+        for i, d in enumerate(dtypes):
+            if not isinstance(d, str):
+                raise BadRequest(f"dtypes[{i}]", "must be a string such as float32 or bfloat16")
+            try:
+                broadcast.parse_dtype(d)
+            except ValueError as exc:
+                raise BadRequest(f"dtypes[{i}]", str(exc)) from exc
+        for i, shape in enumerate(shapes):
+            if not isinstance(shape, list) or len(shape) > 8 or not all(
+                    isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 40 for x in shape):
+                raise BadRequest(f"shapes[{i}]", "must be a list of at most 8 non-negative integers")
+        if len(dtypes) != len(names):
+            raise BadRequest("dtypes", f"{len(dtypes)} dtypes for {len(names)} names")
+        if len(shapes) != len(names):
+            raise BadRequest("shapes", f"{len(shapes)} shapes for {len(names)} names")
+        return names, dtypes, shapes
+
+    async def update_distributed(self, request: web.Request) -> web.Response:
+        """Receive a broadcast into staging tensors, check them all against the model, and only then
+        copy them in (between engine iterations) and take ``weight_version``: a broadcast that fails
+        midway, or tensors that do not fit, leave the previous weights and version serving."""
+        body = await self._fields(request, DISTRIBUTED_FIELDS, "/update_weights_from_distributed")
+        names, dtypes, shapes = self._tensor_specs(body)
+        group = self._group_name(body)
+        version = body.get("weight_version")
+        if version is not None and (not isinstance(version, str) or not 0 < len(version) <= 64):
+            raise BadRequest("weight_version", "must be a string of 1-64 characters")
+        load_format = body.get("load_format")
+        if load_format is not None and not isinstance(load_format, str):
+            raise BadRequest("load_format", "must be a string (flattened_bucket) or null")
+        if body.get("selector", "all") not in ("target", "draft", "all"):
+            raise BadRequest("selector", "must be target, draft or all")
+        abort_all = _flag(body.get("abort_all_requests", False), "abort_all_requests")
+        for name, default in (("flush_cache", True), ("torch_empty_cache", False)):
+            _flag(body.get(name, default), name)
+        # SGLang: any load_format but flattened_bucket is one broadcast per tensor.
+        fmt = broadcast.FLATTENED_BUCKET if load_format == broadcast.FLATTENED_BUCKET else None
+        async with self._receiving:
+            pg = self.groups.get(group)
+            if pg is None:
+                metrics.DISTRIBUTED_UPDATES.labels("failed").inc()
+                return self._outcome(False, f"Failed to receive weights: Group {group} not in {sorted(self.groups)}."
+                                            " Please call `init_weights_update_group` first.")
+            self.loading += 1
+            try:
+                started = time.monotonic()
+                try:
+                    staged = await asyncio.to_thread(broadcast.receive, pg, names, dtypes, shapes, fmt)
+                except broadcast.BroadcastError as exc:
+                    # The group is broken (a peer gone, a timeout): it cannot carry another broadcast.
+                    metrics.DISTRIBUTED_UPDATES.labels("failed").inc()
+                    log.warning("receiving a broadcast failed; weights unchanged",
+                                extra={"group": group, "error": str(exc)})
+                    return self._outcome(False, f"Failed to receive weights: {exc}")
+                metrics.BROADCAST_RECEIVE_SECONDS.observe(time.monotonic() - started)
+                try:
+                    pairs = await asyncio.to_thread(self.engine.check_weights, staged)
+                except ValueError as exc:
+                    metrics.DISTRIBUTED_UPDATES.labels("failed").inc()
+                    return self._outcome(False, f"Failed to update parameter online: {exc}. Weights unchanged.")
+                new_version = version if version is not None else self.engine.weight_version
+                await asyncio.wrap_future(self.engine.command(
+                    lambda: self.engine.apply_weights(pairs, new_version, abort_all)))
+            finally:
+                self.loading -= 1
+        metrics.DISTRIBUTED_UPDATES.labels("ok").inc()
+        metrics.WEIGHT_VERSION.clear()
+        metrics.WEIGHT_VERSION.labels(new_version).set(1)
+        message = "Succeeded to update parameter online."
+        if version is not None:
+            message += f" Weight version updated to {version}."
+        return self._outcome(True, message)
 
     async def pause(self, request: web.Request) -> web.Response:
         body = await self._body(request) if request.can_read_body else {}
