@@ -53,6 +53,12 @@ async def serve(config: WeightSyncConfig) -> None:
     await redis.ping()
     sync = WeightSync(config, redis)
     await sync.start()
+    if config.transport == "broadcast":
+        # Engines must reach this address (and a port of the range) to join weightsync's groups.
+        log.info("versions go by broadcast (update_weights_from_distributed), disk as the fallback",
+                 extra={"master_address": config.broadcast_host, "backend": config.broadcast_backend,
+                        "ports": f"{config.broadcast_port}+{config.broadcast_port_count}"
+                        if config.broadcast_port else "any free"})
     health = {"redis": True}
     runner = ServiceRunner(config, [SERVICE.full_name], ready=lambda: health["redis"])
     task = asyncio.create_task(reconciler(sync, health))

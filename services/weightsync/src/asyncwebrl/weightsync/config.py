@@ -11,6 +11,8 @@ from asyncwebrl.common.registry import ENDPOINT_ID
 from asyncwebrl.common.service_config import ServiceConfig
 
 DISCOVERY = ("none", "static", "kubernetes")
+TRANSPORTS = ("disk", "broadcast")
+BROADCAST_BACKENDS = ("gloo", "nccl")
 _STATIC = re.compile(r"^(?P<job>[A-Za-z0-9_-]{1,64})=(?P<id>[A-Za-z0-9_.:-]{1,128})@(?P<url>https?://\S+)$")
 
 
@@ -51,6 +53,22 @@ class WeightSyncConfig(ServiceConfig):
     checkpoint_roots: str = option("", "Comma-separated directories a published path must be inside; empty: any.")
     engine_api_key: str = dataclasses.field(
         default="", metadata={"help": "Bearer token of the inference endpoints' admin routes.", "secret": True})
+    transport: str = option("disk", "How a version reaches the endpoints: disk (each loads the checkpoint, "
+                                    "update_weights_from_disk) or broadcast (weightsync joins a process group "
+                                    "with them as rank 0 and broadcasts the tensors, update_weights_from_distributed;"
+                                    " an endpoint that cannot join or fails falls back to disk).")
+    broadcast_host: str = option("127.0.0.1", "For --transport broadcast: the address engines reach weightsync's "
+                                              "rendezvous at (master_address; this pod's address in a cluster).")
+    broadcast_port: int = option(0, "For --transport broadcast: first rendezvous port (master_port) to try; "
+                                    "0 picks any free port for each group.")
+    broadcast_port_count: int = option(16, "Ports tried from --broadcast-port on (jobs and rebuilt groups each "
+                                           "take one).")
+    broadcast_backend: str = option("gloo", "Backend of the broadcast group: gloo (CPU tensors) or nccl "
+                                            "(needs a GPU here and on every engine).")
+    broadcast_timeout_s: float = option(120.0, "Longest a group may take to form, and a broadcast to finish, "
+                                               "before the endpoints fall back to disk.")
+    broadcast_bucket_mb: int = option(0, "Split a version into update requests of at most this many MiB "
+                                         "(0: one request per version, applied all-or-nothing by the engine).")
     discovery: str = option("none", "Endpoints weightsync registers itself (SGLang pods, which do not "
                                     "heartbeat): none, static (--static-endpoints) or kubernetes (pods by label).")
     static_endpoints: str = option("", "For --discovery static: job=endpoint_id@http://host:port, comma-separated.")
@@ -72,6 +90,16 @@ class WeightSyncConfig(ServiceConfig):
         require(0 <= self.retry_backoff_s <= 300, "retry_backoff_s", "must be in [0, 300]")
         require(0.5 <= self.registry_ttl_s <= 3600, "registry_ttl_s", "must be in [0.5, 3600]")
         require(0.1 <= self.reconcile_interval_s <= 600, "reconcile_interval_s", "must be in [0.1, 600]")
+        require(self.transport in TRANSPORTS, "transport", f"must be one of {TRANSPORTS}")
+        require(0 < len(self.broadcast_host) <= 253 and " " not in self.broadcast_host, "broadcast_host",
+                "must be a host name or address")
+        require(0 <= self.broadcast_port <= 65535, "broadcast_port", "must be in [0, 65535]")
+        require(1 <= self.broadcast_port_count <= 4096 and self.broadcast_port + self.broadcast_port_count <= 65536,
+                "broadcast_port_count", "must be in [1, 4096] and stay below port 65536")
+        require(self.broadcast_backend in BROADCAST_BACKENDS, "broadcast_backend",
+                f"must be one of {BROADCAST_BACKENDS}")
+        require(1 <= self.broadcast_timeout_s <= 3600, "broadcast_timeout_s", "must be in [1, 3600]")
+        require(0 <= self.broadcast_bucket_mb <= 1 << 20, "broadcast_bucket_mb", "must be in [0, 2^20]")
         require(self.discovery in DISCOVERY, "discovery", f"must be one of {DISCOVERY}")
         require(self.discovery == "static" or not self.static_endpoints, "static_endpoints",
                 "is only read with --discovery static")

@@ -25,3 +25,13 @@ ENDPOINTS = Gauge("asyncwebrl_weightsync_endpoints", "Fresh endpoints by the ver
                   ["job", "version"])
 HELD = Gauge("asyncwebrl_weightsync_held_endpoints", "Endpoints held back from the gateway (behind or failed).",
              ["job"])
+BROADCASTS = Counter("asyncwebrl_weightsync_broadcasts_total", "Versions sent by broadcast (--transport "
+                     "broadcast), by result: ok, partial (some endpoints fell back to disk), failed.",
+                     ["job", "result"])
+BROADCAST_SECONDS = Histogram("asyncwebrl_weightsync_broadcast_seconds", "Pause, broadcast and continue of "
+                              "one version to the group (reading the checkpoint included).", ["job"],
+                              buckets=_SECONDS)
+GROUP_BUILDS = Counter("asyncwebrl_weightsync_broadcast_group_builds_total", "Broadcast groups built, by "
+                       "result (ok, failed).", ["job", "result"])
+BROADCAST_FALLBACKS = Counter("asyncwebrl_weightsync_broadcast_fallbacks_total", "Endpoints that got a version "
+                              "from disk instead (could not join, or their update failed).", ["job"])

@@ -26,6 +26,7 @@ import json
 import logging
 import pathlib
 import time
+import uuid
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -34,6 +35,7 @@ from redis.exceptions import LockError, RedisError
 from asyncwebrl.common import fanout
 from asyncwebrl.common.cancel import end_if_cancelled
 from asyncwebrl.common.keys import job_prefix
+from asyncwebrl.common.models import broadcast
 from asyncwebrl.common.registry import Endpoint, Published, Registry, version_number
 from asyncwebrl.common.weights import CheckpointError, Manifest, read_manifest
 from asyncwebrl.weightsync import metrics
@@ -51,6 +53,32 @@ class Outcome:
     seconds: float
     error: str
     attempts: int
+
+
+@dataclasses.dataclass
+class Group:
+    """A broadcast group of one job: weightsync is rank 0, ``members[i]`` rank i + 1."""
+
+    name: str
+    port: int
+    pg: object
+    members: list[Endpoint]
+
+    @property
+    def key(self) -> set[tuple[str, str]]:
+        return {(e.endpoint_id, e.url) for e in self.members}
+
+
+def read_tensors(path: pathlib.Path) -> list[tuple[str, object]]:
+    """Every tensor of a checkpoint under its checkpoint name, file by file, names sorted in each."""
+    from safetensors.torch import load_file
+
+    out = []
+    for f in sorted(path.glob("*.safetensors")):
+        out.extend(sorted(load_file(f).items()))
+    if not out:
+        raise CheckpointError(f"no .safetensors files in {path}")
+    return out
 
 
 @dataclasses.dataclass
@@ -79,6 +107,7 @@ class WeightSync:
         self._retry_at: dict[tuple[str, str], float] = {}  # (job, endpoint) -> monotonic time of next catch-up
         self._catching: dict[tuple[str, str], asyncio.Task] = {}
         self._limits: dict[str, asyncio.Semaphore] = {}
+        self._groups: dict[str, Group] = {}  # job -> its broadcast group (--transport broadcast)
         self.jobs_key = config.key_prefix + "jobs"
 
     async def start(self) -> None:
@@ -88,6 +117,9 @@ class WeightSync:
         for task in list(self._catching.values()):
             task.cancel()
         await asyncio.gather(*self._catching.values(), return_exceptions=True)
+        for job_id in list(self._groups):
+            with contextlib.suppress(Exception):
+                await self._drop_group(job_id)
         if self.session is not None:
             await self.session.close()
 
@@ -151,7 +183,10 @@ class WeightSync:
                 raise Refused("old", "version", f"{version} is older than the published version "
                                                 f"{published.version}")
             targets = [e for e in await reg.fresh() if version_number(e.weight_version) != version]
-            outcomes = await self._load_all(job_id, reg, targets, str(resolved), version, manifest)
+            if self.config.transport == "broadcast" and targets:
+                outcomes = await self._broadcast_all(job_id, reg, targets, resolved, version, manifest)
+            else:
+                outcomes = await self._load_all(job_id, reg, targets, str(resolved), version, manifest)
             await self.redis.sadd(self.jobs_key, job_id)
             await self.redis.hset(reg.weights_key, mapping={
                 "version": version, "path": str(resolved), "checksum": manifest.checksum,
@@ -176,6 +211,225 @@ class WeightSync:
                 return await self._load(job_id, reg, ep, path, version, manifest, "publish")
 
         return list(await asyncio.gather(*(one(ep) for ep in targets)))
+
+    # --- broadcast (--transport broadcast) -------------------------------------------------------
+
+    async def _broadcast_all(self, job_id: str, reg: Registry, targets: list[Endpoint], path: pathlib.Path,
+                             version: int, manifest: Manifest) -> list[Outcome]:
+        """Send the version to ``targets`` by broadcast, weightsync as rank 0 for the trainer; those
+        that cannot join or whose update fails get it from disk, so the bookkeeping (records, holding
+        back, catch-up) is the disk path's. Each endpoint's lock is held as a disk load holds it."""
+        c = self.config
+        started = time.monotonic()
+        outcomes: list[Outcome] = []
+        fallback: list[Endpoint] = []
+        async with contextlib.AsyncExitStack() as stack:
+            members = []
+            for ep in targets:
+                lock = self._endpoint_lock(job_id, ep.endpoint_id, c.load_timeout_s * (c.retries + 1))
+                if await lock.acquire():
+                    await stack.enter_async_context(self._kept(lock))
+                    members.append(ep)
+                else:
+                    fallback.append(ep)  # the disk path reports it (it waits for the lock again)
+            errors: dict[str, str] = {}
+            try:
+                tensors = await asyncio.to_thread(read_tensors, path)
+                group, refused = await self._ensure_group(job_id, members)
+            except (CheckpointError, OSError, broadcast.BroadcastError) as exc:
+                group, refused, tensors = None, {ep.endpoint_id: f"{type(exc).__name__}: {exc}" for ep in members}, []
+            errors.update(refused)
+            if group is not None:
+                errors.update(await self._send_version(job_id, group, tensors, version))
+            seconds = time.monotonic() - started
+            in_group = {e.endpoint_id for e in group.members} if group is not None else set()
+            for ep in members:
+                if ep.endpoint_id in errors or ep.endpoint_id not in in_group:
+                    errors.setdefault(ep.endpoint_id, "not in the broadcast group")
+                    fallback.append(ep)
+                    continue
+                metrics.LOAD_SECONDS.labels(job_id).observe(seconds)
+                metrics.LOADS.labels(job_id, "publish", "ok").inc()
+                metrics.BYTES_LOADED.labels(job_id).inc(manifest.total_bytes)
+                await reg.release(ep.endpoint_id)
+                self._retry_at.pop((job_id, ep.endpoint_id), None)
+                await self._record(job_id, ep.endpoint_id, version, True, seconds, "")
+                outcomes.append(Outcome(ep.endpoint_id, True, seconds, "", 1))
+        metrics.BROADCAST_SECONDS.labels(job_id).observe(time.monotonic() - started)
+        result = "ok" if not fallback else ("partial" if outcomes else "failed")
+        metrics.BROADCASTS.labels(job_id, result).inc()
+        if fallback:
+            metrics.BROADCAST_FALLBACKS.labels(job_id).inc(len(fallback))
+            log.warning("broadcast: endpoints fall back to disk", extra={
+                "job": job_id, "version": version,
+                "endpoints": {ep.endpoint_id: errors.get(ep.endpoint_id, "endpoint busy") for ep in fallback}})
+        # After the group's locks are released: the disk loads take them again.
+        outcomes += await self._load_all(job_id, reg, fallback, str(path), version, manifest)
+        return outcomes
+
+    async def _post(self, url: str, route: str, body: dict, timeout_s: float) -> None:
+        """POST an admin call; RuntimeError (or a timeout) unless it answered 200 with success."""
+        await asyncio.wait_for(fanout._post(self.session, url + route, body,
+                                            fanout.admin_headers(self.config.engine_api_key)), timeout_s)
+
+    async def _ensure_group(self, job_id: str, members: list[Endpoint]) -> tuple[Group | None, dict[str, str]]:
+        """The job's group with exactly ``members`` (kept from the last publish if its members are the
+        same, else rebuilt). Returns it (None if none formed) and the errors of endpoints left out."""
+        current = self._groups.get(job_id)
+        if current is not None and current.key == {(e.endpoint_id, e.url) for e in members}:
+            return current, {}
+        if current is not None:
+            await self._drop_group(job_id)
+        if not members:
+            return None, {}
+        group, errors, culprits = await self._build_group(job_id, members)
+        if group is None and culprits and len(culprits) < len(members):
+            # Those that refused at once kept the others waiting; try once more without them.
+            rest = [ep for ep in members if ep.endpoint_id not in culprits]
+            group, more, _ = await self._build_group(job_id, rest)
+            errors = {**{k: v for k, v in errors.items() if k in culprits}, **more}
+        if group is not None:
+            self._groups[job_id] = group
+        return group, errors
+
+    async def _build_group(self, job_id: str, members: list[Endpoint]) -> tuple[Group | None, dict[str, str],
+                                                                                  set[str]]:
+        """Join a new group as rank 0 while every member joins it. Returns the group (None unless all
+        joined), each failed member's error, and the members that failed at once (refused, unreachable)
+        rather than by waiting for the others."""
+        c = self.config
+        name = f"asyncwebrl-{job_id}-{uuid.uuid4().hex[:8]}"
+        ports = [0] if c.broadcast_port == 0 else range(c.broadcast_port, c.broadcast_port + c.broadcast_port_count)
+        port = broadcast.free_port("0.0.0.0" if ":" not in c.broadcast_host else "::", ports)
+        world = len(members) + 1
+        started = time.monotonic()
+        errors: dict[str, str] = {}
+        quick: set[str] = set()
+
+        async def join(rank: int, ep: Endpoint) -> None:
+            try:
+                await self._post(ep.url, "/init_weights_update_group", {
+                    "master_address": c.broadcast_host, "master_port": port, "rank_offset": rank,
+                    "world_size": world, "group_name": name, "backend": c.broadcast_backend},
+                    c.broadcast_timeout_s + 10)
+            except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError) as exc:
+                errors[ep.endpoint_id] = f"joining the broadcast group: {type(exc).__name__}: {exc}"[:500]
+                if time.monotonic() - started < c.broadcast_timeout_s / 2:
+                    quick.add(ep.endpoint_id)
+
+        host = asyncio.create_task(asyncio.to_thread(broadcast.init_group, c.broadcast_host, port, 0, world, name,
+                                                     c.broadcast_backend, c.broadcast_timeout_s))
+        await asyncio.gather(*(join(i + 1, ep) for i, ep in enumerate(members)))
+        try:
+            pg = await host
+        except broadcast.BroadcastError as exc:
+            pg = None
+            log.warning("broadcast group did not form", extra={"job": job_id, "error": str(exc)})
+        group = Group(name, port, pg, members)
+        if pg is None or errors:
+            metrics.GROUP_BUILDS.labels(job_id, "failed").inc()
+            joined = [ep for ep in members if ep.endpoint_id not in errors]
+            await self._destroy(group, joined)
+            for ep in joined:
+                errors[ep.endpoint_id] = "the broadcast group did not form"
+            return None, errors, quick
+        metrics.GROUP_BUILDS.labels(job_id, "ok").inc()
+        log.info("broadcast group formed", extra={"job": job_id, "group": name, "port": port,
+                                                  "endpoints": [e.endpoint_id for e in members]})
+        return group, {}, quick
+
+    async def _destroy(self, group: Group, members: list[Endpoint]) -> None:
+        async def one(ep: Endpoint) -> None:
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, RuntimeError):
+                await self._post(ep.url, "/destroy_weights_update_group", {"group_name": group.name}, 30)
+
+        await asyncio.gather(*(one(ep) for ep in members))
+        if group.pg is not None:
+            await asyncio.to_thread(broadcast.destroy_group, group.pg)
+
+    async def _drop_group(self, job_id: str) -> None:
+        group = self._groups.pop(job_id, None)
+        if group is not None:
+            await self._destroy(group, group.members)
+
+    async def _send_version(self, job_id: str, group: Group, tensors: list, version: int) -> dict[str, str]:
+        """Pause every member, post the update to all of them while broadcasting, continue them.
+        Returns the errors of members that did not take the version; any failure drops the group."""
+        c = self.config
+        errors: dict[str, str] = {}
+        paused: list[Endpoint] = []
+
+        async def pause(ep: Endpoint) -> None:
+            try:
+                await self._post(ep.url, "/pause_generation", {}, c.load_timeout_s)
+                paused.append(ep)
+            except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError) as exc:
+                errors[ep.endpoint_id] = f"pause_generation: {type(exc).__name__}: {exc}"[:500]
+
+        async def update(ep: Endpoint, body: dict) -> None:
+            try:
+                await self._post(ep.url, "/update_weights_from_distributed", body, c.broadcast_timeout_s + 10)
+            except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError) as exc:
+                errors.setdefault(ep.endpoint_id, f"update_weights_from_distributed: {type(exc).__name__}: "
+                                                  f"{exc}"[:500])
+
+        async def session(ep: Endpoint, route: str) -> None:
+            """SGLang >= 0.5.23 takes a distributed update only inside a weight-update session (its
+            scheduler's weight_updater refuses one outside it without receiving, and the broadcast would wait
+            for it until its timeout); older servers and the embedded engine have no such route (404)."""
+            try:
+                await self._post(ep.url, route, {}, c.load_timeout_s)
+            except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError) as exc:
+                if " answered 404" not in str(exc):
+                    errors.setdefault(ep.endpoint_id, f"{route.lstrip('/')}: {type(exc).__name__}: {exc}"[:500])
+                    return
+            opened.append(ep)
+
+        complete = False
+        opened: list[Endpoint] = []
+        applied = 0  # update requests every member took: with buckets, a part of the version
+        try:
+            await asyncio.gather(*(pause(ep) for ep in group.members))
+            if not errors:
+                await asyncio.gather(*(session(ep, "/begin_weight_update") for ep in group.members))
+            if not errors:  # a member that is not paused would not take its part of the broadcast
+                device = "cuda" if c.broadcast_backend == "nccl" else "cpu"
+                runs = broadcast.buckets(tensors, c.broadcast_bucket_mb * 1024 * 1024)
+                for i, run in enumerate(runs):
+                    body = {**broadcast.specs(run), "group_name": group.name, "flush_cache": i == len(runs) - 1}
+                    if i == len(runs) - 1:
+                        body["weight_version"] = str(version)
+                    send = asyncio.to_thread(broadcast.send, group.pg, [(n, t.to(device)) for n, t in run])
+                    sent = await asyncio.gather(send, *(update(ep, body) for ep in group.members),
+                                                return_exceptions=True)
+                    if isinstance(sent[0], BaseException):
+                        for ep in group.members:
+                            errors.setdefault(ep.endpoint_id, f"broadcast: {sent[0]}"[:500])
+                        break
+                    if errors and i < len(runs) - 1:  # a member missed a run: the rest would not complete it
+                        break
+                    applied += i < len(runs) - 1
+                else:
+                    complete = True
+        finally:
+            async def end(ep: Endpoint) -> None:
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, RuntimeError):
+                    await self._post(ep.url, "/end_weight_update", {}, c.load_timeout_s)
+
+            async def resume(ep: Endpoint) -> None:
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, RuntimeError):
+                    await self._post(ep.url, "/continue_generation", {}, c.load_timeout_s)
+
+            if not complete:  # nobody has the whole version (and its weight_version)
+                for ep in group.members:
+                    errors.setdefault(ep.endpoint_id, "the broadcast stopped for another member")
+            await asyncio.gather(*(end(ep) for ep in opened if ep in paused))
+            # A member that failed after earlier buckets of the version landed on it holds part of a version: it
+            # stays paused until the disk path, which it falls back to, loads the whole version and continues it.
+            await asyncio.gather(*(resume(ep) for ep in paused if not (applied and ep.endpoint_id in errors)))
+        if errors:
+            await self._drop_group(job_id)
+        return errors
 
     def _endpoint_lock(self, job_id: str, endpoint_id: str, blocking_s: float | None):
         """One load at a time per endpoint: a catch-up and a publish never interleave on it."""
