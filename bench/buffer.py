@@ -190,6 +190,14 @@ async def blobs_direct(store: BlobStore, job: str, shots: list[bytes], per_call:
     return time.perf_counter() - started
 
 
+def cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process (all its threads); this process when ``pid`` is None."""
+    if pid is None:
+        return time.process_time()
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def used_memory(redis) -> int:
     return int((await redis.info("memory"))["used_memory"])
 
@@ -211,13 +219,26 @@ async def run(args) -> dict:
             )
             for i in range(args.replicas)
         ]
-        for svc in svcs:
+        # --baseline-src: one more replica running the buffer package found in that folder
+        # (e.g. a copy of the code before a change), measured in the same rounds.
+        baseline = None
+        if args.baseline_src:
+            baseline = ServiceProcess(
+                "buffer", svcs[0]._args,
+                {**svcs[0]._env, "PYTHONPATH": os.pathsep.join(filter(None, [args.baseline_src,
+                                                                              os.environ.get("PYTHONPATH")]))},
+                tmp / "buffer-baseline.log",
+            )
+        for svc in svcs + ([baseline] if baseline else []):
             svc.wait_ready()
         redis = make_redis(server.url, server.password, timeout_s=60)
         store = BlobStore(redis, PREFIX)
         channels = [aio_channel(svc.target, TOKEN, max_message_bytes=256 * 1024 * 1024) for svc in svcs]
         stubs = [buffer_pb2_grpc.BufferServiceStub(ch) for ch in channels]
         stub = stubs[0]
+        if baseline:
+            channels.append(aio_channel(baseline.target, TOKEN, max_message_bytes=256 * 1024 * 1024))
+            baseline_stub = buffer_pb2_grpc.BufferServiceStub(channels[-1])
         try:
             print(f"building {args.templates} template groups ...", flush=True)
             templates = [make_group("t", rng, args.episodes, args.steps) for _ in range(args.templates)]
@@ -232,6 +253,7 @@ async def run(args) -> dict:
                                                "get_direct", "blobs_service", "blobs_direct") if args.replicas > 1
                                               or k != "put_service_replicas"}
             memory = {}
+            cpu_ms: dict[str, list[float]] = {}  # CPU ms per group, by path and process
             for r in range(args.rounds):
                 job_s, job_d = f"svc{r}", f"dir{r}"
                 svc_groups, dir_groups = [], []
@@ -255,15 +277,37 @@ async def run(args) -> dict:
                          ("direct", put_direct(redis, job_d, dir_groups, args.pipeline))]
                 if replica_groups:
                     order.append(("service_replicas", put_service(stubs, replica_groups, args.concurrency)))
-                if r % 2:
+                if baseline:
+                    job_b = f"base{r}"
+                    await stub.SetTrainerVersion(buffer_pb2.SetTrainerVersionRequest(job_id=job_b, version=7))
+                    base_groups = []
+                    for i in range(args.groups):
+                        g, shots = templates[i % len(templates)]
+                        base_groups.append(request_for(fresh_copy(g, job_b)))
+                        await store.put_many(job_b, [(d, "image/jpeg", 1280, 720) for d in shots])
+                    order.append(("baseline", put_service([baseline_stub], base_groups, args.concurrency)))
+                    rounds.setdefault("put_baseline", [])
+                    # Every path takes every place in the order equally often.
+                    order = order[r % len(order):] + order[:r % len(order)]
+                elif r % 2:
                     order.reverse()
                 for name, coro in order:
                     before = await used_memory(redis)
+                    pids = {"client": None, "buffer": (baseline if name == "baseline" else svcs[0]).proc.pid,
+                            "redis": server.proc.pid}
+                    cpu_before = {k: cpu_s(pid) for k, pid in pids.items()}
                     elapsed = await coro
                     rounds[f"put_{name}"].append(args.groups / elapsed)
+                    for k, pid in pids.items():
+                        cpu_ms.setdefault(f"put_{name}_{k}", []).append(
+                            (cpu_s(pid) - cpu_before[k]) / args.groups * 1000)
                     if name == "service":
                         memory.setdefault("stream_bytes_per_1000_steps", []).append(
                             (await used_memory(redis) - before) / (args.groups * steps_per_group) * 1000)
+                if args.put_only:
+                    print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                        f"{k} {v[-1]:.0f}/s" for k, v in rounds.items() if v), flush=True)
+                    continue
                 # Drain what the replica path stored, so the streams stay the same length round to round.
                 if replica_groups:
                     await get_service(stub, replica_job, args.groups, args.batch)
@@ -288,10 +332,12 @@ async def run(args) -> dict:
             for ch in channels:
                 await ch.close()
             await redis.aclose()
-            for svc in svcs:
+            for svc in svcs + ([baseline] if baseline else []):
                 svc.stop()
             server.stop()
 
+    if args.put_only:
+        return put_only_results(args, rounds, cpu_ms)
     med = {k: statistics.median(v) for k, v in rounds.items()}
     mb = group_bytes / 1e6
     # What a trainer holds per step as int32 arrays, against what one step costs on the wire.
@@ -312,6 +358,7 @@ async def run(args) -> dict:
         "put_groups_per_s": {"service": round(med["put_service"], 1), "direct": round(med["put_direct"], 1)},
         "put_mb_per_s": {"service": round(med["put_service"] * mb, 1), "direct": round(med["put_direct"] * mb, 1)},
         "put_ratio": round(med["put_service"] / med["put_direct"], 3),
+        **ratio_stats(rounds["put_service"], rounds["put_direct"]),
         "replicas": args.replicas,
         "put_groups_per_s_replicas": round(med.get("put_service_replicas", med["put_service"]), 1),
         "put_ratio_replicas": round(med.get("put_service_replicas", med["put_service"]) / med["put_direct"], 3),
@@ -328,6 +375,45 @@ async def run(args) -> dict:
         "redis_blob_bytes_per_1000_steps": round(shots_per_group * SHOT_BYTES / steps_per_group * 1000),
         "rounds_raw": {k: [round(x, 1) for x in v] for k, v in rounds.items()},
         "targets": {"put_ratio": 0.5, "get_ratio": 0.5},
+    }
+
+
+def ratio_stats(service: list[float], direct: list[float]) -> dict:
+    """The service/direct ratio per round (both paths ran back to back in it, so
+    machine noise hits them alike), its mean and the standard error of that mean."""
+    import math
+
+    ratios = [s / d for s, d in zip(service, direct)]
+    n = len(ratios)
+    sem = statistics.stdev(ratios) / n ** 0.5 if n > 1 else float("nan")
+    # Ratios are skewed on a noisy machine: the geometric mean, with its standard error from the logs.
+    logs = [math.log(x) for x in ratios]
+    gm = math.exp(statistics.mean(logs))
+    gm_se = gm * statistics.stdev(logs) / n ** 0.5 if n > 1 else float("nan")
+    return {"put_ratio_per_round_mean": round(statistics.mean(ratios), 3), "put_ratio_sem": round(sem, 3),
+            "put_ratio_geomean": round(gm, 3), "put_ratio_geomean_se": round(gm_se, 3),
+            "put_ratio_per_round": [round(x, 3) for x in ratios]}
+
+
+def put_only_results(args, rounds: dict, cpu_ms: dict) -> dict:
+    """``--put-only``: PutGroup (one replica) against the direct pipeline, nothing else."""
+    med = {k: statistics.median(v) for k, v in rounds.items() if v}
+    return {
+        "benchmark": "buffer-put",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "workload": {"episodes_per_group": args.episodes, "steps_per_episode": args.steps,
+                     "groups_per_round": args.groups, "rounds": args.rounds, "put_concurrency": args.concurrency,
+                     "direct_pipeline": args.pipeline},
+        "put_groups_per_s": {"service": round(med["put_service"], 1), "direct": round(med["put_direct"], 1)},
+        "put_ratio": round(med["put_service"] / med["put_direct"], 3),
+        **ratio_stats(rounds["put_service"], rounds["put_direct"]),
+        **({f"baseline_{k}": v for k, v in ratio_stats(rounds["put_baseline"], rounds["put_direct"]).items()}
+           | {f"service_over_baseline_{k}": v for k, v in ratio_stats(rounds["put_service"],
+                                                                      rounds["put_baseline"]).items()}
+           if rounds.get("put_baseline") else {}),
+        # CPU per group is far steadier than throughput on a shared machine: where the time goes.
+        "cpu_ms_per_group_median": {k: round(statistics.median(v), 2) for k, v in cpu_ms.items()},
+        "rounds_raw": {k: [round(x, 1) for x in v] for k, v in rounds.items() if v},
     }
 
 
@@ -370,8 +456,17 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16, help="groups per GetBatch")
     parser.add_argument("--blobs", type=int, default=256, help="screenshots per blob path per round")
     parser.add_argument("--replicas", type=int, default=2, help="buffer replicas for the scaled PutGroup path")
+    parser.add_argument("--baseline-src", default="",
+                        help="with --put-only: also run a buffer from the asyncwebrl/buffer package in this folder")
+    parser.add_argument("--put-only", action="store_true",
+                        help="only PutGroup (one replica) against the direct pipeline; prints, writes no results")
     args = parser.parse_args()
+    if args.put_only:
+        args.replicas = 1
     results = asyncio.run(run(args))
+    if args.put_only:
+        print(json.dumps(results))
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "buffer.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, RESULTS / "buffer.png")

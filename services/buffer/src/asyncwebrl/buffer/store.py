@@ -7,6 +7,7 @@ reference half released. Key names: ``asyncwebrl.common.keys``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -14,7 +15,7 @@ import uuid
 import zlib
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from asyncwebrl.buffer.config import BufferConfig
 from asyncwebrl.buffer.errors import Conflict, Exhausted, InvalidArgument, NotFound, Unavailable
@@ -29,6 +30,10 @@ REJECT_REASONS = ("stale", "zero_variance")
 BATCH_TTL_S = 7 * 86400
 ADMISSION_CACHE_S = 1.0
 PAYLOAD_TTL_S = 120  # a payload whose group was refused (or whose writer died) lives this long
+# PutGroups that arrive while a put pipeline is in flight go to Redis together in the
+# next one (a group commit), at most this many groups or bytes at a time.
+PUT_BATCH_GROUPS = 32
+PUT_BATCH_BYTES = 32 * 1024 * 1024
 
 # The group's bytes go in first, in their own key (``J data:<gid>``, SET NX with a
 # short TTL), in the same pipeline as this script: Redis copies a 500 KB argument
@@ -301,6 +306,9 @@ class GroupStore:
         self._delete_head = redis.register_script(_DELETE_HEAD)
         self._delete_keys = redis.register_script(_DELETE_KEYS)
         self._admission: dict[str, tuple[float, JobSettings, int]] = {}
+        # Puts waiting for the next pipeline: (payload key, bytes, script args, caller's future).
+        self._put_queue: list[tuple[str, bytes | memoryview, list, asyncio.Future]] = []
+        self._put_flusher: asyncio.Task | None = None
 
     def jp(self, job_id: str) -> str:
         return job_prefix(self.prefix, job_id)
@@ -378,7 +386,7 @@ class GroupStore:
     # --- put --------------------------------------------------------------
 
     async def put(
-        self, job_id: str, group_id: str, data: bytes, summary: GroupSummary, settings: JobSettings
+        self, job_id: str, group_id: str, data: bytes | memoryview, summary: GroupSummary, settings: JobSettings
     ) -> tuple[bool, str]:
         """Store one validated group; returns (duplicate, entry id)."""
         jp = self.jp(job_id)
@@ -389,11 +397,7 @@ class GroupStore:
             zlib.crc32(data), len(data),
         ]
         for _ in range(3):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                # NX: a retry of the same group reuses the payload an earlier attempt left.
-                pipe.set(jp + f"data:{group_id}", data, nx=True, ex=PAYLOAD_TTL_S)
-                await self._put(args=args, client=pipe)
-                _, (status, value) = await pipe.execute()
+            status, value = await self._put_one(jp + f"data:{group_id}", data, args)
             if status != -3:
                 break
         value = _text(value)
@@ -407,6 +411,72 @@ class GroupStore:
         if status == -3:
             raise Unavailable(f"group {group_id}: its payload expired while being stored; retry")
         return status == 1, value
+
+    async def _put_one(self, key: str, data: bytes | memoryview, args: list) -> tuple[int, bytes]:
+        """SET NX of the payload and the put script, sent with whatever other puts are
+        waiting: one round trip per pipeline instead of two per group (a script
+        registered on a redis-py pipeline costs a SCRIPT EXISTS first). Each group is
+        still its own script, atomic on its own; only the transport is shared."""
+        future = asyncio.get_running_loop().create_future()
+        self._put_queue.append((key, data, args, future))
+        if self._put_flusher is None or self._put_flusher.done():
+            self._put_flusher = asyncio.create_task(self._flush_puts())
+        return await future
+
+    async def _flush_puts(self) -> None:
+        while self._put_queue:
+            take, size = 0, 0
+            for _, data, _, _ in self._put_queue:
+                if take and (take >= PUT_BATCH_GROUPS or size + len(data) > PUT_BATCH_BYTES):
+                    break
+                take, size = take + 1, size + len(data)
+            items, self._put_queue = self._put_queue[:take], self._put_queue[take:]
+            try:
+                replies = await self._put_pipeline(items)
+            except BaseException as exc:  # noqa: BLE001 - the callers see it (Redis away, cancelled)
+                for *_, future in items:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else Unavailable(str(exc) or "cancelled"))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (*_, future), reply in zip(items, replies):
+                if future.done():  # the caller went away; its group is stored all the same, or not at all
+                    continue
+                if isinstance(reply, BaseException):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    async def _put_pipeline(self, items: list) -> list:
+        """One reply per item: (status, value), or the error Redis gave for it."""
+        replies: list = [None] * len(items)
+        todo = list(range(len(items)))
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    key, data, args, _ = items[i]
+                    # NX: a retry of the same group reuses the payload an earlier attempt left.
+                    pipe.set(key, data, nx=True, ex=PAYLOAD_TTL_S)
+                    pipe.evalsha(self._put.sha, 0, *args)
+                raw = await pipe.execute(raise_on_error=False)
+            again = []
+            for n, i in enumerate(todo):
+                stored, reply = raw[2 * n], raw[2 * n + 1]
+                if isinstance(stored, Exception):  # e.g. OOM: the payload never went in
+                    replies[i] = stored
+                elif isinstance(reply, NoScriptError) and attempt == 0:
+                    again.append(i)
+                elif isinstance(reply, Exception):
+                    replies[i] = reply
+                else:
+                    replies[i] = (reply[0], reply[1])
+            if not again:
+                break
+            # Redis restarted or flushed its scripts: load it once and send those puts again.
+            self._put.sha = await self.redis.script_load(_PUT_GROUP)
+            todo = again
+        return replies
 
     # --- get --------------------------------------------------------------
 

@@ -7,6 +7,7 @@ more than the Redis write, so numeric checks run in numpy over the whole group.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import numpy as np
@@ -88,6 +89,12 @@ def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -
         return None
     # Token ids are uint32 on the wire: never negative, so only their counts need checking
     # here; the trainer checks them against its vocabulary.
+    # The limits and the containers are looked up once per step (each attribute access on a
+    # message builds a new wrapper); logprobs and versions go to numpy a step at a time (the
+    # quickest way from a repeated field, ~3 us for 150 values) and are checked once.
+    max_prompt, max_output = limits.max_prompt_tokens, limits.max_output_tokens
+    max_images, max_text, max_steps = limits.max_images_per_step, limits.max_text_chars, limits.max_steps
+    array, f32, i64, isfinite = np.array, np.float32, np.int64, math.isfinite
     logprobs, versions = [], []
     tokens = 0
     blobs: dict[str, None] = {}
@@ -95,49 +102,51 @@ def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -
     rewards = []
     steps = 0
     for episode in group.episodes:
-        n_steps = len(episode.steps)
+        episode_steps = episode.steps
+        n_steps = len(episode_steps)
+        episode_id, reward, raw_reward = episode.episode_id, episode.reward, episode.raw_reward
         if (
-            not EPISODE_ID.match(episode.episode_id)
-            or episode.episode_id in episode_ids
-            or not np.isfinite(episode.reward)
-            or abs(episode.reward) > MAX_REWARD
-            or not np.isfinite(episode.raw_reward)
-            or abs(episode.raw_reward) > MAX_REWARD
+            not EPISODE_ID.match(episode_id)
+            or episode_id in episode_ids
+            or not isfinite(reward)
+            or abs(reward) > MAX_REWARD
+            or not isfinite(raw_reward)
+            or abs(raw_reward) > MAX_REWARD
             or not FINISH_REASON.match(episode.finish_reason)
-            or len(episode.judge_text) > limits.max_text_chars
+            or len(episode.judge_text) > max_text
             or not 0 <= episode.judge_latency_s <= MAX_JUDGE_LATENCY_S
-            or not 1 <= n_steps <= limits.max_steps
+            or not 1 <= n_steps <= max_steps
             or episode.length != n_steps
         ):
             return None
-        episode_ids.add(episode.episode_id)
-        rewards.append(episode.reward)
-        episode_versions = []
-        for step in episode.steps:
-            n = len(step.output_ids)
+        episode_ids.add(episode_id)
+        rewards.append(reward)
+        for step in episode_steps:
+            step_logprobs, step_versions, shots = step.logprobs, step.versions, step.screenshots
+            n_prompt, n = len(step.prompt_ids), len(step.output_ids)
             if (
-                not 1 <= len(step.prompt_ids) <= limits.max_prompt_tokens
-                or not 1 <= n <= limits.max_output_tokens
-                or len(step.logprobs) != n
-                or len(step.versions) != n
-                or len(step.screenshots) > limits.max_images_per_step
-                or len(step.text) > limits.max_text_chars
-                or len(step.action) > limits.max_text_chars
+                not 1 <= n_prompt <= max_prompt
+                or not 1 <= n <= max_output
+                or len(step_logprobs) != n
+                or len(step_versions) != n
+                or len(shots) > max_images
+                or len(step.text) > max_text
+                or len(step.action) > max_text
             ):
                 return None
-            for ref in step.screenshots:
-                if ref.sha256 not in blobs:
+            for ref in shots:
+                sha = ref.sha256
+                if sha not in blobs:
                     if not _ref_ok(ref):
                         return None
-                    blobs[ref.sha256] = None
-            tokens += len(step.prompt_ids) + n
-            logprobs.append(step.logprobs)
-            episode_versions.append(np.array(step.versions, dtype=np.int64))
-        # Versions may go down within an episode: with several engines, a step (or a resumed
-        # generation) served by an engine not yet updated follows one that was. Staleness uses the oldest.
-        versions.append(np.concatenate(episode_versions))
+                    blobs[sha] = None
+            tokens += n_prompt + n
+            logprobs.append(array(step_logprobs, dtype=f32))
+            # Versions may go down within an episode: with several engines, a step (or a resumed
+            # generation) served by an engine not yet updated follows one that was. Staleness uses the oldest.
+            versions.append(array(step_versions, dtype=i64))
         steps += n_steps
-    all_lp = np.concatenate([np.array(c, dtype=np.float32) for c in logprobs])
+    all_lp = np.concatenate(logprobs)
     all_versions = np.concatenate(versions)
     if (
         not bool(np.isfinite(all_lp).all())
