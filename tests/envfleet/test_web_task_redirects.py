@@ -9,17 +9,15 @@ every request it gets, so "never fetched" is read from the disallowed site's own
 
 from __future__ import annotations
 
-import asyncio
-import threading
 
 import grpc
 import pytest
 from aiohttp import web
 
 from asyncwebrl.common.grpcclient import channel
-from asyncwebrl.common.localstack import free_port
 from asyncwebrl.v1 import env_pb2, env_pb2_grpc
 from tests.envfleet.conftest import TOKEN, click, start_envfleet
+from tests.envfleet.loopback_sites import LoopbackSites
 from tests.envfleet.test_envfleet import metric, release, step
 from tests.envfleet.test_webgym_tasks import allocate, web_task
 
@@ -34,40 +32,12 @@ def _page(title: str, body: str = "") -> web.Response:
     return web.Response(text=html, content_type="text/html")
 
 
-class Sites:
+class Sites(LoopbackSites):
     """shop.test (the start origin), cdn.test (a second origin, allowed when listed) and evil.test (never
-    allowed), on loopback in a thread with its own loop."""
+    allowed)."""
 
-    def __init__(self) -> None:
-        self.hits: dict[str, list[str]] = {"shop": [], "cdn": [], "evil": []}
-        self.ports = {name: free_port() for name in self.hits}
-        self.loop = asyncio.new_event_loop()
-        self._runners: list[web.AppRunner] = []
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-
-    def url(self, name: str, path: str = "/") -> str:
-        return f"http://{name}.test:{self.ports[name]}{path}"
-
-    def origin(self, name: str) -> str:
-        return f"http://{name}.test:{self.ports[name]}"
-
-    def clear(self) -> None:
-        for log in self.hits.values():
-            log.clear()
-
-    async def _start(self) -> None:
+    def routes(self) -> dict[str, list]:
         evil_loopback = f"http://127.0.0.1:{self.ports['evil']}/internal"  # evil.test's server, by address
-
-        def app(name, routes):
-            @web.middleware
-            async def record(request, handler):
-                self.hits[name].append(request.path)
-                return await handler(request)
-
-            a = web.Application(middlewares=[record])
-            a.router.add_routes(routes)
-            return a
 
         def to(url: str):
             async def handler(_):
@@ -87,8 +57,8 @@ class Sites:
         async def evil_page(_):
             return _page("Evil")
 
-        apps = {
-            "shop": app("shop", [
+        return {
+            "shop": [
                 web.get("/", shop_index),
                 web.get("/pictures", shop_image),
                 web.get("/to-evil", to(self.url("evil", "/landing"))),
@@ -96,27 +66,14 @@ class Sites:
                 web.get("/to-cdn-evil", to(self.url("cdn", "/to-evil"))),
                 web.get("/to-internal", to(evil_loopback)),
                 web.get("/to-metadata", to("http://169.254.169.254/latest/meta-data/")),
-            ]),
-            "cdn": app("cdn", [
+            ],
+            "cdn": [
                 web.get("/hop", to(self.url("cdn", "/item"))),
                 web.get("/item", item),
                 web.get("/to-evil", to(self.url("evil", "/from-cdn"))),
-            ]),
-            "evil": app("evil", [web.get("/{tail:.*}", evil_page)]),
+            ],
+            "evil": [web.get("/{tail:.*}", evil_page)],
         }
-        for name, a in apps.items():
-            runner = web.AppRunner(a, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.ports[name]).start()
-            self._runners.append(runner)
-
-    def stop(self) -> None:
-        async def cleanup():
-            for r in self._runners:
-                await r.cleanup()
-
-        asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @pytest.fixture(scope="module")

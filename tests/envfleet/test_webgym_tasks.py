@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
 
 import grpc
 import pytest
@@ -18,6 +17,7 @@ from asyncwebrl.common.localstack import free_port
 from asyncwebrl.envfleet import security
 from asyncwebrl.v1 import env_pb2, env_pb2_grpc
 from tests.envfleet.conftest import TOKEN, click, get_blob, start_envfleet
+from tests.envfleet.loopback_sites import LoopbackSites
 from tests.envfleet.test_envfleet import metric, release, step
 
 JOB = "webgym-test"
@@ -30,31 +30,11 @@ def _page(title: str, colour: str, body: str = "") -> web.Response:
     return web.Response(text=html, content_type="text/html")
 
 
-class Sites:
-    """Three aiohttp servers on loopback, in a thread with its own loop; every hit is recorded."""
+class Sites(LoopbackSites):
+    """shop.test, cdn.test and evil.test; every hit is recorded."""
 
-    def __init__(self) -> None:
-        self.hits: dict[str, list[str]] = {"shop": [], "cdn": [], "evil": []}
-        self.ports = {name: free_port() for name in self.hits}
-        self.loop = asyncio.new_event_loop()
-        self._runners: list[web.AppRunner] = []
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-
-    def url(self, name: str, path: str = "/") -> str:
-        return f"http://{name}.test:{self.ports[name]}{path}"
-
-    async def _start(self) -> None:
+    def routes(self) -> dict[str, list]:
         cdn, evil = self.url("cdn", "/item"), self.url("evil", "/")
-
-        def app(name, routes):
-            async def record(request, handler):
-                self.hits[name].append(request.path)
-                return await handler(request)
-
-            a = web.Application(middlewares=[web.middleware(record)])
-            a.router.add_routes(routes)
-            return a
 
         async def shop_index(_):
             return _page("Shop", "rgb(255,0,0)",
@@ -69,24 +49,11 @@ class Sites:
         async def evil_index(_):
             return _page("Evil", "rgb(0,0,255)")
 
-        apps = {
-            "shop": app("shop", [web.get("/", shop_index), web.get("/boom", boom)]),
-            "cdn": app("cdn", [web.get("/item", item)]),
-            "evil": app("evil", [web.get("/", evil_index)]),
+        return {
+            "shop": [web.get("/", shop_index), web.get("/boom", boom)],
+            "cdn": [web.get("/item", item)],
+            "evil": [web.get("/", evil_index)],
         }
-        for name, a in apps.items():
-            runner = web.AppRunner(a, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.ports[name]).start()
-            self._runners.append(runner)
-
-    def stop(self) -> None:
-        async def cleanup():
-            for r in self._runners:
-                await r.cleanup()
-
-        asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @pytest.fixture(scope="module")
