@@ -34,7 +34,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "trainer": ([], ["--steps", "1", "--rounds", "1"]),
     "weightsync": ([], ["--sizes", "20MB", "--repeats", "1", "--engines", "1", "4"]),
     "e2e": (["--etas", "1,2,4,8", "--staleness", "--window", "130"],
-            ["--etas", "2", "--staleness", "--window", "20", "--min-steps", "2", "--warm-steps", "4"]),
+            ["--etas", "2", "--staleness", "--window", "20", "--min-steps", "3", "--warm-steps", "4"]),
     "normaliser": ([], ["--seeds", "1", "--steps", "2", "--warm-steps", "4"]),
     "learning": ([], ["--seeds", "1", "--steps", "2"]),
     "chaos": ([], ["--short"]),

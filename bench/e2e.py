@@ -41,8 +41,8 @@ import sys
 import tempfile
 
 
-from jobs import (CLICK_TASKS, RESULTS, Stack, base_spec, machine, merge, now_iso, rejected_fraction,  # noqa: E402
-                  say, stage_times, throughput, weighted_mean)
+from jobs import (CLICK_TASKS, RESULTS, Stack, base_spec, machine, merge, now_iso, ratio_std_err,  # noqa: E402
+                  rejected_fraction, say, stage_times, throughput, weighted_mean)
 
 NAME = "e2e"
 TASKS = [*CLICK_TASKS, "webgym-lite/mail/invoice-amount"]
@@ -137,8 +137,9 @@ def main() -> int:
     parser.add_argument("--etas", default="1,2,4", help="asynchronous modes to run beside sync")
     parser.add_argument("--window", type=float, default=180.0,
                         help="seconds per mode after its first step (longer if it has not trained 3 steps by then)")
-    parser.add_argument("--min-steps", type=int, default=3,
-                        help="training steps each mode runs at least, window or not (2 or more: rates need an interval)")
+    parser.add_argument("--min-steps", type=int, default=10,
+                        help="training steps each mode runs at least, window or not (3 or more: a rate's standard "
+                             "error needs two intervals)")
     parser.add_argument("--warm-steps", type=int, default=16, help="supervised warm-start steps")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--staleness", action="store_true", help="also write bench/results/staleness.json")
@@ -147,8 +148,8 @@ def main() -> int:
     etas = [int(e) for e in args.etas.split(",") if e]
     if any(e < 1 for e in etas):
         parser.error("--etas: asynchronous modes have eta >= 1 (sync is always run)")
-    if args.min_steps < 2:
-        parser.error("--min-steps: at least 2 (a rate needs two training steps)")
+    if args.min_steps < 3:
+        parser.error("--min-steps: at least 3 (a rate's standard error needs two intervals)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     run_dir = pathlib.Path(args.run_dir or tempfile.mkdtemp(prefix="bench-e2e-"))
     runs: dict[str, dict] = {}
@@ -165,6 +166,8 @@ def main() -> int:
                key=lambda k: modes[k]["trajectories_per_hour"], default=None)
     sync_tph = modes["sync"]["trajectories_per_hour"]
     speedup = modes[best]["trajectories_per_hour"] / sync_tph if best else None
+    speedup_se = ratio_std_err(modes[best]["trajectories_per_hour"], modes[best]["trajectories_per_hour_se"],
+                               sync_tph, modes["sync"]["trajectories_per_hour_se"]) if best else None
     results = {
         "benchmark": NAME, "date": now_iso(), "machine": machine(),
         "command": "python bench/e2e.py " + " ".join(sys.argv[1:]),
@@ -177,6 +180,7 @@ def main() -> int:
         "ideal_speedup": ideal,
         "best_eta": best,
         "speedup": speedup,
+        "speedup_se": speedup_se,
         "fraction_of_ideal": speedup / ideal if speedup else None,
         "paper": PAPER,
     }
@@ -191,7 +195,7 @@ def main() -> int:
                  "etas": sorted(table, key=lambda r: r["eta"])}
         (RESULTS / "staleness.json").write_text(json.dumps(stale, indent=1) + "\n")
         plot_staleness(stale, RESULTS / "staleness.png")
-    print(json.dumps({k: results[k] for k in ("benchmark", "speedup", "ideal_speedup", "best_eta",
+    print(json.dumps({k: results[k] for k in ("benchmark", "speedup", "speedup_se", "ideal_speedup", "best_eta",
                                               "fraction_of_ideal")}
                      | {"trajectories_per_hour": {k: round(v["trajectories_per_hour"]) for k, v in modes.items()}}))
     return 0

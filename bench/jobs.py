@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import pathlib
 import platform
@@ -247,6 +248,27 @@ def steady(rows: list[dict]) -> list[dict]:
     return rows[1:] if len(rows) > 1 else rows
 
 
+def rate_std_err(later: list[dict], start: float) -> float:
+    """Standard error of episodes per second, sum(e_i) / sum(d_i), over training steps i (e_i episodes in
+    d_i seconds since the step before; ``start`` is the first step's time): the ratio estimator's delta
+    method, var ~ sum((e_i - r d_i)^2) / (n (n - 1) dbar^2). Steps are treated as independent; in
+    asynchronous mode neighbours share episodes in flight, so this is a lower bound."""
+    n = len(later)
+    if n < 2:
+        return math.nan
+    times = [start] + [r["unix"] for r in later]
+    d = [b - a for a, b in zip(times, times[1:])]
+    e = [r["episodes"] for r in later]
+    rate = sum(e) / sum(d)
+    dbar = sum(d) / n
+    return math.sqrt(sum((ei - rate * di) ** 2 for ei, di in zip(e, d)) / (n * (n - 1))) / dbar
+
+
+def ratio_std_err(a: float, a_se: float, b: float, b_se: float) -> float:
+    """Standard error of a / b for independent a and b (delta method)."""
+    return abs(a / b) * math.sqrt((a_se / a) ** 2 + (b_se / b) ** 2)
+
+
 def throughput(run: dict) -> dict:
     """Steady-state rates of one run: from its first training step to its last."""
     rows = run["rows"]
@@ -262,6 +284,7 @@ def throughput(run: dict) -> dict:
     env = run["envfleet"]
     return {
         "trajectories_per_hour": 3600 * episodes / span,
+        "trajectories_per_hour_se": 3600 * rate_std_err(later, rows[0]["unix"]),
         "env_steps_per_s": env_steps / span,
         "browser_env_steps_per_s": env["steps"] / run["window_s"],
         "trainer_busy_fraction": busy / span,

@@ -73,11 +73,14 @@ def e2e_section(doc, results, out) -> tuple[list[str], list]:
                      f(m["trainer_busy_fraction"]), f(m["browser_busy_fraction"]), f(m["staleness_mean"]),
                      m["steps"]] for k, m in modes.items()])
     s = doc["sync_stage_seconds"]
+    # Runs before 2026-12-05 have no standard error: they trained 3-6 steps per mode.
+    se = f"; the speed-up's standard error {f(doc['speedup_se'])}" if doc.get("speedup_se") is not None else \
+        "; no standard error (3-6 steps per mode)"
     lines += [f"Stage times of the synchronous run, seconds per step: rollout {s['rollout']:.1f}, "
               f"train {s['train']:.1f}, weight sync {s['sync']:.2f}. Ideal speed-up of overlapping them, "
               f"(rollout + train + sync) / max(rollout, train): **{doc['ideal_speedup']:.2f}x**. Measured: "
               f"**{f(doc['speedup'])}x** ({doc['best_eta']}), {f((doc['fraction_of_ideal'] or 0) * 100, '.0f')}% "
-              f"of the ideal. The paper: {doc['paper']}.", "", provenance(doc, "e2e", results), ""]
+              f"of the ideal{se}. The paper: {doc['paper']}.", "", provenance(doc, "e2e", results), ""]
     lines += plot_line(results, "e2e", out)
     row = ["end to end", "async over sync, trained trajectories/h", f"{f(doc['speedup'])}x (ideal "
            f"{doc['ideal_speedup']:.2f}x)", "2.4-2.9x (paper, GPUs)", f((doc["speedup"] or 0) >= 2.4)]

@@ -5,6 +5,7 @@ ideal speed-up from the synchronous run's stage times, and a page generated from
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import sys
 
@@ -120,3 +121,19 @@ def test_a_collapse_is_a_stall_or_a_fall_to_under_a_third():
 def test_a_target_not_measured_is_not_reported_as_missed():
     assert report.measured(None, False) == "-"
     assert report.measured(5.6, True) == "yes" and report.measured(3.0, False) == "no"
+
+
+def test_the_rate_standard_error_is_the_ratio_estimators():
+    # Steps 60 s apart with 32 episodes each: a constant rate has no error.
+    rows = [_row(i, 1000.0 + 60 * i, wait=40, train=20) for i in range(1, 6)]
+    t = jobs.throughput(_run(rows))
+    assert t["trajectories_per_hour_se"] == pytest.approx(0.0, abs=1e-9)
+    # Alternating 30 s and 90 s steps of 32 episodes: r = 128 / 240 per s; residuals e - r d = +16, -16, +16, -16.
+    times = [1000.0, 1030.0, 1120.0, 1150.0, 1240.0]
+    rows = [_row(i + 1, u, wait=40, train=20) for i, u in enumerate(times)]
+    se = jobs.rate_std_err(rows[1:], rows[0]["unix"])
+    assert se == pytest.approx(math.sqrt(4 * 16 ** 2 / (4 * 3)) / 60)
+    assert jobs.throughput(_run(rows))["trajectories_per_hour_se"] == pytest.approx(3600 * se)
+    assert math.isnan(jobs.rate_std_err(rows[1:2], rows[0]["unix"])), "one interval has no spread"
+    # A ratio's error from its parts: 2.0 +- 0.1 over 1.0 +- 0.05 is 2.0 with 2 * sqrt(0.05^2 + 0.05^2).
+    assert jobs.ratio_std_err(2.0, 0.1, 1.0, 0.05) == pytest.approx(2 * math.sqrt(0.0025 + 0.0025))
