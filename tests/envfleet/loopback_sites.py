@@ -14,6 +14,15 @@ from asyncwebrl.common.localstack import free_port
 NAMES = ("shop", "cdn", "evil")
 
 
+def start_web_envfleet(buffer, run_dir, *extra_hosts: str):
+    """envfleet (one Chromium, two contexts) that resolves the sites' names, and ``extra_hosts``, to loopback."""
+    from tests.envfleet.conftest import start_envfleet
+
+    hosts = ",".join(f"{name}.test=127.0.0.1" for name in (*NAMES, *extra_hosts))
+    return start_envfleet(run_dir, buffer, "--browsers", "1", "--contexts-per-browser", "2",
+                          "--task-sources", "miniwob", "--navigation-timeout-ms", "8000", "--resolve-host-map", hosts)
+
+
 class LoopbackSites:
     """Subclasses give each site its routes (``routes``); ``url``/``origin`` name them as Chromium sees them."""
 

@@ -16,8 +16,8 @@ from aiohttp import web
 
 from asyncwebrl.common.grpcclient import channel
 from asyncwebrl.v1 import env_pb2, env_pb2_grpc
-from tests.envfleet.conftest import TOKEN, click, start_envfleet
-from tests.envfleet.loopback_sites import LoopbackSites
+from tests.envfleet.conftest import TOKEN, click
+from tests.envfleet.loopback_sites import LoopbackSites, start_web_envfleet
 from tests.envfleet.test_envfleet import metric, release, step
 from tests.envfleet.test_webgym_tasks import allocate, web_task
 
@@ -85,15 +85,7 @@ def sites():
 
 @pytest.fixture(scope="module")
 def webfleet(buffer, sites, tmp_path_factory):
-    svc = start_envfleet(
-        tmp_path_factory.mktemp("envfleet-redirects"),
-        buffer,
-        "--browsers", "1",
-        "--contexts-per-browser", "2",
-        "--task-sources", "miniwob",
-        "--navigation-timeout-ms", "8000",
-        "--resolve-host-map", "shop.test=127.0.0.1,cdn.test=127.0.0.1,evil.test=127.0.0.1",
-    )
+    svc = start_web_envfleet(buffer, tmp_path_factory.mktemp("envfleet-redirects"))
     yield svc
     svc.stop()
 
