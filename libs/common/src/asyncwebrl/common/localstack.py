@@ -149,17 +149,34 @@ class ServiceProcess(ChildProcess):
         return f"127.0.0.1:{self.grpc_port}"
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Both ports answer. A child that found a port taken (it exits naming it) starts again on new ones."""
-        for attempt in range(self.BIND_ATTEMPTS):
-            try:
-                wait_for_port(self.http_port, timeout, self.proc)
-                wait_for_port(self.grpc_port, timeout, self.proc)
-                return
-            except RuntimeError:
-                if attempt + 1 == self.BIND_ATTEMPTS or "cannot bind" not in self.logs():
-                    raise
+        """The child answers ``/healthz`` and its gRPC port accepts. A child that found a port taken
+        (it exits naming it) starts again on new ones. A port accepting is not proof: the process that
+        took it accepts too, and the child holds its gRPC port for a moment before finding its HTTP one taken."""
+        deadline = time.monotonic() + timeout
+        attempts = 1
+        while True:
+            if self.proc.poll() is not None:
+                if attempts == self.BIND_ATTEMPTS or "cannot bind" not in self.logs():
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.logs()[-2000:]}")
+                attempts += 1
                 self.grpc_port, self.http_port = free_ports(2)
                 self._spawn(self.name, self._argv(), self._env)
+            elif self._answers_healthz():
+                # The child binds gRPC before HTTP, so this only waits out a port it has just bound.
+                wait_for_port(self.grpc_port, max(1.0, deadline - time.monotonic()), self.proc)
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not healthy on {self.http_port} after {timeout}s: {self.logs()[-2000:]}")
+            time.sleep(0.05)
+
+    def _answers_healthz(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
 
 
 class EngineProcess(ChildProcess):
