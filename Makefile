@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTO_OUT := libs/common/src
 
-.PHONY: setup test demo demo-down demo-envfleet protos bench bench-quick bench-report bench-e2e bench-staleness bench-normaliser bench-learning bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync bench-chaos gpu-check sites-report gallery clean
+.PHONY: setup test demo demo-down demo-envfleet protos bench bench-quick bench-report bench-e2e bench-staleness bench-normaliser bench-learning bench-envfleet bench-buffer bench-engine bench-rollout bench-trainer bench-weightsync bench-chaos bench-scale gpu-check sites-report gallery clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -73,6 +73,11 @@ bench-envfleet: setup
 # A quiet job for 10 min, then the same job while components are SIGKILLed ~every 45 s for 10 min; what was lost (~25 min).
 bench-chaos: setup
 	$(PY) bench/chaos.py
+
+# The real buffer, weightsync and gateways with fake GPUs and browsers: async vs sync at balanced stages, and
+# 32-1024 concurrent episodes, 4-64 engines: where each service saturates (~25 min).
+bench-scale: setup
+	$(PY) bench/scale.py
 
 # The GPU path in one script (scripts/gpu_check.py): with a GPU, the 3B training step, the engine on CUDA
 # and a weight transfer (< 8 min, runs/gpu_check.json); without one, the same code on a tiny model on the CPU.

@@ -1,10 +1,11 @@
 """`make bench` / `make bench-quick`: every benchmark in turn, then BENCHMARKS.md.
 
 Runs the component benchmarks (envfleet, buffer, engine, rollout, trainer,
-weight sync) and the training ones (end to end with the staleness sweep, the
-step normaliser, the demo recipe over seeds) one after another, so none competes with another for the
-cores. Each prints its own progress; this prints which one runs and how long
-each took. ``--quick`` runs each in a reduced size (minutes, numbers only a
+weight sync), the training ones (end to end with the staleness sweep, the
+step normaliser, the demo recipe over seeds), the chaos soak and the scale
+simulator one after another, so none competes with another for the cores.
+Each prints its own progress; this prints which one runs and how long each
+took. ``--quick`` runs each in a reduced size (minutes, numbers only a
 smoke check) and writes to bench/results/quick/ instead of bench/results/.
 
 Prints one JSON object on its last line: each benchmark's seconds, exit code
@@ -38,6 +39,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "normaliser": ([], ["--seeds", "1", "--steps", "2", "--warm-steps", "4"]),
     "learning": ([], ["--seeds", "1", "--steps", "2"]),
     "chaos": ([], ["--short"]),
+    "scale": ([], ["--repeats", "1", "--min-steps", "3", "--time-scale", "10", "--concurrency", "16,64",
+                   "--engine-counts", "4", "--sweep-warmup-s", "5", "--sweep-window-s", "10"]),
 }
 
 

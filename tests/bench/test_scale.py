@@ -1,0 +1,92 @@
+"""`make bench-scale`: its distributions and arithmetic, and one small point of it run for real (the real
+buffer, weightsync, rollout gateway and trainer loop against the FAKE SGLang endpoints and environment)."""
+
+from __future__ import annotations
+
+import pathlib
+import random
+import statistics
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import scale  # noqa: E402
+import sim_common  # noqa: E402
+
+
+def test_lognormal_has_the_stated_median_and_p90():
+    rng = random.Random(1)
+    xs = sorted(sim_common.lognormal(rng, 0.6, 2.0) for _ in range(20000))
+    assert statistics.median(xs) == pytest.approx(0.6, rel=0.05)
+    assert xs[int(0.9 * len(xs))] == pytest.approx(2.0, rel=0.05)
+    assert max(xs) <= 20.0  # cut at 10x the p90
+    assert sim_common.lognormal(rng, 1.0, 1.0) == 1.0  # no spread stated, none drawn
+
+
+def test_episode_lengths_follow_the_paper_and_the_step_limit():
+    rng = random.Random(2)
+    env = dict(scale.PROFILE["env"], success_rate=1.0)
+    wins = [sim_common.episode_steps(rng, env, 10_000) for _ in range(20000)]
+    assert statistics.fmean(n for n, _ in wins) == pytest.approx(5.1, rel=0.05) and all(ok for _, ok in wins)
+    env = dict(env, success_rate=0.0)
+    assert statistics.fmean(sim_common.episode_steps(rng, env, 10_000)[0] for _ in range(20000)) == \
+        pytest.approx(12.5, rel=0.05)
+    # A success the step limit cuts short is a failure at the limit.
+    cut = [sim_common.episode_steps(rng, dict(env, success_rate=1.0), 3) for _ in range(2000)]
+    assert all(n <= 3 for n, _ in cut) and all(n == 3 for n, ok in cut if not ok)
+    # P(a geometric of mean 5.1 runs past 3) = (1 - 1/5.1)^3
+    assert statistics.fmean(not ok for _, ok in cut) == pytest.approx((1 - 1 / 5.1) ** 3, abs=0.04)
+
+
+def test_the_ideal_speedup_comes_from_the_longest_episode_of_a_batch():
+    rng = random.Random(3)
+    ideal = scale.ideal_speedup(32, 32, 4, train_s=20.0, publish_s=1.0, rng=rng)
+    assert ideal["batch_longest_episode_s"] > 2 * ideal["episode_mean_s"]  # the long tail a sync batch waits for
+    assert ideal["sync_step_s"] == pytest.approx(ideal["batch_longest_episode_s"] + 21.0)
+    assert ideal["async_step_s"] == pytest.approx(max(ideal["episode_mean_s"], 21.0))
+    assert ideal["ideal"] == pytest.approx(ideal["sync_step_s"] / ideal["async_step_s"])
+    # A trainer much slower than rollout leaves little to overlap.
+    slow = scale.ideal_speedup(32, 32, 4, train_s=1000.0, publish_s=1.0, rng=rng)
+    assert 1.0 < slow["ideal"] < 1.1
+
+
+def _point(c: int, achieved: float, cores: dict, ms: float = 5.0) -> dict:
+    return {"concurrency": c, "achieved_fraction": achieved, "core_fraction": cores,
+            "gateway_cpu_ms_per_env_step": ms, "cpu_ms_per_env_step": {"buffer": 1.0, "redis": 0.5, "weightsync": 0.1},
+            "redis_commands_per_s": 100.0 * c, "env_steps_per_s": 10.0 * c}
+
+
+def test_saturation_and_the_replicas_of_a_1000_episode_cluster():
+    points = [_point(32, 0.99, {"gateway0": 0.2, "buffer": 0.1}), _point(256, 0.95, {"gateway0": 0.92, "buffer": 0.3}),
+              _point(1024, 0.4, {"gateway0": 1.0, "buffer": 0.5}, ms=50.0)]
+    sat = scale.saturation(points)
+    assert sat["throughput_below_80pct_at"] == 1024
+    assert sat["core_90pct_at"]["gateway0"] == 256 and sat["core_90pct_at"]["buffer"] is None
+    cluster = scale.replicas(points, random.Random(4))
+    # Sized from the points that kept up (5 ms per step), not the saturated one (50 ms).
+    assert cluster["gateway"]["cpu_ms_per_env_step"] == pytest.approx(5.0)
+    assert cluster["gateway"]["cores"] == pytest.approx(cluster["env_steps_per_s"] * 0.005)
+    assert cluster["gateway"]["replicas"] == max(1, -(-cluster["gateway"]["cores"] // scale.REPLICA_CORES))
+    assert cluster["redis_commands_per_s"] == pytest.approx(10.0 * cluster["env_steps_per_s"])
+
+
+def test_a_small_point_runs_through_the_real_services(tmp_path):
+    """Async, 16 episodes on 2 fake endpoints, stated times divided by 20: the gateway's episodes reach the
+    trainer loop, whose versions weightsync publishes to the fake endpoints; CPU and Redis are measured."""
+    point = scale.Point(tmp_path, mode="async", concurrency=16, engines=2, gateways=1, train_s=4.0, time_scale=20,
+                        batch_groups=2, max_staleness=2, seed=0)
+    m = scale.measure(point, warmup_s=1, window_s=3, min_steps=2, max_wait_s=240)
+    rows = m["trainer_rows"]
+    assert len(rows) >= 3 and [r["version"] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(r["groups"] == 2 and r["episodes"] == 16 for r in rows)
+    assert all(r["seconds"]["publish"] > 0 for r in rows)
+    assert m["env_steps_per_s"] > 0 and m["episodes_per_s"] > 0 and m["redis_commands_per_s"] > 0
+    assert {"buffer", "weightsync", "gateway0", "trainer", "redis", "sim_env", "sim_sglang"} <= set(m["core_fraction"])
+    assert m["gateway_cpu_ms_per_env_step"] > 0
+    # Every process the point started is gone.
+    for p in point.procs.values():
+        assert p.proc.poll() is not None
+    assert point.sglang.poll() == 0 and point.redis.proc.poll() is not None
