@@ -171,3 +171,32 @@ def test_token_versions_come_from_sglangs_spans():
                     ({"weight_versions": [{"version": 3, "start": 0, "end": 1}]}, 1)]:
         with pytest.raises(BadGeneration):
             token_versions(meta, n)
+
+
+async def test_generations_in_flight_are_not_capped_by_the_http_client():
+    """A gateway runs hundreds of episodes: all their generations reach the endpoint at once. A FAKE SGLang
+    endpoint (loopback aiohttp) holds every request until 150 are in flight, then answers them all."""
+    from aiohttp import web
+
+    from tests.engine.test_sglang_source import OneEndpoint
+    from tests.helpers import fake_http_server
+
+    n, arrived, everyone = 150, [], asyncio.Event()
+
+    async def generate(request: web.Request) -> web.Response:
+        arrived.append(await request.json())
+        if len(arrived) == n:
+            everyone.set()
+        await everyone.wait()
+        return web.json_response({"text": "", "output_ids": [7], "meta_info": {
+            "finish_reason": {"type": "stop"}, "output_token_logprobs": [[-0.5, 7, None]],
+            "weight_versions": [{"version": "0", "start": 0, "end": 1}]}})
+
+    async with fake_http_server([("POST", "/generate", generate)]) as url:
+        client = InferenceClient(OneEndpoint(url), timeout_s=30, refresh_s=0)
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(client.generate([1, 2, 3], [], {"max_new_tokens": 4}) for _ in range(n))), 20)
+        finally:
+            await client.close()
+    assert len(arrived) == n and all(r.output_ids == [7] and r.versions == ["0"] for r in results)

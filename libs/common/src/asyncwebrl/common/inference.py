@@ -127,7 +127,9 @@ class InferenceClient:
 
     async def _post(self, endpoint: Endpoint, body: dict) -> dict:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            # No connection cap: aiohttp's default (100) held a gateway of 1024 episodes to 100 generations in
+            # flight (make bench-scale); the gateway's episode slots already bound them.
+            self._session = aiohttp.ClientSession(timeout=self.timeout, connector=aiohttp.TCPConnector(limit=0))
         self.outstanding[endpoint.endpoint_id] = self.outstanding.get(endpoint.endpoint_id, 0) + 1
         try:
             async with self._session.post(endpoint.url + "/generate", json=body, headers=self.headers) as resp:
