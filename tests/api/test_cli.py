@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -224,6 +225,40 @@ def test_up_restarts_only_what_died(stack):
     assert after["buffer"]["pid"] != before["buffer"]["pid"] and alive(after["buffer"]["pid"])
     assert after["buffer"]["grpc_port"] == before["buffer"]["grpc_port"]  # same address: nothing else restarts
     assert all(after[n]["pid"] == before[n]["pid"] for n in COMPONENTS if n != "buffer")
+
+
+def test_up_gives_new_ports_to_a_component_whose_port_was_taken_meanwhile(stack, monkeypatch):
+    """``up`` chooses every port before its first wave starts; another process can bind one before the
+    component that was given it does. Here the api's gRPC port is taken just before the api is started."""
+    from asyncwebrl.api import stack as stack_module
+
+    before = stack_json(stack["run_dir"])["components"]
+    os.kill(before["api"]["pid"], signal.SIGKILL)
+    wait_until(lambda: not alive(before["api"]["pid"]), 10, "the api to die")
+    real_spawn, held = stack_module._spawn, []
+
+    def racing(name, st, run_dir):
+        if name == "api" and not held:
+            busy = socket.socket()
+            busy.bind(("127.0.0.1", st["components"]["api"]["grpc_port"]))
+            busy.listen()
+            held.append((busy, busy.getsockname()[1]))
+        real_spawn(name, st, run_dir)
+
+    monkeypatch.setattr(stack_module, "_spawn", racing)
+    try:
+        _, started = stack_module.up(stack["run_dir"])
+    finally:
+        for busy, _ in held:
+            busy.close()
+    after = stack_json(stack["run_dir"])
+    taken = held[0][1]
+    assert started and len(held) == 1 and alive(after["components"]["api"]["pid"])
+    assert after["components"]["api"]["grpc_port"] != taken
+    assert after["api_url"] == f"http://127.0.0.1:{after['components']['api']['api_port']}"
+    assert f"cannot bind 127.0.0.1:{taken}" in (stack["run_dir"] / "logs" / "api.log").read_text()
+    assert all(after["components"][n]["pid"] == before[n]["pid"] for n in COMPONENTS if n != "api")
+    assert cli("status", run_dir=stack["run_dir"]).returncode == 0
 
 
 def test_status_shows_the_stack_and_no_jobs(stack):

@@ -15,6 +15,10 @@ import sys
 import time
 
 
+# Starts of a child that finds a port chosen for it taken (another process bound it in between).
+BIND_ATTEMPTS = 3
+
+
 def free_port() -> int:
     return free_ports(1)[0]
 
@@ -133,8 +137,6 @@ class ChildProcess:
 class ServiceProcess(ChildProcess):
     """A gRPC service on free ports (``--grpc-port``, ``--http-port``)."""
 
-    BIND_ATTEMPTS = 3
-
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: pathlib.Path) -> None:
         self.name = name
         self._args, self._env = args, env
@@ -156,7 +158,7 @@ class ServiceProcess(ChildProcess):
         attempts = 1
         while True:
             if self.proc.poll() is not None:
-                if attempts == self.BIND_ATTEMPTS or "cannot bind" not in self.logs():
+                if attempts == BIND_ATTEMPTS or "cannot bind" not in self.logs():
                     raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.logs()[-2000:]}")
                 attempts += 1
                 self.grpc_port, self.http_port = free_ports(2)

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 
 from asyncwebrl.api.client import FINAL, PROG, CliError, Client, quote_part
-from asyncwebrl.common.localstack import free_port
+from asyncwebrl.common.localstack import BIND_ATTEMPTS, free_port
 
 STACK_FILE = "stack.json"
 DEFAULT_RUN_DIR = "runs/stack"
@@ -270,9 +270,22 @@ def _ready(name: str, stack: dict) -> bool:
     return True
 
 
-def _wait_ready(names: list[str], stack: dict) -> None:
+def _lost_a_port(name: str, stack: dict) -> bool:
+    """The component exited because a port chosen for it was taken in the meantime (``up`` chooses every
+    port before the first wave starts; an outgoing connection can take one of them before the last)."""
+    c = stack["components"][name]
+    tail = _log_tail(pathlib.Path(c["log"]), 5)
+    user_port = name == "api" and stack.get("options", {}).get("api_port")
+    # A running component given this one's address would keep the old one: then it is an error to report.
+    told = any(name in DEPENDS[n] and component_alive(stack["components"][n]) for n in COMPONENTS if n != name)
+    return ("cannot bind" in tail or "Address already in use" in tail) and not told and not (
+        user_port and str(c["api_port"]) in tail)
+
+
+def _wait_ready(names: list[str], stack: dict, run_dir: pathlib.Path) -> None:
     pending = list(names)
     deadline = {n: time.monotonic() + READY_TIMEOUT_S[n] for n in names}
+    starts = {n: 1 for n in names}
     while pending:
         for name in list(pending):
             c = stack["components"][name]
@@ -281,6 +294,18 @@ def _wait_ready(names: list[str], stack: dict) -> None:
                 pending.remove(name)
                 continue
             exited = proc.poll() if proc is not None else (None if component_alive(c) else "?")
+            if exited is not None and starts[name] < BIND_ATTEMPTS and _lost_a_port(name, stack):
+                # Nothing started yet depends on it (its dependents are in later waves): new ports, again.
+                starts[name] += 1
+                for key in _ports_of(name):
+                    if not (key == "api_port" and stack["options"].get("api_port")):
+                        c[key] = free_port()
+                if name == "api":
+                    stack["api_url"] = f"http://127.0.0.1:{c['api_port']}"
+                print(f"restarting {name}: a port chosen for it was taken meanwhile", file=sys.stderr)
+                _spawn(name, stack, run_dir)
+                deadline[name] = time.monotonic() + READY_TIMEOUT_S[name]
+                continue
             if exited is not None or time.monotonic() > deadline[name]:
                 why = f"exited with {exited}" if exited is not None else f"not ready after {READY_TIMEOUT_S[name]:.0f}s"
                 raise CliError(f"{name} {why}; log {c['log']}:\n{_log_tail(pathlib.Path(c['log']))}\n"
@@ -371,7 +396,7 @@ def up(run_dir: pathlib.Path, *, chromium_path: str | None = None, api_port: int
                     print(f"starting {name} ...", file=sys.stderr)
                     _spawn(name, stack, run_dir)
                 save_stack(run_dir, _saved(stack))
-                _wait_ready(names, stack)
+                _wait_ready(names, stack, run_dir)
         finally:
             save_stack(run_dir, _saved(stack))
         return stack, True
