@@ -342,8 +342,12 @@ def scale_section(doc, results, out) -> tuple[list[str], list]:
                          f(p["redis_commands_per_s"], ".0f"), f(p["gateway_cpu_ms_per_env_step"], ".1f"),
                          *[f(p["core_fraction"].get(n)) for n in names]] for p in pts])
         sat, c = doc["saturation"], doc["cluster"]
+        knee = (f"; there the busiest process, {sat['busiest_at_knee']}, keeps {sat['busiest_cores_at_knee']:.0%} of a "
+                f"core busy and all processes together, fakes included, {sat['all_processes_cores_at_knee']:.2f} of "
+                f"the machine's {doc['machine']['cpus']} cores; the most it delivered was "
+                f"{sat['max_env_steps_per_s']:.0f} env steps/s" if sat.get("busiest_at_knee") else "")
         lines += [f"Throughput falls below 80% of offered at **{f(sat['throughput_below_80pct_at'], 'd', 'none of these')}** "
-                  "concurrent episodes; a process keeps 90% of a core busy from: " + ", ".join(
+                  f"concurrent episodes{knee}. A real service keeps 90% of a core busy from: " + ", ".join(
                       f"{k} {f(v, 'd', 'never')}" for k, v in sat["core_90pct_at"].items()) + ".", ""]
         lines += [f"**A {c['episodes']}-episode cluster** ({c['env_steps_per_s']:.0f} env steps/s at the stated "
                   f"latencies), sized from the points that kept up, each replica at most "

@@ -65,7 +65,7 @@ from asyncwebrl.common.models.tiny import SHIPPED  # noqa: E402
 MODEL = SHIPPED / "qwen2_5_vl"  # the tokenizer and image processor the gateways load
 from asyncwebrl.v1 import buffer_pb2_grpc  # noqa: E402
 from jobs import machine, now_iso, rate_std_err, ratio_std_err, say  # noqa: E402
-from sim_common import ScriptProcess, episode_duration_samples  # noqa: E402
+from sim_common import ScriptProcess, decoding_per_engine, episode_duration_samples  # noqa: E402
 
 NAME = "scale"
 RESULTS = pathlib.Path(os.environ.get("ASYNCWEBRL_BENCH_RESULTS", ROOT / "bench" / "results"))
@@ -140,6 +140,8 @@ class Point:
         self.spec = spec_for(mode, concurrency, batch_groups, max_staleness)
         self.job = Job(f"scale-{mode}-{seed}", self.spec, "running", 0, 0)
         self.procs: dict[str, object] = {}
+        self.redis: RedisServer | None = None
+        self.sglang: subprocess.Popen | None = None
 
     def start(self) -> None:
         d, ts = self.dir, self.time_scale
@@ -194,9 +196,8 @@ class Point:
                 "--max-concurrent-episodes", str(per_gateway)], env, name="rollout")
 
     def _service(self, key: str, cls, args: list[str], env: dict, name: str | None = None):
-        p = cls(name or key, args, env, self.dir / f"{key}.log")
+        p = self.procs[key] = cls(name or key, args, env, self.dir / f"{key}.log")
         p.wait_ready(120)
-        self.procs[key] = p
         return p
 
     def pids(self) -> dict[str, int]:
@@ -239,24 +240,29 @@ class Point:
                 "trainer_steps": len(self.rows())}
 
     def stop(self) -> None:
+        """Everything started, in the deployment's order (gateways first), also after a failed start."""
         for key in [k for k in self.procs if k.startswith("gateway")] + ["trainer", "sim_env", "weightsync"]:
             if key in self.procs:
                 self.procs[key].stop()
-        self.sglang.send_signal(signal.SIGTERM)
-        try:
-            self.sglang.wait(30)
-        except subprocess.TimeoutExpired:
-            self.sglang.kill()
-        self.procs["buffer"].stop()
-        self.redis.stop()
+        if self.sglang is not None:
+            self.sglang.send_signal(signal.SIGTERM)
+            try:
+                self.sglang.wait(30)
+            except subprocess.TimeoutExpired:
+                self.sglang.kill()
+                self.sglang.wait()
+        if "buffer" in self.procs:
+            self.procs["buffer"].stop()
+        if self.redis is not None:
+            self.redis.stop()
 
 
 def measure(point: Point, *, warmup_s: float, window_s: float, min_steps: int = 0,
             max_wait_s: float = 1800) -> dict:
     """Start, wait ``warmup_s`` (and for the trainer's first step when ``min_steps``), then measure until
     ``window_s`` has passed and the trainer has taken ``min_steps`` more steps."""
-    point.start()
     try:
+        point.start()
         started = time.monotonic()
         time.sleep(warmup_s)
         while min_steps and not point.rows():
@@ -311,7 +317,8 @@ def ideal_speedup(batch_episodes: int, concurrency: int, engines: int, train_s: 
     """From the stated distributions: a synchronous step waits for the longest of its batch's episodes,
     then trains and publishes; an asynchronous one is bounded by the trainer (train + publish) or by
     rollout at ``concurrency`` episodes in flight, whichever is slower."""
-    durations = episode_duration_samples(PROFILE, rng, samples, running_per_engine=concurrency / engines)
+    durations = episode_duration_samples(PROFILE, rng, samples,
+                                         running_per_engine=decoding_per_engine(PROFILE, rng, concurrency, engines))
     mean_d = statistics.fmean(durations)
     batches = [max(rng.sample(durations, batch_episodes)) for _ in range(800)]
     longest = statistics.fmean(batches)
@@ -324,7 +331,8 @@ def ideal_speedup(batch_episodes: int, concurrency: int, engines: int, train_s: 
 def run_ratio(args, tmp: pathlib.Path, rng: random.Random) -> dict:
     j = PROFILE["job"]
     batch = j["batch_groups"] * j["group_size"]
-    durations = episode_duration_samples(PROFILE, rng, 4000, running_per_engine=batch / args.engines)
+    durations = episode_duration_samples(PROFILE, rng, 4000,
+                                         running_per_engine=decoding_per_engine(PROFILE, rng, batch, args.engines))
     # Balanced: the trainer takes as long as the asynchronous rollout of one batch at the same concurrency.
     train_s = statistics.fmean(durations) if args.train_s is None else args.train_s
     say(NAME, f"ratio: batch {batch} episodes, train step {train_s:.1f}s (stated), time scale {args.time_scale}")
@@ -347,20 +355,17 @@ def run_ratio(args, tmp: pathlib.Path, rng: random.Random) -> dict:
               else ms[0]["trajectories_per_hour_se"])
         rate[mode] = (statistics.fmean(rates), se)
     speedup = rate["async"][0] / rate["sync"][0]
-    publish = statistics.fmean(m["publish_s"] for ms in runs.values() for m in ms)
-    ideal = ideal_speedup(batch, batch, args.engines, train_s, publish, rng)
     return {"train_s": train_s, "batch_episodes": batch, "runs": runs,
             "trajectories_per_hour": {k: v[0] for k, v in rate.items()},
             "trajectories_per_hour_se": {k: v[1] for k, v in rate.items()},
             "speedup": speedup, "speedup_se": ratio_std_err(rate["async"][0], rate["async"][1], rate["sync"][0],
-                                                            rate["sync"][1]),
-            "ideal": ideal, "fraction_of_ideal": speedup / ideal["ideal"]}
+                                                            rate["sync"][1])}
 
 
 def offered_steps_per_s(concurrency: int, engines: int, rng: random.Random, scale: float) -> float:
     """Env steps/s the stated latencies allow at ``concurrency`` episodes in flight, if nothing else waits."""
-    durations, steps = episode_duration_samples(PROFILE, rng, 3000, running_per_engine=concurrency / engines,
-                                                with_steps=True)
+    durations, steps = episode_duration_samples(
+        PROFILE, rng, 3000, running_per_engine=decoding_per_engine(PROFILE, rng, concurrency, engines), with_steps=True)
     return concurrency * statistics.fmean(steps) / statistics.fmean(durations) * scale
 
 
@@ -374,8 +379,7 @@ def run_sweep(args, tmp: pathlib.Path, rng: random.Random, key: str, values: lis
         m = measure(point, warmup_s=args.sweep_warmup_s, window_s=args.sweep_window_s)
         rows = m.pop("trainer_rows")
         m["publish_s"] = statistics.fmean(r["seconds"]["publish"] for r in rows) if rows else None
-        m["offered_env_steps_per_s"] = offered_steps_per_s(concurrency, engines, rng, args.sweep_time_scale)
-        m["achieved_fraction"] = m["env_steps_per_s"] / m["offered_env_steps_per_s"]
+        derive({key: [m]}, rng)
         busiest = max(m["core_fraction"], key=m["core_fraction"].get)
         say(NAME, f"{key} {v}: {m['env_steps_per_s']:.1f} env steps/s of {m['offered_env_steps_per_s']:.1f} offered "
                   f"({m['achieved_fraction']:.0%}), gateway {m['gateway_cpu_ms_per_env_step']:.1f} ms CPU/step, "
@@ -386,13 +390,20 @@ def run_sweep(args, tmp: pathlib.Path, rng: random.Random, key: str, values: lis
 
 
 def saturation(points: list[dict]) -> dict:
-    """The first concurrency where the stack delivers under 80% of what the latencies offer, and, per real
-    service, the first where it keeps 90% of a core busy."""
-    first = next((p["concurrency"] for p in points if p["achieved_fraction"] < 0.8), None)
+    """The first concurrency where the stack delivers under 80% of what the latencies offer, what was busy
+    there (the busiest process, and every process together, fakes included, against the machine's cores),
+    and, per real service, the first concurrency where it keeps 90% of a core busy."""
+    knee = next((p for p in points if p["achieved_fraction"] < 0.8), None)
     per_service = {}
     for name in ("buffer", "weightsync", "redis", "gateway0"):
         per_service[name] = next((p["concurrency"] for p in points if p["core_fraction"].get(name, 0) >= 0.9), None)
-    return {"throughput_below_80pct_at": first, "core_90pct_at": per_service}
+    out = {"throughput_below_80pct_at": knee["concurrency"] if knee else None, "core_90pct_at": per_service}
+    if knee:
+        busiest = max(knee["core_fraction"], key=knee["core_fraction"].get)
+        out |= {"busiest_at_knee": busiest, "busiest_cores_at_knee": knee["core_fraction"][busiest],
+                "all_processes_cores_at_knee": sum(knee["core_fraction"].values()),
+                "max_env_steps_per_s": max(p["env_steps_per_s"] for p in points)}
+    return out
 
 
 def replicas(points: list[dict], rng: random.Random) -> dict:
@@ -410,6 +421,26 @@ def replicas(points: list[dict], rng: random.Random) -> dict:
                                                     for p in ok) * steps_per_s
     return {"episodes": CLUSTER_EPISODES, "env_steps_per_s": steps_per_s, "replica_core_budget": REPLICA_CORES,
             **need}
+
+
+def derive(results: dict, rng: random.Random) -> None:
+    """What follows from the measurements and the stated profile (offered rates, saturation, replicas, the
+    ideal and the targets), in place: also run on a saved results file by ``--recompute``."""
+    for key in ("concurrency", "engines"):
+        for p in results.get(key, []):
+            p["offered_env_steps_per_s"] = offered_steps_per_s(p["concurrency"], p["engines"], rng, p["time_scale"])
+            p["achieved_fraction"] = p["env_steps_per_s"] / p["offered_env_steps_per_s"]
+    if results.get("concurrency"):
+        results["saturation"] = saturation(results["concurrency"])
+        results["cluster"] = replicas(results["concurrency"], rng)
+    r = results.get("ratio")
+    if r:
+        engines = r["runs"]["sync"][0]["engines"]
+        publish = statistics.fmean(m["publish_s"] for ms in r["runs"].values() for m in ms)
+        r["ideal"] = ideal_speedup(r["batch_episodes"], r["batch_episodes"], engines, r["train_s"], publish, rng)
+        r["fraction_of_ideal"] = r["speedup"] / r["ideal"]["ideal"]
+        results["targets"] = {"speedup_ge_2_4": r["speedup"] >= 2.4,
+                              "fraction_of_ideal_ge_0_9": r["fraction_of_ideal"] >= 0.9}
 
 
 def plot(results: dict, path: pathlib.Path) -> None:
@@ -475,7 +506,16 @@ def main() -> int:
     parser.add_argument("--sweep-window-s", type=float, default=40.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS / "scale.json"))
+    parser.add_argument("--recompute", default="", metavar="FILE",
+                        help="run nothing: derive a saved results file's offered rates, saturation, replicas and "
+                             "ideal again with this version's arithmetic, and write it back")
     args = parser.parse_args()
+    if args.recompute:
+        path = pathlib.Path(args.recompute)
+        results = json.loads(path.read_text())
+        derive(results, random.Random(args.seed))
+        write(results, path)
+        return 0
     parts = set(args.parts.split(","))
     rng = random.Random(args.seed)
     results: dict = {"benchmark": NAME, "date": now_iso(), "machine": machine(),
@@ -486,18 +526,18 @@ def main() -> int:
         if "ratio" in parts:
             results["ratio"] = run_ratio(args, tmp, rng)
         if "concurrency" in parts:
-            pts = run_sweep(args, tmp, rng, "concurrency", [int(x) for x in args.concurrency.split(",")])
-            results["concurrency"] = pts
-            results["saturation"] = saturation(pts)
-            results["cluster"] = replicas(pts, rng)
+            results["concurrency"] = run_sweep(args, tmp, rng, "concurrency",
+                                               [int(x) for x in args.concurrency.split(",")])
         if "engines" in parts:
             results["engines"] = run_sweep(args, tmp, rng, "engines", [int(x) for x in args.engine_counts.split(",")])
     results["minutes"] = (time.monotonic() - started) / 60
-    if "ratio" in results:
-        r = results["ratio"]
-        results["targets"] = {"speedup_ge_2_4": r["speedup"] >= 2.4, "fraction_of_ideal_ge_0_9":
-                              r["fraction_of_ideal"] >= 0.9}
-    out = pathlib.Path(args.out)
+    derive(results, rng)
+    write(results, pathlib.Path(args.out))
+    return 0
+
+
+def write(results: dict, out: pathlib.Path) -> None:
+    parts = {k for k in ("ratio", "concurrency", "engines") if k in results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     if {"ratio", "concurrency"} <= parts:
@@ -512,7 +552,6 @@ def main() -> int:
                     "cluster_replicas": {k: v["replicas"] for k, v in results["cluster"].items()
                                          if isinstance(v, dict)}}
     print(json.dumps(summary), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

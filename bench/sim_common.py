@@ -53,6 +53,22 @@ def generation_s(rng: random.Random, engine: dict, prompt_tokens: int, max_new_t
 PROMPT_TOKENS = 2500  # two 1280x720 screenshots and the instruction, history and tool description
 
 
+def decoding_per_engine(profile: dict, rng: random.Random, concurrency: int, engines: int) -> float:
+    """Requests decoding at once on one endpoint with ``concurrency`` episodes in flight: only the share of an
+    episode's time spent generating (itself longer the more decode together), found by fixed-point iteration."""
+    env, engine, job = profile["env"], profile["engine"], profile["job"]
+    per_engine = concurrency / engines
+    allocate = sum(lognormal(rng, env["allocate_median_s"], env["allocate_p90_s"]) for _ in range(2000)) / 2000
+    env_step = sum(lognormal(rng, env["step_median_s"], env["step_p90_s"]) for _ in range(2000)) / 2000
+    steps = sum(episode_steps(rng, env, job["steps_medium"] if rng.random() < env["medium_fraction"]
+                              else job["steps_easy"])[0] for _ in range(2000)) / 2000
+    running = per_engine
+    for _ in range(20):
+        gen = sum(generation_s(rng, engine, PROMPT_TOKENS, job["max_new_tokens"], running) for _ in range(500)) / 500
+        running = per_engine * steps * gen / (allocate + steps * (gen + env_step))
+    return running
+
+
 def episode_duration_samples(profile: dict, rng: random.Random, n: int, running_per_engine: float,
                              with_steps: bool = False):
     """``n`` episode durations (seconds, stated time) under the profile, with their step counts if asked."""

@@ -65,6 +65,8 @@ def test_saturation_and_the_replicas_of_a_1000_episode_cluster():
     sat = scale.saturation(points)
     assert sat["throughput_below_80pct_at"] == 1024
     assert sat["core_90pct_at"]["gateway0"] == 256 and sat["core_90pct_at"]["buffer"] is None
+    assert sat["busiest_at_knee"] == "gateway0" and sat["all_processes_cores_at_knee"] == pytest.approx(1.5)
+    assert sat["max_env_steps_per_s"] == 10.0 * 1024
     cluster = scale.replicas(points, random.Random(4))
     # Sized from the points that kept up (5 ms per step), not the saturated one (50 ms).
     assert cluster["gateway"]["cpu_ms_per_env_step"] == pytest.approx(5.0)
@@ -90,3 +92,16 @@ def test_a_small_point_runs_through_the_real_services(tmp_path):
     for p in point.procs.values():
         assert p.proc.poll() is not None
     assert point.sglang.poll() == 0 and point.redis.proc.poll() is not None
+
+
+def test_a_point_that_fails_to_start_leaves_nothing_running(tmp_path, monkeypatch):
+    """A gateway that cannot start (no tokenizer at its model path) fails the point, and every process the
+    point had started by then is stopped."""
+    monkeypatch.setattr(scale, "MODEL", tmp_path / "no-model")
+    point = scale.Point(tmp_path, mode="async", concurrency=8, engines=1, gateways=1, train_s=1.0, time_scale=20,
+                        batch_groups=1, max_staleness=1, seed=0)
+    with pytest.raises(RuntimeError, match="rollout exited"):
+        scale.measure(point, warmup_s=0, window_s=1)
+    assert {"buffer", "weightsync", "sim_env", "trainer", "gateway0"} <= set(point.procs)
+    assert all(p.proc.poll() is not None for p in point.procs.values())
+    assert point.sglang.poll() is not None and point.redis.proc.poll() is not None

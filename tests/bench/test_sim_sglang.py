@@ -24,25 +24,14 @@ from asyncwebrl.common.agent.actions import parse_action
 from asyncwebrl.common.agent.prompt import collapse_image_tokens, prompt_ids, render
 from asyncwebrl.common.inference import InferenceClient
 from asyncwebrl.common.models.tiny import SHIPPED
-from asyncwebrl.common.registry import Endpoint
 from asyncwebrl.rollout.__main__ import load_policy_io
 from asyncwebrl.v1 import env_pb2
+from tests.engine.test_sglang_source import OneEndpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEY = "sim-test-key"
 ITL_S, TTFT_S = 0.002, 0.01
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-class OneEndpoint:
-    """The registry, reduced to one live endpoint (as tests/engine/test_sglang_source.py)."""
-
-    def __init__(self, url: str) -> None:
-        self.endpoint = Endpoint(endpoint_id="sim", url=url, ready=True, weight_version="0", heartbeat_ms=0,
-                                 kind="sglang")
-
-    async def live(self) -> list[Endpoint]:
-        return [self.endpoint]
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +135,14 @@ async def test_pause_aborts_update_sets_version_continue_resumes(sim, policy, tm
         raw = asyncio.create_task(_post(s, url + "/generate", {
             "input_ids": ids, "sampling_params": {"max_new_tokens": 1024}, "return_logprob": True}))
         resumed = asyncio.create_task(client.generate(ids, [], {"max_new_tokens": 1024}))
-        await asyncio.sleep(0.3)
+        # Both decoding (not merely sent: a loaded machine may take a while to deliver them), then pause.
+        deadline = time.monotonic() + 20
+        while True:
+            async with s.get(url + "/sim_stats") as resp:
+                if (await resp.json())["running"] == 2:
+                    break
+            assert time.monotonic() < deadline, "the two requests never decoded together"
+            await asyncio.sleep(0.02)
         assert (await _post(s, url + "/pause_generation", {}, headers={}))[0] == 401
         status, out = await _post(s, url + "/pause_generation", {})
         assert status == 200 and out["aborted"] == 2, out
