@@ -333,7 +333,7 @@ def scale_section(doc, results, out) -> tuple[list[str], list]:
     pts = doc.get("concurrency")
     if pts:
         names = sorted({k for p in pts for k in p["core_fraction"]})
-        lines += [f"**Concurrent episodes, one gateway per {pts[0]['gateways']}**, {pts[0]['engines']} endpoints, "
+        lines += [f"**Concurrent episodes** through {pts[0]['gateways']} gateway(s), {pts[0]['engines']} endpoints, "
                   f"time scale {pts[0]['time_scale']:g}: env steps/s achieved against what the stated latencies "
                   "offer, and the share of one core each process keeps busy.", ""]
         lines += table(["episodes", "offered steps/s", "achieved", "redis cmd/s", "gateway CPU ms/step",
@@ -341,6 +341,12 @@ def scale_section(doc, results, out) -> tuple[list[str], list]:
                        [[p["concurrency"], f(p["offered_env_steps_per_s"], ".1f"), f(p["achieved_fraction"] * 100, ".0f") + "%",
                          f(p["redis_commands_per_s"], ".0f"), f(p["gateway_cpu_ms_per_env_step"], ".1f"),
                          *[f(p["core_fraction"].get(n)) for n in names]] for p in pts])
+        kept = [p for p in pts if p["achieved_fraction"] >= 0.8]
+        if kept and kept[-1].get("cpu_ms_per_episode"):
+            p = kept[-1]
+            lines += [f"CPU per episode (its env steps times CPU per step) at {p['concurrency']} episodes, the most "
+                      "that kept up: " + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(
+                          p["cpu_ms_per_episode"].items(), key=lambda kv: -kv[1])) + " (sim_* are the fakes).", ""]
         sat, c = doc["saturation"], doc["cluster"]
         knee = (f"; there the busiest process, {sat['busiest_at_knee']}, keeps {sat['busiest_cores_at_knee']:.0%} of a "
                 f"core busy and all processes together, fakes included, {sat['all_processes_cores_at_knee']:.2f} of "
@@ -365,7 +371,13 @@ def scale_section(doc, results, out) -> tuple[list[str], list]:
                        [[p["engines"], f(p["env_steps_per_s"], ".1f"), f(p["achieved_fraction"] * 100, ".0f") + "%",
                          f(p.get("publish_s")), f(p["gateway_cpu_ms_per_env_step"], ".1f"),
                          f(p["core_fraction"].get("weightsync"))] for p in eng])
-    lines += [provenance(doc, "scale", results), ""] + plot_line(results, "scale", out)
+    if eng and len(eng) > 1:
+        lines += [f"weightsync loads a version into at most {doc.get('weightsync_concurrency', 16)} endpoints at a time "
+                  "(its --concurrency, which bounds reads of the checkpoint volume), so by disk the publish time "
+                  "grows in rounds of that many endpoints; the broadcast transport (docs/weightsync.md) sends once.",
+                  ""]
+    lines += [provenance(doc, "scale", results) + (f" ({doc['note']})" if doc.get("note") else ""), ""]
+    lines += plot_line(results, "scale", out)
     return lines, rows
 
 

@@ -74,6 +74,7 @@ PREFIX = "asyncwebrl:"
 TASKS = 16
 CLUSTER_EPISODES = 1000
 REPLICA_CORES = 0.7  # a replica is sized to keep one core at most this busy
+WEIGHTSYNC_CONCURRENCY = 16  # endpoints loading a version at once (weightsync --concurrency)
 
 # The stated GPU and browser figures (seconds of real time; every run divides them by its time scale).
 #   engine: SGLang serving an 8B model on one H100 answers ShareGPT requests in 0.6-1.1 s at batch 1-8
@@ -170,7 +171,7 @@ class Point:
         ckpt.mkdir()
         weightsync = self._service("weightsync", ServiceProcess, [
             *common, "--discovery", "static", "--static-endpoints", static, "--checkpoint-roots", str(d),
-            "--reconcile-interval-s", "2", "--concurrency", "16"], env)
+            "--reconcile-interval-s", "2", "--concurrency", str(WEIGHTSYNC_CONCURRENCY)], env)
         self._service("sim_env", ScriptProcess, [
             *quiet, "--buffer-target", buffer.target, "--tasks", str(TASKS), "--seed", str(self.seed),
             "--time-scale", str(ts),
@@ -292,7 +293,6 @@ def measure(point: Point, *, warmup_s: float, window_s: float, min_steps: int = 
         "redis_commands_per_s": (b["redis_commands"] - a["redis_commands"]) / span,
         "core_fraction": {k: v / span for k, v in cpu.items()},
         "cpu_ms_per_env_step": {k: 1000 * v / max(1, steps) for k, v in cpu.items()},
-        "cpu_ms_per_episode": {k: 1000 * v / max(1, episodes) for k, v in cpu.items()},
         "gateway_cpu_ms_per_env_step": 1000 * gateway_cpu / max(1, steps),
         "trainer_rows": rows,
     }
@@ -426,10 +426,14 @@ def replicas(points: list[dict], rng: random.Random) -> dict:
 def derive(results: dict, rng: random.Random) -> None:
     """What follows from the measurements and the stated profile (offered rates, saturation, replicas, the
     ideal and the targets), in place: also run on a saved results file by ``--recompute``."""
+    # An episode's CPU: per env step times the profile's steps per episode (episodes started in a window
+    # are few and unrepresentative while long ones are still running).
+    _, steps = episode_duration_samples(PROFILE, rng, 4000, running_per_engine=1.0, with_steps=True)
     for key in ("concurrency", "engines"):
         for p in results.get(key, []):
             p["offered_env_steps_per_s"] = offered_steps_per_s(p["concurrency"], p["engines"], rng, p["time_scale"])
             p["achieved_fraction"] = p["env_steps_per_s"] / p["offered_env_steps_per_s"]
+            p["cpu_ms_per_episode"] = {k: v * statistics.fmean(steps) for k, v in p["cpu_ms_per_env_step"].items()}
     if results.get("concurrency"):
         results["saturation"] = saturation(results["concurrency"])
         results["cluster"] = replicas(results["concurrency"], rng)
@@ -519,7 +523,8 @@ def main() -> int:
     parts = set(args.parts.split(","))
     rng = random.Random(args.seed)
     results: dict = {"benchmark": NAME, "date": now_iso(), "machine": machine(),
-                     "command": "python bench/scale.py " + " ".join(sys.argv[1:]), "profile": PROFILE}
+                     "command": "python bench/scale.py " + " ".join(sys.argv[1:]), "profile": PROFILE,
+                     "weightsync_concurrency": WEIGHTSYNC_CONCURRENCY}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = pathlib.Path(tmp)

@@ -105,3 +105,16 @@ def test_a_point_that_fails_to_start_leaves_nothing_running(tmp_path, monkeypatc
     assert {"buffer", "weightsync", "sim_env", "trainer", "gateway0"} <= set(point.procs)
     assert all(p.proc.poll() is not None for p in point.procs.values())
     assert point.sglang.poll() is not None and point.redis.proc.poll() is not None
+
+
+def test_derive_recomputes_what_follows_from_the_measurements():
+    point = dict(_point(64, 0.0, {"gateway0": 0.3}), engines=16, time_scale=1.0, env_steps_per_s=20.0)
+    results = {"concurrency": [point]}
+    scale.derive(results, random.Random(5))
+    assert point["offered_env_steps_per_s"] == pytest.approx(scale.offered_steps_per_s(64, 16, random.Random(6), 1.0),
+                                                             rel=0.1)
+    assert point["achieved_fraction"] == pytest.approx(20.0 / point["offered_env_steps_per_s"])
+    # An episode's CPU is its steps' (about 7 under the profile), not what the window's few new episodes cost.
+    steps = point["cpu_ms_per_episode"]["buffer"] / point["cpu_ms_per_env_step"]["buffer"]
+    assert 6 < steps < 8.5
+    assert "saturation" in results and results["cluster"]["episodes"] == scale.CLUSTER_EPISODES
