@@ -116,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
                                      add_help=False)
     parser.add_argument("--sim-train-s", type=float, required=True, help="seconds of one training step on the GPUs")
     parser.add_argument("--sim-time-scale", type=float, default=1.0, help="every stated time is divided by this")
-    sim, rest = parser.parse_known_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:
+        parser.print_help()
+        print("\nEvery other flag is the trainer's (python -m asyncwebrl.trainer --help).")
+        return 0
+    sim, rest = parser.parse_known_args(args)
     if not (sim.sim_train_s >= 0 and sim.sim_time_scale > 0):
         parser.error("--sim-train-s must be >= 0 and --sim-time-scale > 0")
     service_main("trainer", TrainerConfig, lambda c: serve(c, sim.sim_train_s / sim.sim_time_scale), rest,
