@@ -92,9 +92,13 @@ class Stack:
         self.cli = [sys.executable, "-m", "asyncwebrl.api.cli", "--run-dir", str(self.run_dir)]
         env = {**os.environ, "ASYNCWEBRL_MODEL_ROOTS": str(self.run_dir / "jobs")}
         (self.run_dir / "jobs").mkdir(parents=True, exist_ok=True)
-        subprocess.run([*self.cli, "up", "--contexts", str(contexts), "--warm-reset", "--api-port", "0",
-                        "--chromium-path", chromium],
-                       check=True, env=env, stdout=sys.stderr)
+        try:
+            subprocess.run([*self.cli, "up", "--contexts", str(contexts), "--warm-reset", "--api-port", "0",
+                            "--chromium-path", chromium],
+                           check=True, env=env, stdout=sys.stderr)
+        except subprocess.CalledProcessError:
+            self.close()  # what did start (a failed up leaves it running)
+            raise
         self.stack = load_stack(self.run_dir)
         self.client = Client(self.stack["api_url"], self.stack["api_token"], timeout=180.0)
 
