@@ -379,7 +379,7 @@ def run_sweep(args, tmp: pathlib.Path, rng: random.Random, key: str, values: lis
         m = measure(point, warmup_s=args.sweep_warmup_s, window_s=args.sweep_window_s)
         rows = m.pop("trainer_rows")
         m["publish_s"] = statistics.fmean(r["seconds"]["publish"] for r in rows) if rows else None
-        derive({key: [m]}, rng)
+        derive_point(m, rng)
         busiest = max(m["core_fraction"], key=m["core_fraction"].get)
         say(NAME, f"{key} {v}: {m['env_steps_per_s']:.1f} env steps/s of {m['offered_env_steps_per_s']:.1f} offered "
                   f"({m['achieved_fraction']:.0%}), gateway {m['gateway_cpu_ms_per_env_step']:.1f} ms CPU/step, "
@@ -423,17 +423,22 @@ def replicas(points: list[dict], rng: random.Random) -> dict:
             **need}
 
 
+def derive_point(p: dict, rng: random.Random) -> None:
+    """A sweep point's offered rate, the share of it achieved, and its CPU per episode: per env step times
+    the profile's steps per episode (episodes started in a window are few and unrepresentative while long
+    ones are still running)."""
+    _, steps = episode_duration_samples(PROFILE, rng, 4000, running_per_engine=1.0, with_steps=True)
+    p["offered_env_steps_per_s"] = offered_steps_per_s(p["concurrency"], p["engines"], rng, p["time_scale"])
+    p["achieved_fraction"] = p["env_steps_per_s"] / p["offered_env_steps_per_s"]
+    p["cpu_ms_per_episode"] = {k: v * statistics.fmean(steps) for k, v in p["cpu_ms_per_env_step"].items()}
+
+
 def derive(results: dict, rng: random.Random) -> None:
     """What follows from the measurements and the stated profile (offered rates, saturation, replicas, the
     ideal and the targets), in place: also run on a saved results file by ``--recompute``."""
-    # An episode's CPU: per env step times the profile's steps per episode (episodes started in a window
-    # are few and unrepresentative while long ones are still running).
-    _, steps = episode_duration_samples(PROFILE, rng, 4000, running_per_engine=1.0, with_steps=True)
     for key in ("concurrency", "engines"):
         for p in results.get(key, []):
-            p["offered_env_steps_per_s"] = offered_steps_per_s(p["concurrency"], p["engines"], rng, p["time_scale"])
-            p["achieved_fraction"] = p["env_steps_per_s"] / p["offered_env_steps_per_s"]
-            p["cpu_ms_per_episode"] = {k: v * statistics.fmean(steps) for k, v in p["cpu_ms_per_env_step"].items()}
+            derive_point(p, rng)
     if results.get("concurrency"):
         results["saturation"] = saturation(results["concurrency"])
         results["cluster"] = replicas(results["concurrency"], rng)

@@ -43,11 +43,19 @@ def output_tokens(rng: random.Random, engine: dict, max_new_tokens: int) -> int:
                                                       engine["output_tokens_p90"]))))
 
 
+def ttft_s(engine: dict, prompt_tokens: int) -> float:
+    """Time to first token: a fixed part and prefill, linear in the prompt."""
+    return engine["ttft_base_s"] + engine["prefill_s_per_1k_tokens"] * prompt_tokens / 1000
+
+
+def per_token_s(engine: dict, running: float) -> float:
+    """Seconds per output token with ``running`` requests decoding on the endpoint (a bigger batch is slower)."""
+    return engine["itl_s"] * (1 + running / engine["itl_knee"])
+
+
 def generation_s(rng: random.Random, engine: dict, prompt_tokens: int, max_new_tokens: int, running: float) -> float:
     """One request's latency with ``running`` requests decoding on its endpoint (queueing not included)."""
-    per_token = engine["itl_s"] * (1 + running / engine["itl_knee"])
-    return (engine["ttft_base_s"] + engine["prefill_s_per_1k_tokens"] * prompt_tokens / 1000
-            + output_tokens(rng, engine, max_new_tokens) * per_token)
+    return ttft_s(engine, prompt_tokens) + output_tokens(rng, engine, max_new_tokens) * per_token_s(engine, running)
 
 
 PROMPT_TOKENS = 2500  # two 1280x720 screenshots and the instruction, history and tool description

@@ -58,7 +58,7 @@ from asyncwebrl.engine.service import Server
 from asyncwebrl.v1 import env_pb2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sim_common import output_tokens  # noqa: E402  (one owner of the fakes' distributions)
+from sim_common import output_tokens, per_token_s, ttft_s  # noqa: E402  (one owner of the fakes' distributions)
 
 log = logging.getLogger("asyncwebrl.sim_sglang")
 MIN_TICK_S = 0.005  # the scheduler never wakes more often than this: the fake's CPU stays small
@@ -207,7 +207,7 @@ class SimEngine:
     # --- the scheduler ------------------------------------------------------------------------
 
     def _per_token(self, running: int) -> float:
-        return self._s(self.args.itl_s * (1 + running / self.args.itl_knee))
+        return self._s(per_token_s(vars(self.args), running))
 
     def _advance(self, now: float) -> None:
         """Give each decoding request the tokens it wrote since the last call."""
@@ -246,7 +246,7 @@ class SimEngine:
             if len(plan) > budget:  # the budget ends it first, as SGLang: finish length
                 plan = plan[:budget]
                 finish = {"type": "length", "length": budget}
-            ttft = self.args.prefill_s_per_1k_tokens * len(gen.input_ids) / 1000 + self.args.ttft_base_s
+            ttft = ttft_s(vars(self.args), len(gen.input_ids))
             self.rows.append({"gen": gen, "plan": plan, "n": 0, "credit": 0.0, "finish": finish,
                               "decode_from": now + self._s(ttft)})
 
