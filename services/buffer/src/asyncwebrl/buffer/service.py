@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 import grpc
-from google.protobuf.message import DecodeError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -20,7 +19,7 @@ from asyncwebrl.buffer import metrics
 from asyncwebrl.buffer.config import BufferConfig
 from asyncwebrl.buffer.errors import BufferError, Conflict, Exhausted, InvalidArgument, NotFound, Unavailable
 from asyncwebrl.buffer.store import GroupStore
-from asyncwebrl.buffer.validate import check_group, check_job_id, check_name
+from asyncwebrl.buffer.validate import check_group, check_job_id, check_name, read_request
 from asyncwebrl.common.blobstore import BlobBudgetExceeded, BlobStore
 from asyncwebrl.v1 import buffer_pb2, env_pb2
 
@@ -96,10 +95,7 @@ class BufferServicer:
 
     async def PutGroup(self, raw: bytes, context):
         try:
-            try:
-                request = buffer_pb2.PutGroupRequest.FromString(raw)
-            except DecodeError as exc:
-                raise InvalidArgument("group", f"not a valid PutGroupRequest: {exc}") from exc
+            request = read_request(raw)
             group = request.group
             check_job_id(group.job_id, "group.job_id")
             settings, version = await self.store.admission(group.job_id)

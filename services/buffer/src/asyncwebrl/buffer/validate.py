@@ -11,6 +11,8 @@ import math
 import re
 
 import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 from asyncwebrl.buffer.config import Limits
 from asyncwebrl.buffer.errors import InvalidArgument
@@ -63,29 +65,70 @@ def _ints(values, field: str, low: int, high: int, max_len: int, min_len: int = 
     return arr
 
 
-def check_group(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -> GroupSummary:
+def check_group(group: buffer_pb2.Group | WireGroup, limits: Limits, trainer_version: int) -> GroupSummary:
     """Raise InvalidArgument naming the first problem; return the summary otherwise.
 
     The checks run in bulk over the whole group (a few numpy reductions instead
-    of a dozen per step); only a group that fails goes through ``_check_slowly``,
-    which applies the same rules step by step to name the offending field."""
-    summary = _check_fast(group, limits, trainer_version)
-    if summary is None:
-        _check_slowly(group, limits, trainer_version)
-        raise AssertionError("a check failed in bulk but passed step by step")  # never: same rules
-    return summary
+    of a dozen per step), on the real message or on the wire view (``read_request``);
+    only a group that fails them goes through ``_check_slowly``, which applies the
+    same rules step by step on the real message to name the offending field, and
+    is the authority: a group it passes is stored."""
+    if isinstance(group, WireGroup):
+        summary = _check_wire(group, limits, trainer_version)
+    else:
+        summary = _check_fast(group, limits, trainer_version)
+    if summary is not None:
+        return summary
+    if isinstance(group, WireGroup):  # the wire view read every byte, so this is the same group
+        try:
+            group = buffer_pb2.Group.FromString(group.SerializeToString())
+        except DecodeError as exc:  # e.g. a token id's varint longer than protobuf reads
+            raise InvalidArgument("group", f"not a valid Group: {exc}") from exc
+    return _check_slowly(group, limits, trainer_version)
+
+
+def _group_ok(group, limits: Limits) -> bool:
+    return bool(
+        GROUP_ID.match(group.group_id)
+        and is_job_id(group.job_id)
+        and 0 < len(group.task) <= MAX_TASK_CHARS
+        and group.task.isprintable()
+        and group.difficulty in DIFFICULTIES
+        and group.created_unix_ms >= 0
+        and 1 <= len(group.episodes) <= limits.max_episodes
+    )
+
+
+def _episode_ok(episode, n_steps: int, seen: set[str], limits: Limits) -> bool:
+    episode_id, reward, raw_reward = episode.episode_id, episode.reward, episode.raw_reward
+    isfinite = math.isfinite
+    return bool(
+        EPISODE_ID.match(episode_id)
+        and episode_id not in seen
+        and isfinite(reward)
+        and abs(reward) <= MAX_REWARD
+        and isfinite(raw_reward)
+        and abs(raw_reward) <= MAX_REWARD
+        and FINISH_REASON.match(episode.finish_reason)
+        and len(episode.judge_text) <= limits.max_text_chars
+        and 0 <= episode.judge_latency_s <= MAX_JUDGE_LATENCY_S
+        and 1 <= n_steps <= limits.max_steps
+        and episode.length == n_steps
+    )
+
+
+def _refs_ok(shots, blobs: dict[str, None]) -> bool:
+    for ref in shots:
+        sha = ref.sha256
+        if sha not in blobs:
+            if not _ref_ok(ref):
+                return False
+            blobs[sha] = None
+    return True
 
 
 def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -> GroupSummary | None:
-    if (
-        not GROUP_ID.match(group.group_id)
-        or not is_job_id(group.job_id)
-        or not 0 < len(group.task) <= MAX_TASK_CHARS
-        or not group.task.isprintable()
-        or group.difficulty not in DIFFICULTIES
-        or group.created_unix_ms < 0
-        or not 1 <= len(group.episodes) <= limits.max_episodes
-    ):
+    if not _group_ok(group, limits):
         return None
     # Token ids are uint32 on the wire: never negative, so only their counts need checking
     # here; the trainer checks them against its vocabulary.
@@ -93,34 +136,21 @@ def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -
     # message builds a new wrapper); logprobs and versions go to numpy a step at a time (the
     # quickest way from a repeated field, ~3 us for 150 values) and are checked once.
     max_prompt, max_output = limits.max_prompt_tokens, limits.max_output_tokens
-    max_images, max_text, max_steps = limits.max_images_per_step, limits.max_text_chars, limits.max_steps
-    array, f32, i64, isfinite = np.array, np.float32, np.int64, math.isfinite
+    max_images, max_text = limits.max_images_per_step, limits.max_text_chars
+    array, f32, i64 = np.array, np.float32, np.int64
     logprobs, versions = [], []
     tokens = 0
     blobs: dict[str, None] = {}
-    episode_ids = set()
+    episode_ids: set[str] = set()
     rewards = []
     steps = 0
     for episode in group.episodes:
         episode_steps = episode.steps
         n_steps = len(episode_steps)
-        episode_id, reward, raw_reward = episode.episode_id, episode.reward, episode.raw_reward
-        if (
-            not EPISODE_ID.match(episode_id)
-            or episode_id in episode_ids
-            or not isfinite(reward)
-            or abs(reward) > MAX_REWARD
-            or not isfinite(raw_reward)
-            or abs(raw_reward) > MAX_REWARD
-            or not FINISH_REASON.match(episode.finish_reason)
-            or len(episode.judge_text) > max_text
-            or not 0 <= episode.judge_latency_s <= MAX_JUDGE_LATENCY_S
-            or not 1 <= n_steps <= max_steps
-            or episode.length != n_steps
-        ):
+        if not _episode_ok(episode, n_steps, episode_ids, limits):
             return None
-        episode_ids.add(episode_id)
-        rewards.append(reward)
+        episode_ids.add(episode.episode_id)
+        rewards.append(episode.reward)
         for step in episode_steps:
             step_logprobs, step_versions, shots = step.logprobs, step.versions, step.screenshots
             n_prompt, n = len(step.prompt_ids), len(step.output_ids)
@@ -132,32 +162,192 @@ def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -
                 or len(shots) > max_images
                 or len(step.text) > max_text
                 or len(step.action) > max_text
+                or not _refs_ok(shots, blobs)
             ):
                 return None
-            for ref in shots:
-                sha = ref.sha256
-                if sha not in blobs:
-                    if not _ref_ok(ref):
-                        return None
-                    blobs[sha] = None
             tokens += n_prompt + n
             logprobs.append(array(step_logprobs, dtype=f32))
             # Versions may go down within an episode: with several engines, a step (or a resumed
             # generation) served by an engine not yet updated follows one that was. Staleness uses the oldest.
             versions.append(array(step_versions, dtype=i64))
         steps += n_steps
-    all_lp = np.concatenate(logprobs)
-    all_versions = np.concatenate(versions)
+    return _summary(np.concatenate(logprobs), np.concatenate(versions), trainer_version, limits, steps, tokens,
+                    rewards, blobs)
+
+
+def _summary(logprobs: np.ndarray, versions: np.ndarray, trainer_version: int, limits: Limits, steps: int,
+             tokens: int, rewards: list[float], blobs: dict[str, None]) -> GroupSummary | None:
     if (
-        not bool(np.isfinite(all_lp).all())
-        or float(all_lp.max()) > MAX_LOGPROB
-        or int(all_versions.min()) < 0
-        or int(all_versions.max()) > trainer_version + limits.max_version_lead
+        not bool(np.isfinite(logprobs).all())
+        or float(logprobs.max()) > MAX_LOGPROB
+        or int(versions.min()) < 0
+        or int(versions.max()) > trainer_version + limits.max_version_lead
     ):
         return None
-    return GroupSummary(
-        int(all_versions.min()), int(all_versions.max()), steps, tokens, is_zero_variance(rewards), tuple(blobs),
-    )
+    return GroupSummary(int(versions.min()), int(versions.max()), steps, tokens, is_zero_variance(rewards),
+                        tuple(blobs))
+
+
+# --- the wire view ------------------------------------------------------------
+# Parsing a group's ~10^5 packed token ids into containers, then copying each step's logprobs
+# and versions into numpy, was about half the buffer's CPU per PutGroup (py-spy under
+# bench/buffer.py --put-only). The wire view is PutGroupRequest with StepRecord's packed
+# numeric fields read as ``repeated bytes``: a packed field is one length-delimited record,
+# the same wire type as bytes, so the parse only copies them and the checks decode them in
+# numpy over the whole group. It is derived from buffer.proto here, so it follows it.
+
+_WIRE_FIELDS = {  # StepRecord field -> its type in buffer.proto, which decides how its bytes decode
+    "prompt_ids": descriptor_pb2.FieldDescriptorProto.TYPE_UINT32,
+    "output_ids": descriptor_pb2.FieldDescriptorProto.TYPE_UINT32,
+    "logprobs": descriptor_pb2.FieldDescriptorProto.TYPE_FLOAT,
+    "versions": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+}
+
+
+def _wire_classes():
+    pool = descriptor_pool.DescriptorPool()  # its own pool: the same names as the real messages
+    added: set[str] = set()
+
+    def add(file) -> None:
+        if file.name in added:
+            return
+        for dep in file.dependencies:
+            add(dep)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        if file.name == buffer_pb2.DESCRIPTOR.name:
+            proto.ClearField("service")
+            (step,) = [m for m in proto.message_type if m.name == "StepRecord"]
+            for field in step.field:
+                if field.name in _WIRE_FIELDS:
+                    if field.type != _WIRE_FIELDS[field.name] or field.label != field.LABEL_REPEATED:
+                        raise RuntimeError(f"buffer.proto: StepRecord.{field.name} is no longer a repeated "
+                                           f"{_WIRE_FIELDS[field.name]}; update validate._WIRE_FIELDS")
+                    field.type = field.TYPE_BYTES
+                    field.ClearField("options")
+        pool.Add(proto)
+        added.add(file.name)
+
+    add(buffer_pb2.DESCRIPTOR)
+    request = message_factory.GetMessageClass(pool.FindMessageTypeByName("asyncwebrl.v1.PutGroupRequest"))
+    return request, message_factory.GetMessageClass(pool.FindMessageTypeByName("asyncwebrl.v1.Group"))
+
+
+WireRequest, WireGroup = _wire_classes()
+
+
+def read_request(raw: bytes) -> buffer_pb2.PutGroupRequest | WireRequest:
+    """The request as the wire view reads it when that view accounts for every byte (what our
+    clients send: each packed field in one record); otherwise, the real message, so a field
+    sent unpacked or split, or one the view does not know, is read as protobuf reads it.
+    Raises InvalidArgument when the bytes are not a PutGroupRequest at all."""
+    try:
+        wire = WireRequest.FromString(raw)
+        wire.DiscardUnknownFields()
+        if wire.ByteSize() == len(raw):
+            return wire
+    except DecodeError:
+        pass
+    try:
+        return buffer_pb2.PutGroupRequest.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidArgument("group", f"not a valid PutGroupRequest: {exc}") from exc
+
+
+class _Varints:
+    """One packed varint field of every step of a group: the steps' wire bytes, concatenated."""
+
+    __slots__ = ("data", "sizes", "ends")
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
+        self.sizes = np.fromiter(map(len, chunks), dtype=np.int64, count=len(chunks))
+        self.ends = self.data < 0x80  # the last byte of each varint
+
+    def well_formed(self, max_bytes: int) -> bool:
+        """Every step holds at least one value and ends on a whole varint, and no varint is longer
+        than ``max_bytes`` (protobuf reads up to 10; a longer one is left to it to judge)."""
+        ends = self.ends
+        if not self.sizes.all() or not ends[np.cumsum(self.sizes) - 1].all():
+            return False
+        # A varint longer than max_bytes is a run of max_bytes bytes without an end.
+        n = ends.size - max_bytes + 1
+        if n <= 0:
+            return True
+        window = ends[:n].copy()
+        for k in range(1, max_bytes):
+            window |= ends[k:k + n]
+        return bool(window.all())
+
+    def counts(self) -> np.ndarray:
+        """Values per step, once well formed."""
+        return np.add.reduceat(self.ends.view(np.uint8), np.cumsum(self.sizes) - self.sizes, dtype=np.int64)
+
+    def total(self) -> int:
+        return int(np.count_nonzero(self.ends))
+
+    def values(self) -> np.ndarray:
+        """The values, once well formed with at most 9 bytes each: below 2**63, never negative."""
+        last = np.flatnonzero(self.ends)
+        lengths = np.diff(last, prepend=-1)
+        first = last - lengths + 1
+        values = (self.data[first] & 0x7F).astype(np.int64)
+        for k in range(1, int(lengths.max())):
+            more = lengths > k
+            values[more] |= (self.data[first[more] + k] & 0x7F).astype(np.int64) << (7 * k)
+        return values
+
+
+def _check_wire(group: WireGroup, limits: Limits, trainer_version: int) -> GroupSummary | None:
+    """``_check_fast``'s rules on the wire view."""
+    if not _group_ok(group, limits):
+        return None
+    max_images, max_text = limits.max_images_per_step, limits.max_text_chars
+    prompts, outputs, logprobs, versions = [], [], [], []
+    blobs: dict[str, None] = {}
+    episode_ids: set[str] = set()
+    rewards = []
+    steps = 0
+    for episode in group.episodes:
+        episode_steps = episode.steps
+        n_steps = len(episode_steps)
+        if not _episode_ok(episode, n_steps, episode_ids, limits):
+            return None
+        episode_ids.add(episode.episode_id)
+        rewards.append(episode.reward)
+        for step in episode_steps:
+            p, o, lp, v, shots = step.prompt_ids, step.output_ids, step.logprobs, step.versions, step.screenshots
+            if (
+                len(p) != 1 or len(o) != 1 or len(lp) != 1 or len(v) != 1  # none, or split: the real checks
+                or len(shots) > max_images
+                or len(step.text) > max_text
+                or len(step.action) > max_text
+                or not _refs_ok(shots, blobs)
+            ):
+                return None
+            prompts.append(p[0])
+            outputs.append(o[0])
+            logprobs.append(lp[0])
+            versions.append(v[0])
+        steps += n_steps
+    # A canonical uint32 takes at most 5 bytes and a non-negative int64 below 2**63 at most 9: anything
+    # longer (legal for protobuf in places, or a negative version) goes to the real checks.
+    prompt, output, version = _Varints(prompts), _Varints(outputs), _Varints(versions)
+    if not (prompt.well_formed(5) and output.well_formed(5) and version.well_formed(9)):
+        return None
+    # A step's prompt has at least one id (well formed) and no more ids than bytes.
+    if int(prompt.sizes.max()) > limits.max_prompt_tokens and int(prompt.counts().max()) > limits.max_prompt_tokens:
+        return None
+    n_output = output.counts()
+    if (
+        int(n_output.max()) > limits.max_output_tokens
+        or not np.array_equal(version.counts(), n_output)
+        or not np.array_equal(np.fromiter(map(len, logprobs), dtype=np.int64, count=len(logprobs)), 4 * n_output)
+    ):
+        return None
+    all_lp = np.frombuffer(b"".join(logprobs), dtype="<f4")
+    return _summary(all_lp, version.values(), trainer_version, limits, steps, prompt.total() + int(n_output.sum()),
+                    rewards, blobs)
 
 
 def _ref_ok(ref) -> bool:
