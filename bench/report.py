@@ -320,16 +320,25 @@ def scale_section(doc, results, out) -> tuple[list[str], list]:
                   f"for its batch's longest episode ({i['batch_longest_episode_s']:.1f} s on average), so the "
                   f"analytical ideal is {i['sync_step_s']:.1f} / {i['async_step_s']:.1f} = "
                   f"**{i['ideal']:.2f}x**.", ""]
-        lines += table(["mode", "runs", "trained trajectories/h", "s.e.", "s per training step", "publish s"],
-                       [[m, len(r["runs"][m]), f(r["trajectories_per_hour"][m], ".0f"),
+        modes = ["sync", *r["by_eta"]]
+        lines += table(["mode", "runs", "trained trajectories/h", "s.e.", "s per training step", "of it waiting",
+                        "publish s", "groups rejected as stale"],
+                       [[m.replace("async_eta", "async, eta "), len(r["runs"][m]), f(r["trajectories_per_hour"][m], ".0f"),
                          f(r["trajectories_per_hour_se"][m], ".0f"),
                          f(statistics.fmean(x["seconds_per_step"] for x in r["runs"][m]), ".1f"),
-                         f(statistics.fmean(x["publish_s"] for x in r["runs"][m]), ".2f")] for m in ("sync", "async")])
-        lines += [f"Speed-up **{f(r['speedup'])} ± {f(r['speedup_se'])}x**, {f(r['fraction_of_ideal'] * 100, '.0f')}% "
-                  "of the ideal (goals: at least 2.4x and 90%).", ""]
-        rows += [["scale", "async over sync, balanced stages (simulated GPUs)",
-                  f"{f(r['speedup'])} ± {f(r['speedup_se'])}x (ideal {i['ideal']:.2f}x)", ">= 2.4x, >= 90% of ideal",
-                  f(r["speedup"] >= 2.4 and r["fraction_of_ideal"] >= 0.9)]]
+                         f(statistics.fmean(x["wait_s"] for x in r["runs"][m]), ".1f"),
+                         f(statistics.fmean(x["publish_s"] for x in r["runs"][m]), ".2f"),
+                         sum(x.get("stale_rejected", 0) for x in r["runs"][m])] for m in modes])
+        for v in r["by_eta"].values():
+            lines += [f"- eta {v['eta']}: speed-up **{f(v['speedup'])} ± {f(v['speedup_se'])}x**, "
+                      f"{f(v['fraction_of_ideal'] * 100, '.0f')}% of the ideal (goals: at least 2.4x and 90%)."]
+            rows += [["scale", f"async (eta {v['eta']}) over sync, balanced stages (simulated GPUs)",
+                      f"{f(v['speedup'])} ± {f(v['speedup_se'])}x (ideal {i['ideal']:.2f}x, "
+                      f"{f(v['fraction_of_ideal'] * 100, '.0f')}%)", ">= 2.4x, >= 90% of ideal",
+                      f(v["speedup"] >= 2.4 and v["fraction_of_ideal"] >= 0.9)]]
+        lines += ["", "The gate admits a group while (eta + version + 1) x batch - (accepted + running) > 0, and counts a "
+                  "group as running until its slowest episode ends: the smaller eta, the less room for a batch to "
+                  "wait ready for the trainer. The waiting column is what that costs it.", ""]
     pts = doc.get("concurrency")
     if pts:
         names = sorted({k for p in pts for k in p["core_fraction"]})
@@ -376,7 +385,13 @@ def scale_section(doc, results, out) -> tuple[list[str], list]:
                   "(its --concurrency, which bounds reads of the checkpoint volume), so by disk the publish time "
                   "grows in rounds of that many endpoints; the broadcast transport (docs/weightsync.md) sends once.",
                   ""]
-    lines += [provenance(doc, "scale", results) + (f" ({doc['note']})" if doc.get("note") else ""), ""]
+    runs = doc.get("part_runs") or {}
+    if len({(v or {}).get("date") for v in runs.values()}) > 1:  # parts run at different times
+        lines += [f"*{shown(results)}/scale.json*: " + "; ".join(
+            f"{part} {str(v.get('date', '?'))[:16].replace('T', ' ')}, `{v.get('command', '?')}`"
+            for part, v in runs.items()), ""]
+    else:
+        lines += [provenance(doc, "scale", results) + (f" ({doc['note']})" if doc.get("note") else ""), ""]
     lines += plot_line(results, "scale", out)
     return lines, rows
 

@@ -20,17 +20,19 @@ users), so it has nothing to saturate here.
 
 Three parts, each printed as it goes:
 
-  ratio        the same job synchronous and asynchronous, interleaved ``--repeats`` times, with the
-               training step as long as the asynchronous rollout of one batch ("balanced"); the
-               speed-up (trajectories/hour trained) with its standard error, against the analytical
-               ideal from the stated distributions (a synchronous batch waits for its longest episode)
+  ratio        the same job synchronous and asynchronous at each staleness bound in ``--etas`` (the
+               paper's 2, and 4), interleaved ``--repeats`` times, with the training step as long as
+               the asynchronous rollout of one batch ("balanced"); the speed-up (trajectories/hour
+               trained) with its standard error, against the analytical ideal from the stated
+               distributions (a synchronous batch waits for its longest episode)
   concurrency  asynchronous, a fast trainer: 32 to 1024 concurrent episodes through one gateway, in
                real time (``--sweep-time-scale 1``): env steps/s achieved against offered, CPU seconds
                each real service spends per env step and per episode, Redis commands/s, and where
                each service saturates (one core busy, or achieved below 80% of offered)
   engines      4 to 64 endpoints at a fixed concurrency: publish time and gateway CPU per step
 
-From those, the replicas of the gateway and the buffer a 1,000-episode cluster needs.
+From those, the replicas of the gateway and the buffer a 1,000-episode cluster needs. ``--parts``
+runs some parts and keeps the others, with their dates and commands, from the file at ``--out``.
 Prints one JSON object on its last line; writes bench/results/scale.json and scale.png.
 """
 
@@ -75,6 +77,7 @@ TASKS = 16
 CLUSTER_EPISODES = 1000
 REPLICA_CORES = 0.7  # a replica is sized to keep one core at most this busy
 WEIGHTSYNC_CONCURRENCY = 16  # endpoints loading a version at once (weightsync --concurrency)
+PARTS = ("ratio", "concurrency", "engines")
 
 # The stated GPU and browser figures (seconds of real time; every run divides them by its time scale).
 #   engine: SGLang serving an 8B model on one H100 answers ShareGPT requests in 0.6-1.1 s at batch 1-8
@@ -134,7 +137,7 @@ class Point:
 
     def __init__(self, tmp: pathlib.Path, *, mode: str, concurrency: int, engines: int, gateways: int,
                  train_s: float, time_scale: float, batch_groups: int, max_staleness: int, seed: int) -> None:
-        self.dir = tmp / f"{mode}-c{concurrency}-e{engines}-g{gateways}-{seed}"
+        self.dir = tmp / f"{mode}-c{concurrency}-e{engines}-g{gateways}-eta{max_staleness}-{seed}"
         self.dir.mkdir(parents=True)
         self.mode, self.concurrency, self.engines, self.gateways = mode, concurrency, engines, gateways
         self.train_s, self.time_scale, self.seed = train_s, time_scale, seed
@@ -309,7 +312,9 @@ def trained_rate(rows: list[dict], scale: float) -> dict:
     return {"trajectories_per_hour": rate, "trajectories_per_hour_se": 3600 * rate_std_err(later, rows[0]["unix"])
             / scale, "steps": len(rows), "seconds_per_step": span / (len(rows) - 1) * scale,
             "publish_s": statistics.fmean(r["seconds"]["publish"] for r in later) * scale,
-            "wait_s": statistics.fmean(r["seconds"]["wait"] for r in later) * scale}
+            "wait_s": statistics.fmean(r["seconds"]["wait"] for r in later) * scale,
+            # Groups the buffer turned away at collection, older than the bound: rollout work lost.
+            "stale_rejected": sum(r.get("rejected", {}).get("stale", 0) for r in later)}
 
 
 def ideal_speedup(batch_episodes: int, concurrency: int, engines: int, train_s: float, publish_s: float,
@@ -328,25 +333,36 @@ def ideal_speedup(batch_episodes: int, concurrency: int, engines: int, train_s: 
             "async_step_s": async_step, "ideal": sync_step / async_step}
 
 
+def async_mode(eta: int) -> str:
+    return f"async_eta{eta}"
+
+
 def run_ratio(args, tmp: pathlib.Path, rng: random.Random) -> dict:
+    """Sync and async at each staleness bound in ``--etas`` (the first, the paper's 2, is the headline),
+    interleaved in rounds whose order alternates, so machine noise falls on every mode alike."""
     j = PROFILE["job"]
     batch = j["batch_groups"] * j["group_size"]
+    etas = [int(x) for x in args.etas.split(",")]
     durations = episode_duration_samples(PROFILE, rng, 4000,
                                          running_per_engine=decoding_per_engine(PROFILE, rng, batch, args.engines))
     # Balanced: the trainer takes as long as the asynchronous rollout of one batch at the same concurrency.
     train_s = statistics.fmean(durations) if args.train_s is None else args.train_s
-    say(NAME, f"ratio: batch {batch} episodes, train step {train_s:.1f}s (stated), time scale {args.time_scale}")
-    runs: dict[str, list[dict]] = {"sync": [], "async": []}
+    say(NAME, f"ratio: batch {batch} episodes, train step {train_s:.1f}s (stated), time scale {args.time_scale}, "
+              f"eta {etas}")
+    order = [("sync", 0)] + [(async_mode(eta), eta) for eta in etas]
+    runs: dict[str, list[dict]] = {mode: [] for mode, _ in order}
     for rep in range(args.repeats):
-        for mode in (("sync", "async") if rep % 2 == 0 else ("async", "sync")):
-            point = Point(tmp, mode=mode, concurrency=batch, engines=args.engines, gateways=1, train_s=train_s,
-                          time_scale=args.time_scale, batch_groups=j["batch_groups"],
-                          max_staleness=j["max_staleness"], seed=rep)
+        for mode, eta in (order if rep % 2 == 0 else order[::-1]):
+            point = Point(tmp, mode="sync" if mode == "sync" else "async", concurrency=batch, engines=args.engines,
+                          gateways=1, train_s=train_s, time_scale=args.time_scale, batch_groups=j["batch_groups"],
+                          max_staleness=eta, seed=rep)
             m = measure(point, warmup_s=2, window_s=0, min_steps=args.min_steps)
             m |= trained_rate(m.pop("trainer_rows"), args.time_scale)
+            m["max_staleness"] = eta
             runs[mode].append(m)
             say(NAME, f"  {mode} #{rep + 1}: {m['trajectories_per_hour']:.0f} traj/h (stated time), "
-                      f"{m['seconds_per_step']:.1f}s per step, publish {m['publish_s']:.2f}s")
+                      f"{m['seconds_per_step']:.1f}s per step, waiting {m['wait_s']:.1f}s of it, "
+                      f"{m['stale_rejected']} groups rejected as stale")
     rate = {}
     for mode, ms in runs.items():
         rates = [m["trajectories_per_hour"] for m in ms]
@@ -354,12 +370,14 @@ def run_ratio(args, tmp: pathlib.Path, rng: random.Random) -> dict:
         se = (statistics.stdev(rates) / math.sqrt(len(rates)) if len(rates) > 1
               else ms[0]["trajectories_per_hour_se"])
         rate[mode] = (statistics.fmean(rates), se)
-    speedup = rate["async"][0] / rate["sync"][0]
-    return {"train_s": train_s, "batch_episodes": batch, "runs": runs,
+    speedups = {mode: {"eta": eta, "speedup": rate[mode][0] / rate["sync"][0],
+                       "speedup_se": ratio_std_err(rate[mode][0], rate[mode][1], rate["sync"][0], rate["sync"][1])}
+                for mode, eta in order[1:]}
+    head = speedups[async_mode(etas[0])]
+    return {"train_s": train_s, "batch_episodes": batch, "etas": etas, "runs": runs,
             "trajectories_per_hour": {k: v[0] for k, v in rate.items()},
             "trajectories_per_hour_se": {k: v[1] for k, v in rate.items()},
-            "speedup": speedup, "speedup_se": ratio_std_err(rate["async"][0], rate["async"][1], rate["sync"][0],
-                                                            rate["sync"][1])}
+            "by_eta": speedups, "speedup": head["speedup"], "speedup_se": head["speedup_se"]}
 
 
 def offered_steps_per_s(concurrency: int, engines: int, rng: random.Random, scale: float) -> float:
@@ -447,9 +465,12 @@ def derive(results: dict, rng: random.Random) -> None:
         engines = r["runs"]["sync"][0]["engines"]
         publish = statistics.fmean(m["publish_s"] for ms in r["runs"].values() for m in ms)
         r["ideal"] = ideal_speedup(r["batch_episodes"], r["batch_episodes"], engines, r["train_s"], publish, rng)
+        for s in r["by_eta"].values():
+            s["fraction_of_ideal"] = s["speedup"] / r["ideal"]["ideal"]
         r["fraction_of_ideal"] = r["speedup"] / r["ideal"]["ideal"]
-        results["targets"] = {"speedup_ge_2_4": r["speedup"] >= 2.4,
-                              "fraction_of_ideal_ge_0_9": r["fraction_of_ideal"] >= 0.9}
+        results["targets"] = {f"eta{s['eta']}": {"speedup_ge_2_4": s["speedup"] >= 2.4,
+                                                 "fraction_of_ideal_ge_0_9": s["fraction_of_ideal"] >= 0.9}
+                              for s in r["by_eta"].values()}
 
 
 def plot(results: dict, path: pathlib.Path) -> None:
@@ -480,13 +501,13 @@ def plot(results: dict, path: pathlib.Path) -> None:
     ax.legend(fontsize=7)
     ax = axes[2]
     r = results["ratio"]
-    modes = ["sync", "async"]
-    ax.bar(modes, [r["trajectories_per_hour"][m] for m in modes],
-           yerr=[r["trajectories_per_hour_se"][m] for m in modes], color=["grey", "tab:blue"])
+    modes = ["sync", *r["by_eta"]]
+    ax.bar([m.replace("async_", "async ") for m in modes], [r["trajectories_per_hour"][m] for m in modes],
+           yerr=[r["trajectories_per_hour_se"][m] for m in modes], color=["grey"] + ["tab:blue"] * (len(modes) - 1))
     ax.axhline(r["trajectories_per_hour"]["sync"] * r["ideal"]["ideal"], color="tab:green", ls="--",
                label=f"ideal ({r['ideal']['ideal']:.2f}x)")
     ax.set_ylabel("trajectories/hour (stated time)")
-    ax.set_title(f"balanced stages: {r['speedup']:.2f} ± {r['speedup_se']:.2f}x")
+    ax.set_title("balanced stages: " + ", ".join(f"eta {v['eta']} {v['speedup']:.2f}x" for v in r["by_eta"].values()))
     ax.legend()
     fig.suptitle(f"bench-scale, {results['machine']['cpus']} cores, {results['date'][:10]}")
     fig.tight_layout()
@@ -495,8 +516,11 @@ def plot(results: dict, path: pathlib.Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="ratio,concurrency,engines")
-    parser.add_argument("--repeats", type=int, default=2, help="sync/async pairs in the ratio part")
+    parser.add_argument("--parts", default=",".join(PARTS), help="which parts to run; with some, the others are "
+                        "kept from the file at --out")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the ratio part (sync, then async at each eta)")
+    parser.add_argument("--etas", default="2,4", help="ratio part: the asynchronous runs' staleness bounds; the first "
+                        "(the paper's 2) is the headline")
     parser.add_argument("--min-steps", type=int, default=6, help="training steps each ratio run measures")
     parser.add_argument("--time-scale", type=float, default=3.0, help="ratio part: stated times divided by this")
     parser.add_argument("--engines", type=int, default=4, help="ratio part: endpoints")
@@ -526,28 +550,46 @@ def main() -> int:
         write(results, path)
         return 0
     parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"--parts: choose from {','.join(PARTS)}")
     rng = random.Random(args.seed)
+    out = pathlib.Path(args.out)
     results: dict = {"benchmark": NAME, "date": now_iso(), "machine": machine(),
                      "command": "python bench/scale.py " + " ".join(sys.argv[1:]), "profile": PROFILE,
-                     "weightsync_concurrency": WEIGHTSYNC_CONCURRENCY}
+                     "weightsync_concurrency": WEIGHTSYNC_CONCURRENCY, "part_runs": {}}
+    if parts != set(PARTS) and out.exists():
+        # A part rerun replaces only itself: the others, and when and how they ran, stay from the file.
+        saved = json.loads(out.read_text())
+        for part in set(PARTS) - parts:
+            if part in saved:
+                results[part] = saved[part]
+                results["part_runs"][part] = saved.get("part_runs", {}).get(part) or {
+                    k: saved.get(k) for k in ("date", "command", "minutes")}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = pathlib.Path(tmp)
-        if "ratio" in parts:
-            results["ratio"] = run_ratio(args, tmp, rng)
-        if "concurrency" in parts:
-            results["concurrency"] = run_sweep(args, tmp, rng, "concurrency",
-                                               [int(x) for x in args.concurrency.split(",")])
-        if "engines" in parts:
-            results["engines"] = run_sweep(args, tmp, rng, "engines", [int(x) for x in args.engine_counts.split(",")])
+        for part in PARTS:
+            if part not in parts:
+                continue
+            part_started = time.monotonic()
+            if part == "ratio":
+                results["ratio"] = run_ratio(args, tmp, rng)
+            elif part == "concurrency":
+                results["concurrency"] = run_sweep(args, tmp, rng, "concurrency",
+                                                   [int(x) for x in args.concurrency.split(",")])
+            else:
+                results["engines"] = run_sweep(args, tmp, rng, "engines",
+                                               [int(x) for x in args.engine_counts.split(",")])
+            results["part_runs"][part] = {"date": results["date"], "command": results["command"],
+                                          "minutes": (time.monotonic() - part_started) / 60}
     results["minutes"] = (time.monotonic() - started) / 60
     derive(results, rng)
-    write(results, pathlib.Path(args.out))
+    write(results, out)
     return 0
 
 
 def write(results: dict, out: pathlib.Path) -> None:
-    parts = {k for k in ("ratio", "concurrency", "engines") if k in results}
+    parts = {k for k in PARTS if k in results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     if {"ratio", "concurrency"} <= parts:
@@ -556,7 +598,10 @@ def write(results: dict, out: pathlib.Path) -> None:
     if "ratio" in results:
         r = results["ratio"]
         summary |= {"speedup": round(r["speedup"], 3), "speedup_se": round(r["speedup_se"], 3),
-                    "ideal": round(r["ideal"]["ideal"], 3), "fraction_of_ideal": round(r["fraction_of_ideal"], 3)}
+                    "ideal": round(r["ideal"]["ideal"], 3), "fraction_of_ideal": round(r["fraction_of_ideal"], 3),
+                    "by_eta": {f"eta{v['eta']}": {"speedup": round(v["speedup"], 3),
+                                                  "fraction_of_ideal": round(v["fraction_of_ideal"], 3)}
+                               for v in r["by_eta"].values()}}
     if "saturation" in results:
         summary |= {"saturation": results["saturation"],
                     "cluster_replicas": {k: v["replicas"] for k, v in results["cluster"].items()

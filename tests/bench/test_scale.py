@@ -118,3 +118,72 @@ def test_derive_recomputes_what_follows_from_the_measurements():
     steps = point["cpu_ms_per_episode"]["buffer"] / point["cpu_ms_per_env_step"]["buffer"]
     assert 6 < steps < 8.5
     assert "saturation" in results and results["cluster"]["episodes"] == scale.CLUSTER_EPISODES
+
+
+def _rows(step_s: float, wait_s: float, stale: int, steps: int = 6) -> list[dict]:
+    """Trainer rows as metrics.jsonl has them: 32 episodes a step, every ``step_s`` seconds."""
+    return [{"unix": 1000.0 + i * step_s, "episodes": 32, "rejected": {"stale": stale} if i else {},
+             "seconds": {"publish": 2.0, "wait": wait_s}} for i in range(steps)]
+
+
+def test_the_ratio_runs_every_eta_interleaved_and_judges_each_against_the_ideal(tmp_path, monkeypatch):
+    """run_ratio's bookkeeping, with the measurement itself replaced (the real points are run by
+    test_a_small_point_runs_through_the_real_services): the order alternates round by round, every
+    async bound gets its speed-up over the same sync runs, and the report names each."""
+    import argparse
+    import json
+
+    import report
+
+    calls = []
+    step_s = {"sync": 90.0, 2: 30.0, 4: 24.0}
+
+    def fake_measure(point, **kwargs):
+        key = point.mode if point.mode == "sync" else point.spec.rollout.max_staleness
+        calls.append(key)
+        return {"trainer_rows": _rows(step_s[key], 5.0 if key == 2 else 0.5, 1 if key == 2 else 0),
+                "engines": point.engines}
+
+    monkeypatch.setattr(scale, "measure", fake_measure)
+    args = argparse.Namespace(etas="2,4", repeats=2, time_scale=1.0, engines=4, train_s=21.0, min_steps=3)
+    r = scale.run_ratio(args, tmp_path, random.Random(0))
+    assert calls == ["sync", 2, 4, 4, 2, "sync"]
+    assert set(r["runs"]) == {"sync", "async_eta2", "async_eta4"}
+    assert r["by_eta"]["async_eta4"]["speedup"] == pytest.approx(90 / 24)
+    assert r["speedup"] == r["by_eta"]["async_eta2"]["speedup"] == pytest.approx(3.0)  # the first eta heads
+    assert r["runs"]["async_eta2"][0]["stale_rejected"] == 5
+
+    results = {"ratio": r, "date": "2026-12-05T00:00:00+00:00", "command": "python bench/scale.py"}
+    scale.derive(results, random.Random(1))
+    ideal = r["ideal"]["ideal"]
+    assert r["by_eta"]["async_eta4"]["fraction_of_ideal"] == pytest.approx(90 / 24 / ideal)
+    assert results["targets"]["eta4"]["speedup_ge_2_4"] and set(results["targets"]) == {"eta2", "eta4"}
+
+    (tmp_path / "scale.json").write_text(json.dumps(results))
+    lines, rows = report.scale_section(results, tmp_path, tmp_path / "BENCHMARKS.md")
+    page = "\n".join(lines)
+    assert "| async, eta 4 | 2 |" in page and f"{90 / 24:.2f}" in page
+    assert [row[1] for row in rows] == ["async (eta 2) over sync, balanced stages (simulated GPUs)",
+                                        "async (eta 4) over sync, balanced stages (simulated GPUs)"]
+
+
+def test_a_part_rerun_keeps_the_other_parts_and_their_provenance(tmp_path, monkeypatch):
+    import json
+
+    out = tmp_path / "scale.json"
+    saved = {"benchmark": "scale", "date": "2026-12-01T00:00:00+00:00", "command": "python bench/scale.py",
+             "minutes": 30.0, "concurrency": [dict(_point(64, 0.0, {"gateway0": 0.3}), engines=16, time_scale=1.0,
+                                                   env_steps_per_s=20.0)]}
+    out.write_text(json.dumps(saved))
+    monkeypatch.setattr(scale, "run_sweep", lambda args, tmp, rng, kind, values: [
+        dict(_point(32, 0.0, {"gateway0": 0.1}), engines=v, time_scale=1.0, env_steps_per_s=10.0) for v in values])
+    monkeypatch.setattr(sys, "argv", ["scale.py", "--parts", "engines", "--engine-counts", "4,8", "--out", str(out)])
+    assert scale.main() == 0
+    doc = json.loads(out.read_text())
+    assert [p["engines"] for p in doc["engines"]] == [4, 8]
+    assert doc["concurrency"][0]["concurrency"] == 64  # kept, and derived again
+    assert doc["part_runs"]["concurrency"]["date"] == "2026-12-01T00:00:00+00:00"
+    assert doc["part_runs"]["engines"]["command"].endswith(f"--out {out}")
+    monkeypatch.setattr(sys, "argv", ["scale.py", "--parts", "ratio,nonsense"])
+    with pytest.raises(SystemExit):
+        scale.main()
