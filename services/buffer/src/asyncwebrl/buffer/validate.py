@@ -117,6 +117,35 @@ def _episode_ok(episode, n_steps: int, seen: set[str], limits: Limits) -> bool:
     )
 
 
+class _Walk:
+    """The group's and its episodes' checks, shared by both bulk checks, yielding every step;
+    ``ok`` is False once one failed (the walk then stops)."""
+
+    __slots__ = ("ok", "rewards", "blobs", "steps")
+
+    def __init__(self) -> None:
+        self.ok = True
+        self.rewards: list[float] = []
+        self.blobs: dict[str, None] = {}  # distinct screenshot digests, in order
+        self.steps = 0
+
+    def steps_of(self, group, limits: Limits):
+        if not _group_ok(group, limits):
+            self.ok = False
+            return
+        seen: set[str] = set()
+        for episode in group.episodes:
+            episode_steps = episode.steps
+            n_steps = len(episode_steps)
+            if not _episode_ok(episode, n_steps, seen, limits):
+                self.ok = False
+                return
+            seen.add(episode.episode_id)
+            self.rewards.append(episode.reward)
+            self.steps += n_steps
+            yield from episode_steps
+
+
 def _refs_ok(shots, blobs: dict[str, None]) -> bool:
     for ref in shots:
         sha = ref.sha256
@@ -128,8 +157,6 @@ def _refs_ok(shots, blobs: dict[str, None]) -> bool:
 
 
 def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -> GroupSummary | None:
-    if not _group_ok(group, limits):
-        return None
     # Token ids are uint32 on the wire: never negative, so only their counts need checking
     # here; the trainer checks them against its vocabulary.
     # The limits and the containers are looked up once per step (each attribute access on a
@@ -140,43 +167,33 @@ def _check_fast(group: buffer_pb2.Group, limits: Limits, trainer_version: int) -
     array, f32, i64 = np.array, np.float32, np.int64
     logprobs, versions = [], []
     tokens = 0
-    blobs: dict[str, None] = {}
-    episode_ids: set[str] = set()
-    rewards = []
-    steps = 0
-    for episode in group.episodes:
-        episode_steps = episode.steps
-        n_steps = len(episode_steps)
-        if not _episode_ok(episode, n_steps, episode_ids, limits):
+    walk = _Walk()
+    for step in walk.steps_of(group, limits):
+        step_logprobs, step_versions, shots = step.logprobs, step.versions, step.screenshots
+        n_prompt, n = len(step.prompt_ids), len(step.output_ids)
+        if (
+            not 1 <= n_prompt <= max_prompt
+            or not 1 <= n <= max_output
+            or len(step_logprobs) != n
+            or len(step_versions) != n
+            or len(shots) > max_images
+            or len(step.text) > max_text
+            or len(step.action) > max_text
+            or not _refs_ok(shots, walk.blobs)
+        ):
             return None
-        episode_ids.add(episode.episode_id)
-        rewards.append(episode.reward)
-        for step in episode_steps:
-            step_logprobs, step_versions, shots = step.logprobs, step.versions, step.screenshots
-            n_prompt, n = len(step.prompt_ids), len(step.output_ids)
-            if (
-                not 1 <= n_prompt <= max_prompt
-                or not 1 <= n <= max_output
-                or len(step_logprobs) != n
-                or len(step_versions) != n
-                or len(shots) > max_images
-                or len(step.text) > max_text
-                or len(step.action) > max_text
-                or not _refs_ok(shots, blobs)
-            ):
-                return None
-            tokens += n_prompt + n
-            logprobs.append(array(step_logprobs, dtype=f32))
-            # Versions may go down within an episode: with several engines, a step (or a resumed
-            # generation) served by an engine not yet updated follows one that was. Staleness uses the oldest.
-            versions.append(array(step_versions, dtype=i64))
-        steps += n_steps
-    return _summary(np.concatenate(logprobs), np.concatenate(versions), trainer_version, limits, steps, tokens,
-                    rewards, blobs)
+        tokens += n_prompt + n
+        logprobs.append(array(step_logprobs, dtype=f32))
+        # Versions may go down within an episode: with several engines, a step (or a resumed
+        # generation) served by an engine not yet updated follows one that was. Staleness uses the oldest.
+        versions.append(array(step_versions, dtype=i64))
+    if not walk.ok:
+        return None
+    return _summary(np.concatenate(logprobs), np.concatenate(versions), trainer_version, limits, walk, tokens)
 
 
-def _summary(logprobs: np.ndarray, versions: np.ndarray, trainer_version: int, limits: Limits, steps: int,
-             tokens: int, rewards: list[float], blobs: dict[str, None]) -> GroupSummary | None:
+def _summary(logprobs: np.ndarray, versions: np.ndarray, trainer_version: int, limits: Limits, walk: _Walk,
+             tokens: int) -> GroupSummary | None:
     if (
         not bool(np.isfinite(logprobs).all())
         or float(logprobs.max()) > MAX_LOGPROB
@@ -184,8 +201,8 @@ def _summary(logprobs: np.ndarray, versions: np.ndarray, trainer_version: int, l
         or int(versions.max()) > trainer_version + limits.max_version_lead
     ):
         return None
-    return GroupSummary(int(versions.min()), int(versions.max()), steps, tokens, is_zero_variance(rewards),
-                        tuple(blobs))
+    return GroupSummary(int(versions.min()), int(versions.max()), walk.steps, tokens,
+                        is_zero_variance(walk.rewards), tuple(walk.blobs))
 
 
 # --- the wire view ------------------------------------------------------------
@@ -300,36 +317,25 @@ class _Varints:
 
 def _check_wire(group: WireGroup, limits: Limits, trainer_version: int) -> GroupSummary | None:
     """``_check_fast``'s rules on the wire view."""
-    if not _group_ok(group, limits):
-        return None
     max_images, max_text = limits.max_images_per_step, limits.max_text_chars
     prompts, outputs, logprobs, versions = [], [], [], []
-    blobs: dict[str, None] = {}
-    episode_ids: set[str] = set()
-    rewards = []
-    steps = 0
-    for episode in group.episodes:
-        episode_steps = episode.steps
-        n_steps = len(episode_steps)
-        if not _episode_ok(episode, n_steps, episode_ids, limits):
+    walk = _Walk()
+    for step in walk.steps_of(group, limits):
+        p, o, lp, v, shots = step.prompt_ids, step.output_ids, step.logprobs, step.versions, step.screenshots
+        if (
+            len(p) != 1 or len(o) != 1 or len(lp) != 1 or len(v) != 1  # none, or split: the real checks
+            or len(shots) > max_images
+            or len(step.text) > max_text
+            or len(step.action) > max_text
+            or not _refs_ok(shots, walk.blobs)
+        ):
             return None
-        episode_ids.add(episode.episode_id)
-        rewards.append(episode.reward)
-        for step in episode_steps:
-            p, o, lp, v, shots = step.prompt_ids, step.output_ids, step.logprobs, step.versions, step.screenshots
-            if (
-                len(p) != 1 or len(o) != 1 or len(lp) != 1 or len(v) != 1  # none, or split: the real checks
-                or len(shots) > max_images
-                or len(step.text) > max_text
-                or len(step.action) > max_text
-                or not _refs_ok(shots, blobs)
-            ):
-                return None
-            prompts.append(p[0])
-            outputs.append(o[0])
-            logprobs.append(lp[0])
-            versions.append(v[0])
-        steps += n_steps
+        prompts.append(p[0])
+        outputs.append(o[0])
+        logprobs.append(lp[0])
+        versions.append(v[0])
+    if not walk.ok:
+        return None
     # A canonical uint32 takes at most 5 bytes and a non-negative int64 below 2**63 at most 9: anything
     # longer (legal for protobuf in places, or a negative version) goes to the real checks.
     prompt, output, version = _Varints(prompts), _Varints(outputs), _Varints(versions)
@@ -346,8 +352,7 @@ def _check_wire(group: WireGroup, limits: Limits, trainer_version: int) -> Group
     ):
         return None
     all_lp = np.frombuffer(b"".join(logprobs), dtype="<f4")
-    return _summary(all_lp, version.values(), trainer_version, limits, steps, prompt.total() + int(n_output.sum()),
-                    rewards, blobs)
+    return _summary(all_lp, version.values(), trainer_version, limits, walk, prompt.total() + int(n_output.sum()))
 
 
 def _ref_ok(ref) -> bool:
