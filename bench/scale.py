@@ -194,9 +194,10 @@ class Point:
         per_gateway = max(1, self.concurrency // self.gateways)
         for i in range(self.gateways):
             args = without_ports(jobargs.rollout_args(api, self.job, MODEL))
-            # Replicas of one Deployment differ by name (POD_NAME) and, here, by seed.
+            # Replicas of one Deployment differ by name, which is also their seed salt (k8s_manifests.pod_args).
+            name = f"{self.job.job_id}-gw{i}"
             self._service(f"gateway{i}", ServiceProcess, [
-                *args, *quiet[2:], "--gateway-id", f"{self.job.job_id}-gw{i}", "--seed", str(1000 + 97 * i),
+                *args, *quiet[2:], "--gateway-id", name, "--seed-salt", name,
                 "--max-concurrent-episodes", str(per_gateway)], env, name="rollout")
 
     def _service(self, key: str, cls, args: list[str], env: dict, name: str | None = None):

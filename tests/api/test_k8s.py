@@ -299,7 +299,7 @@ def test_pod_args_are_the_local_launchers_with_the_pod_differences(tmp_path):
         assert pods["rollout"]["args"] == [
             *replaced(local["rollout"], {"--grpc-port": "50063", "--http-port": "9463", "--log-format": "json",
                                          "--gateway-id": "$(POD_NAME)"}),
-            "--host", "0.0.0.0"]
+            "--host", "0.0.0.0", "--seed-salt", "$(POD_NAME)"]
         assert {e["name"]: e for e in pods["rollout"]["env"]}["POD_NAME"]["valueFrom"]["fieldRef"] == {
             "fieldPath": "metadata.name"}
         # Readiness of the embedded engine is false during a weight update (its /ready).

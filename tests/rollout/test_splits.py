@@ -27,3 +27,21 @@ def test_seeds_land_in_their_split_and_stay_in_range():
 def test_a_bad_split_names_the_field():
     with pytest.raises(ValueError, match="^split: must be any, train or test"):
         RolloutConfig(split="validation")
+
+
+def test_replicas_draw_their_own_task_instances_and_a_fixed_seed_its_own_sequence():
+    """Pods of one gateway Deployment share --seed and differ by --seed-salt (their name): without it
+    every replica would start the same task instances in the same order."""
+    from asyncwebrl.rollout.service import task_rng
+
+    def draws(**kw) -> list[int]:
+        rng = task_rng(RolloutConfig(seed=3, **kw))
+        return [rng.randrange(1 << 31) for _ in range(50)]
+
+    plain = random.Random(3)  # no salt: exactly --seed's sequence, which evaluations rely on
+    assert draws() == [plain.randrange(1 << 31) for _ in range(50)]
+    assert draws(seed_salt="job-gw-7d9f-a") == draws(seed_salt="job-gw-7d9f-a")
+    a, b = draws(seed_salt="job-gw-7d9f-a"), draws(seed_salt="job-gw-7d9f-b")
+    assert len(set(a) & set(b)) == 0 and len(set(a) & set(draws())) == 0
+    with pytest.raises(ValueError, match="seed_salt"):
+        RolloutConfig(seed_salt="x" * 300)

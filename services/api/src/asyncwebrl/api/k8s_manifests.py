@@ -111,8 +111,9 @@ def pod_args(role: str, args: list[str], settings: K8sSettings) -> list[str]:
     values = {"--grpc-port": str(grpc_port), "--http-port": str(http_port), "--log-format": "json"}
     if role == "trainer":
         return _override(args, values, ("--host", "0.0.0.0"))
-    if role == "rollout":  # replicas of one job's gateway (its HPA) each need their own name in the buffer
-        return _override(args, values | {"--gateway-id": "$(POD_NAME)"}, ("--host", "0.0.0.0"))
+    if role == "rollout":  # replicas of one job's gateway (its HPA): each its own name in the buffer and its own tasks
+        return _override(args, values | {"--gateway-id": "$(POD_NAME)"},
+                         ("--host", "0.0.0.0", "--seed-salt", "$(POD_NAME)"))
     return _override(args, values, ("--host", "0.0.0.0"))
 
 

@@ -54,6 +54,9 @@ class RolloutConfig(ServiceConfig):
     temperature: float = option(1.0, "Sampling temperature.")
     generate_timeout_s: float = option(120.0, "Timeout of one call to an inference endpoint.")
     seed: int = option(0, "Seed of task and task-seed sampling.")
+    seed_salt: str = option("", "Mixed into --seed, so that replicas of one gateway (a Deployment's pods, each "
+                                "passing its own name) draw different task instances; empty: --seed alone, the same "
+                                "sequence every time, as evaluations need.")
     split: str = option("any", "Task seeds drawn from: train (seed mod 10 != 0), test (seed mod 10 == 0, the held-out "
                                "seeds of evaluations; the built-in sites' split rule), or any.")
     registry_ttl_s: float = option(10.0, "An endpoint whose heartbeat is older than this gets no requests.")
@@ -88,6 +91,8 @@ class RolloutConfig(ServiceConfig):
         super().__post_init__()
         require(is_job_id(self.job_id), "job_id", "must match [A-Za-z0-9_-]{1,64}")
         require(1 <= self.group_size <= 64, "group_size", "must be in [1, 64]")
+        require(len(self.seed_salt) <= 253 and self.seed_salt.isprintable(), "seed_salt",
+                "must be at most 253 printable characters (a pod name)")
         require(1 <= self.max_concurrent_episodes <= 4096, "max_concurrent_episodes", "must be in [1, 4096]")
         require(self.max_groups >= 0, "max_groups", "must be >= 0")
         for name in ("steps_easy", "steps_medium", "steps_hard"):

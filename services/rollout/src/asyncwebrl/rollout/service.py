@@ -39,6 +39,12 @@ from asyncwebrl.v1 import buffer_pb2, env_pb2
 log = logging.getLogger("asyncwebrl.rollout")
 
 
+def task_rng(config: RolloutConfig) -> random.Random:
+    """What draws tasks and their seeds: from --seed alone, or mixed with --seed-salt (str seeds hash
+    with SHA-512, so every salt gives its own sequence)."""
+    return random.Random(f"{config.seed}/{config.seed_salt}" if config.seed_salt else config.seed)
+
+
 class Gateway:
     def __init__(self, config: RolloutConfig, env, buffer, blobs, client, policy: Policy,
                  judge: Judge | None = None, rubrics: dict[str, Rubric] | None = None,
@@ -53,7 +59,7 @@ class Gateway:
         self.rubrics = rubrics or {}
         self.tasksets = tasksets
         self.set_tasks: dict[str, SetTask] = {}  # a --taskset's tasks by their group task name
-        self.rng = random.Random(config.seed)
+        self.rng = task_rng(config)
         self.slots = asyncio.Semaphore(config.max_concurrent_episodes)
         self.running_groups = 0
         self.waiting_episodes = 0
