@@ -52,7 +52,7 @@ from asyncwebrl.common.agent.vision import FORMATS, MAX_IMAGE_BYTES, MAX_IMAGE_S
 from asyncwebrl.common.models.loading import model_family
 from asyncwebrl.common.models.tiny import SHIPPED
 from asyncwebrl.engine.config import EngineConfig
-from asyncwebrl.engine.core import GenRequest
+from asyncwebrl.engine.core import ABORTED_RUNNING, ABORTED_WAITING, GenRequest
 from asyncwebrl.engine.errors import BadRequest
 from asyncwebrl.engine.service import Server
 from asyncwebrl.v1 import env_pb2
@@ -164,7 +164,7 @@ class SimEngine:
     def pause(self, mode: str) -> dict:
         self._advance(time.monotonic())
         self._paused = True
-        aborted = self._abort_rows(lambda g: True, "aborted by pause_generation") if mode == "abort" else 0
+        aborted = self._abort_matching(lambda g: True) if mode == "abort" else 0
         return {"paused": True, "aborted": aborted}
 
     def resume(self) -> dict:
@@ -174,13 +174,16 @@ class SimEngine:
         return {"paused": False}
 
     def abort(self, rid: str | None) -> int:
-        match = (lambda g: True) if rid is None else (lambda g: g.rid == rid)
+        return self._abort_matching((lambda g: True) if rid is None else (lambda g: g.rid == rid))
+
+    def _abort_matching(self, match) -> int:
+        """As the embedded engine: running requests end with their output so far, waiting ones with none."""
         self._advance(time.monotonic())
-        aborted = self._abort_rows(match, "aborted by abort_request")
+        aborted = self._abort_rows(match, ABORTED_RUNNING)
         keep: collections.deque[GenRequest] = collections.deque()
         for gen in self.waiting:
             if match(gen):
-                self._deliver(gen, {"type": "abort", "message": "aborted by abort_request"})
+                self._deliver(gen, dict(ABORTED_WAITING))
                 aborted += 1
             else:
                 keep.append(gen)
@@ -189,7 +192,7 @@ class SimEngine:
 
     async def update_weights(self, path: str, version: str, abort_all: bool) -> dict:
         if abort_all:
-            self._abort_rows(lambda g: True, "aborted for a weight update")
+            self._abort_matching(lambda g: True)
         if not pathlib.Path(path).is_dir():  # the engine's load fails the same way: 400, success false
             raise FileNotFoundError(f"no checkpoint directory at {path}")
         self._advance(time.monotonic())
@@ -272,11 +275,11 @@ class SimEngine:
             except asyncio.TimeoutError:
                 pass
 
-    def _abort_rows(self, match, message: str) -> int:
+    def _abort_rows(self, match, finish: dict) -> int:
         hit = [r for r in self.rows if match(r["gen"])]
         for r in hit:
             self.rows.remove(r)
-            self._deliver(r["gen"], {"type": "abort", "message": message})
+            self._deliver(r["gen"], dict(finish))
         return len(hit)
 
     def _deliver(self, gen: GenRequest, finish: dict) -> None:
@@ -289,7 +292,7 @@ class SimEngine:
 
     def shutdown(self) -> None:
         self._advance(time.monotonic())
-        self._abort_rows(lambda g: True, "engine shutting down")
+        self._abort_rows(lambda g: True, {"type": "abort", "message": "engine shutting down"})
         while self.waiting:
             self._deliver(self.waiting.popleft(), {"type": "abort", "message": "engine shutting down"})
 
@@ -308,15 +311,7 @@ class SimServer(Server):
     """The embedded engine's HTTP layer over a ``SimEngine``."""
 
     def __init__(self, config: EngineConfig, engine: SimEngine, policy: SimPolicy, vocab: int) -> None:
-        # Server.__init__ reads the model; set what its handlers use.
-        self.config, self.engine, self.policy, self.vocab = config, engine, policy, vocab
-        self.model_roots = tuple(pathlib.Path(r).resolve() for r in config.model_roots)
-        self.image_dir = None
-        self.model_path = config.model_path
-        self.stopping = False
-        self.loading = 0
-        self._http = None
-        self.groups = {}
+        super().__init__(config, engine, policy, vocab)  # type: ignore[arg-type]  (the interface, not the class)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._auth])

@@ -212,6 +212,75 @@ def test_pause_abort_and_abort_request_return_partial_outputs(engine):
     assert ok[0] == 200
 
 
+def test_pause_ends_queued_requests_too_and_holds_new_ones_out_of_reach_of_aborts(models_root, tmp_path):
+    """As SGLang 0.5.23: pause in abort mode ends every request, a running one with what it generated
+    ("Aborted", FINISH_ABORT's keys) and a queued one with nothing ("Abort in waiting queue"); a
+    /generate that arrives while paused waits before the engine's queue, so a weight update's
+    abort_all_requests does not reach it, and runs after continue on the new weights."""
+    engine = start_engine(models_root, "qwen2_5_vl", tmp_path, "--max-batch-size", "1")
+    try:
+        results: list = []
+        running = _long_request(engine.url, results, "running", tokens=4000)
+        wait_running(engine.url)
+        queued: list = []
+        waiter = _long_request(engine.url, queued, "queued", tokens=8)
+        deadline = time.monotonic() + 30
+        while call(engine.url, "/model_info")[1]["queued"] == 0:
+            assert time.monotonic() < deadline, "the second request never queued"
+            time.sleep(0.02)
+        assert call(engine.url, "/pause_generation", {"mode": "abort"})[1]["aborted"] == 2
+        running.join(30)
+        waiter.join(30)
+        status, out = results[0]
+        assert status == 200 and out["meta_info"]["finish_reason"] == {
+            "type": "abort", "message": "Aborted", "status_code": None, "err_type": None}
+        assert 0 < len(out["output_ids"]) < 4000
+        status, out = queued[0]
+        meta = out["meta_info"]
+        assert status == 200 and meta["finish_reason"] == {"type": "abort", "message": "Abort in waiting queue"}
+        assert out["output_ids"] == [] and meta["output_token_logprobs"] == []
+        assert meta["weight_versions"] == [{"version": "0", "start": 0, "end": 0}]
+
+        late: list = []
+        arriving = _long_request(engine.url, late, "late", tokens=3)
+        time.sleep(0.5)
+        assert not late and call(engine.url, "/model_info")[1]["queued"] == 0, "held before the queue"
+        assert call(engine.url, "/update_weights_from_disk", {
+            "model_path": str(models_root / "qwen2_5_vl"), "weight_version": "1", "abort_all_requests": True})[0] == 200
+        time.sleep(0.3)
+        assert not late, "abort_all_requests reaches only what is in the engine"
+        assert call(engine.url, "/continue_generation", {})[0] == 200
+        arriving.join(60)
+        status, out = late[0]
+        assert status == 200 and out["meta_info"]["finish_reason"]["type"] == "length"
+        assert out["meta_info"]["weight_version"] == "1" and len(out["output_ids"]) == 3
+    finally:
+        assert engine.stop() == 0, engine.logs()[-3000:]
+
+
+def test_a_weight_update_while_not_paused_waits_for_the_requests_in_flight(engine, models_root):
+    """SGLang's model_update_lock: unpaused, /update_weights_from_disk waits until every /generate in
+    flight has ended (on the old weights, one version), and one that arrives meanwhile waits for it."""
+    results: list = []
+    running = _long_request(engine.url, results, "in-flight", tokens=300)
+    wait_running(engine.url)
+    update: list = []
+    updater = threading.Thread(target=lambda: update.append(call(engine.url, "/update_weights_from_disk", {
+        "model_path": str(models_root / "qwen2_5_vl"), "weight_version": "u1"})))
+    updater.start()
+    time.sleep(0.3)
+    late: list = []
+    arriving = _long_request(engine.url, late, "after-update", tokens=3)
+    running.join(60)
+    updater.join(60)
+    arriving.join(60)
+    status, out = results[0]
+    assert status == 200 and out["meta_info"]["finish_reason"]["type"] == "length" and len(out["output_ids"]) == 300
+    assert [s["version"] for s in out["meta_info"]["weight_versions"]] == ["0"], "ended before the update"
+    assert update[0][0] == 200 and late[0][0] == 200 and late[0][1]["meta_info"]["weight_version"] == "u1"
+    call(engine.url, "/update_weights_from_disk", {"model_path": str(models_root / "qwen2_5_vl"), "weight_version": "0"})
+
+
 BAD = [
     ({}, "text"),
     ({"text": "a", "input_ids": [1]}, "text"),

@@ -22,11 +22,11 @@ from tests.engine.test_engine import _perturbed_checkpoint
 PREFIX = "reg-test:"
 
 
-def _engine(models_root, log_dir, redis_server, job: str, name: str) -> EngineProcess:
+def _engine(models_root, log_dir, redis_server, job: str, name: str, *extra: str) -> EngineProcess:
     engine = EngineProcess(
         ["--model-path", str(models_root / "qwen2_5_vl"), "--model-roots", str(models_root), "--device", "cpu",
          "--registry-redis-url", redis_server.url, "--key-prefix", PREFIX, "--job-id", job,
-         "--endpoint-id", name, "--heartbeat-s", "0.3"],
+         "--endpoint-id", name, "--heartbeat-s", "0.3", *extra],
         log_dir / f"{name}.log",
         env={"ASYNCWEBRL_API_KEY": API_KEY, "ASYNCWEBRL_REGISTRY_REDIS_PASSWORD": redis_server.password},
     )
@@ -141,6 +141,40 @@ async def test_a_weight_update_mid_generation_is_resumed_with_versions(pair, red
     assert result.finish_reason["type"] == "length"
     await client.close()
     await registry.redis.aclose()
+
+
+async def test_a_request_a_pause_aborted_before_it_ran_is_resumed_from_nothing(models_root, tmp_path,
+                                                                                redis_server):
+    """SGLang answers a request that a pause aborted in its waiting queue with no tokens at all: the
+    client sends it again, the engine holds it until continue, and it runs whole on the new weights."""
+    job = f"j{uuid.uuid4().hex[:8]}"
+    engine = _engine(models_root, tmp_path, redis_server, job, "engine-q", "--max-batch-size", "1")
+    engine.wait_ready()
+    client, registry = await _client(redis_server, job)
+    try:
+        v8 = _perturbed_checkpoint(models_root, "v8", 0.3)
+        params = {"max_new_tokens": 40, "temperature": 0, "ignore_eos": True}
+        first = asyncio.create_task(client.generate(_ids(8), [], {**params, "max_new_tokens": 2000}))
+        deadline = time.monotonic() + 30
+        while call(engine.url, "/model_info")[1]["running"] == 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        second = asyncio.create_task(client.generate(_ids(9), [], params))
+        while call(engine.url, "/model_info")[1]["queued"] == 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert (await asyncio.to_thread(call, engine.url, "/pause_generation", {"mode": "abort"}))[1]["aborted"] == 2
+        status, _ = await asyncio.to_thread(call, engine.url, "/update_weights_from_disk",
+                                            {"model_path": str(v8), "weight_version": "8"})
+        assert status == 200
+        await asyncio.to_thread(call, engine.url, "/continue_generation", {})
+        a, b = await first, await second
+        assert b.resumes == 1 and len(b.output_ids) == 40 == len(b.logprobs) and set(b.versions) == {"8"}
+        assert a.resumes == 1 and len(a.output_ids) == 2000 and a.versions[0] == "0" and a.versions[-1] == "8"
+    finally:
+        await client.close()
+        await registry.redis.aclose()
+        engine.stop()
 
 
 async def test_an_expansion_unlike_ours_is_refused_loudly(pair, redis_server, models_root):

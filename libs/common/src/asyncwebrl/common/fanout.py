@@ -1,7 +1,8 @@
 """Load a published version into inference endpoints over SGLang's HTTP API.
 
-For each endpoint: ``/pause_generation`` (in-flight requests are aborted and
-the gateway resumes them, keeping each token's version),
+For each endpoint: ``/pause_generation`` (in-flight requests are aborted, the
+queued ones with no output, and the gateway resumes them, keeping each token's
+version),
 ``/update_weights_from_disk {model_path, weight_version}``, and always
 ``/continue_generation`` afterwards, so a failed load never leaves an endpoint
 paused. Endpoints load in parallel, at most ``concurrency`` at once.

@@ -34,6 +34,12 @@ from asyncwebrl.common.models.loading import Policy, load_weights
 from asyncwebrl.common.models.logprobs import mrope_positions
 from asyncwebrl.engine import metrics
 
+# How SGLang 0.5.23 reports an aborted request: one that was running gets FINISH_ABORT().to_json()
+# (schedule_batch.py), with what it generated so far; one still in the waiting queue gets the tokenizer
+# manager's own reason (tokenizer_manager.py, handle_abort_req) and no output.
+ABORTED_RUNNING = {"type": "abort", "message": "Aborted", "status_code": None, "err_type": None}
+ABORTED_WAITING = {"type": "abort", "message": "Abort in waiting queue"}
+
 log = logging.getLogger("asyncwebrl.engine")
 
 
@@ -127,10 +133,10 @@ class Engine:
     # --- commands (engine thread) ------------------------------------------
 
     def pause(self, mode: str) -> dict:
+        """SGLang's pause: ``abort`` ends every request, running or waiting (tokenizer_manager's
+        pause_generation sends abort_all); ``in_place`` keeps them, with their caches, for continue."""
         self._paused = True
-        aborted = 0
-        if mode == "abort":
-            aborted = self._abort_rows(lambda r: True, "aborted by pause_generation")
+        aborted = self._abort_matching(lambda r: True) if mode == "abort" else 0
         return {"paused": True, "aborted": aborted}
 
     def resume(self) -> dict:
@@ -139,23 +145,26 @@ class Engine:
 
     def abort(self, rid: str | None) -> int:
         """Abort one request (or all with None), running or waiting."""
-        match = (lambda r: True) if rid is None else (lambda r: r.rid == rid)
-        aborted = self._abort_rows(match, "aborted by abort_request")
+        return self._abort_matching((lambda r: True) if rid is None else (lambda r: r.rid == rid))
+
+    def _abort_matching(self, match: Callable[[GenRequest], bool]) -> int:
+        aborted = self._abort_rows(match, ABORTED_RUNNING)
         with self._lock:
             keep = collections.deque()
             for r in self._waiting:
                 if match(r):
-                    r.finish = {"type": "abort", "message": "aborted by abort_request"}
+                    r.finish = dict(ABORTED_WAITING)
                     self._deliver(r)
                     aborted += 1
                 else:
                     keep.append(r)
             self._waiting = keep
+            metrics.QUEUED.set(len(self._waiting))
         return aborted
 
     def update_weights(self, path: str, version: str, abort_all: bool) -> dict:
-        if abort_all:
-            self._abort_rows(lambda r: True, "aborted for a weight update")
+        if abort_all:  # SGLang's abort_all_requests: running and waiting alike
+            self._abort_matching(lambda r: True)
         started = time.monotonic()
         nbytes = load_weights(self.model, path)
         self.weight_version = version
@@ -189,7 +198,7 @@ class Engine:
         """Copy checked, fully received tensors into the model and take their version (engine thread,
         between iterations: no forward pass sees a mix)."""
         if abort_all:
-            self._abort_rows(lambda r: True, "aborted for a weight update")
+            self._abort_matching(lambda r: True)
         started = time.monotonic()
         with torch.no_grad():
             for live, tensor in pairs:
@@ -230,9 +239,9 @@ class Engine:
                         self._decode()
             except Exception:  # noqa: BLE001 - one bad batch must not end the engine
                 log.exception("generation step failed; aborting the running batch")
-                self._abort_rows(lambda r: True, "engine error")
+                self._abort_rows(lambda r: True, {"type": "abort", "message": "engine error"})
             metrics.RUNNING.set(len(self._rows))
-        self._abort_rows(lambda r: True, "engine shutting down")
+        self._abort_rows(lambda r: True, {"type": "abort", "message": "engine shutting down"})
         with self._lock:
             for r in self._waiting:
                 r.finish = {"type": "abort", "message": "engine shutting down"}
@@ -385,10 +394,10 @@ class Engine:
         self._deltas = self._deltas.index_select(0, index)
         self._last = self._last.index_select(0, index)
 
-    def _abort_rows(self, match: Callable[[GenRequest], bool], message: str) -> int:
+    def _abort_rows(self, match: Callable[[GenRequest], bool], finish: dict) -> int:
         hit = [r for r in self._rows if r.finish is None and match(r)]
         for r in hit:
-            r.finish = {"type": "abort", "message": message}
+            r.finish = dict(finish)
         if hit:
             self._retire()
         return len(hit)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import threading
@@ -139,11 +140,12 @@ class ByteLRU:
 
 
 class Server:
-    def __init__(self, config: EngineConfig, engine: Engine) -> None:
+    def __init__(self, config: EngineConfig, engine: Engine, policy=None, vocab: int | None = None) -> None:
+        """``policy`` and ``vocab``: the engine's own model unless given (a stand-in engine has none)."""
         self.config = config
         self.engine = engine
-        self.policy = engine.policy
-        self.vocab = int(self.policy.model.get_input_embeddings().weight.shape[0])
+        self.policy = policy or engine.policy
+        self.vocab = vocab if vocab is not None else int(self.policy.model.get_input_embeddings().weight.shape[0])
         roots = config.model_roots or (str(pathlib.Path(config.model_path).resolve().parent),)
         self.model_roots = tuple(pathlib.Path(r).resolve() for r in roots)
         self.image_dir = pathlib.Path(config.image_dir).resolve() if config.image_dir else None
@@ -155,6 +157,13 @@ class Server:
         self.groups: dict[str, object] = {}  # group_name -> torch ProcessGroup (weight-update groups)
         self._joining: set[str] = set()
         self._receiving = asyncio.Lock()  # one broadcast received at a time, as SGLang's scheduler does
+        # SGLang's tokenizer manager keeps a /generate out of the scheduler while paused (is_pause_cond), and
+        # its model_update_lock lets a weight update made while not paused wait for every /generate in flight
+        # to end, holding new ones meanwhile. The same here, before the engine's queue, where no abort reaches.
+        self._gate = asyncio.Condition()
+        self._paused = False
+        self._in_flight = 0  # /generate calls past the gate
+        self._updating = 0  # weight updates waiting for them, or under way
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._auth])
@@ -254,13 +263,21 @@ class Server:
         if batch:
             gen.pixel_values = torch.from_numpy(batch.pixel_values)
             gen.image_grid_thw = torch.from_numpy(batch.grid_thw)
-        self.engine.submit(gen)
+        async with self._gate:
+            await self._gate.wait_for(lambda: not self._paused and not self._updating)
+            self._in_flight += 1
         try:
-            result = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # The caller went away: free the slot.
-            self.engine.command(lambda: self.engine.abort(rid))
-            raise
+            self.engine.submit(gen)
+            try:
+                result = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                # The caller went away: free the slot.
+                self.engine.command(lambda: self.engine.abort(rid))
+                raise
+        finally:
+            async with self._gate:
+                self._in_flight -= 1
+                self._gate.notify_all()
         out = self._response(result)
         if return_prompt_ids:
             out["prompt_token_ids"] = list(result.input_ids)
@@ -436,6 +453,30 @@ class Server:
 
     # --- weights, pause, abort ------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _model_update(self, abort_all: bool):
+        """A weight update's turn (SGLang's model_update_lock writer; none while paused): abort_all_requests
+        first, as SGLang does, then wait for every /generate in flight to end, holding new ones."""
+        if abort_all:
+            await asyncio.wrap_future(self.engine.command(lambda: self.engine.abort(None)))
+        async with self._gate:
+            exclusive = not self._paused
+            if exclusive:
+                self._updating += 1
+                try:
+                    await self._gate.wait_for(lambda: self._in_flight == 0)
+                except BaseException:
+                    self._updating -= 1
+                    self._gate.notify_all()
+                    raise
+        try:
+            yield
+        finally:
+            if exclusive:
+                async with self._gate:
+                    self._updating -= 1
+                    self._gate.notify_all()
+
     async def update_weights(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         unknown = sorted(set(body) - UPDATE_FIELDS)
@@ -456,14 +497,15 @@ class Server:
         abort_all = _flag(body.get("abort_all_requests", False), "abort_all_requests")
         _flag(body.get("flush_cache", True), "flush_cache")
         new_version = str(version) if version is not None else self.engine.weight_version
-        future = self.engine.command(lambda: self.engine.update_weights(str(resolved), new_version, abort_all))
-        self.loading += 1
-        try:
-            result = await asyncio.wrap_future(future)
-        except (OSError, ValueError) as exc:
-            return web.json_response({"success": False, "message": str(exc)[:500]}, status=400)
-        finally:
-            self.loading -= 1
+        async with self._model_update(abort_all):
+            future = self.engine.command(lambda: self.engine.update_weights(str(resolved), new_version, abort_all))
+            self.loading += 1
+            try:
+                result = await asyncio.wrap_future(future)
+            except (OSError, ValueError) as exc:
+                return web.json_response({"success": False, "message": str(exc)[:500]}, status=400)
+            finally:
+                self.loading -= 1
         metrics.WEIGHT_VERSION.clear()
         metrics.WEIGHT_VERSION.labels(new_version).set(1)
         self.model_path = str(resolved)
@@ -587,7 +629,7 @@ class Server:
             _flag(body.get(name, default), name)
         # SGLang: any load_format but flattened_bucket is one broadcast per tensor.
         fmt = broadcast.FLATTENED_BUCKET if load_format == broadcast.FLATTENED_BUCKET else None
-        async with self._receiving:
+        async with self._model_update(abort_all), self._receiving:
             pg = self.groups.get(group)
             if pg is None:
                 metrics.DISTRIBUTED_UPDATES.labels("failed").inc()
@@ -628,6 +670,8 @@ class Server:
         mode = body.get("mode", "abort")
         if mode not in ("abort", "in_place"):
             raise BadRequest("mode", "must be abort or in_place")
+        async with self._gate:
+            self._paused = True
         result = await asyncio.wrap_future(self.engine.command(lambda: self.engine.pause(mode)))
         metrics.PAUSED.set(1)
         metrics.PAUSES.inc()
@@ -636,6 +680,9 @@ class Server:
 
     async def resume(self, request: web.Request) -> web.Response:
         result = await asyncio.wrap_future(self.engine.command(self.engine.resume))
+        async with self._gate:
+            self._paused = False
+            self._gate.notify_all()
         metrics.PAUSED.set(0)
         return web.json_response({"message": "Generation continued successfully.", "status": "ok", **result})
 
