@@ -75,9 +75,12 @@ def test_saturation_and_the_replicas_of_a_1000_episode_cluster():
     assert cluster["redis_commands_per_s"] == pytest.approx(10.0 * cluster["env_steps_per_s"])
 
 
-def test_a_small_point_runs_through_the_real_services(tmp_path):
+def test_a_small_point_runs_through_the_real_services(tmp_path, monkeypatch):
     """Async, 16 episodes on 2 fake endpoints, stated times divided by 20: the gateway's episodes reach the
-    trainer loop, whose versions weightsync publishes to the fake endpoints; CPU and Redis are measured."""
+    trainer loop, whose versions weightsync publishes to the fake endpoints; CPU and Redis are measured.
+    No simulated browser crashes here (test_sim_env has them): one leaves its episode out of its group,
+    so a batch would hold 15 episodes."""
+    monkeypatch.setitem(scale.PROFILE["env"], "crash_rate", 0.0)
     point = scale.Point(tmp_path, mode="async", concurrency=16, engines=2, gateways=1, train_s=4.0, time_scale=20,
                         batch_groups=2, max_staleness=2, seed=0)
     m = scale.measure(point, warmup_s=1, window_s=3, min_steps=2, max_wait_s=240)
