@@ -520,7 +520,8 @@ def main() -> int:
     parser.add_argument("--parts", default=",".join(PARTS), help="which parts to run; with some, the others are "
                         "kept from the file at --out")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of the ratio part (sync, then async at each eta)")
-    parser.add_argument("--etas", default="2,4", help="ratio part: the asynchronous runs' staleness bounds; the first "
+    parser.add_argument("--etas", default=f"{PROFILE['job']['max_staleness']},4",
+                        help="ratio part: the asynchronous runs' staleness bounds; the first "
                         "(the paper's 2) is the headline")
     parser.add_argument("--min-steps", type=int, default=6, help="training steps each ratio run measures")
     parser.add_argument("--time-scale", type=float, default=3.0, help="ratio part: stated times divided by this")
